@@ -1,0 +1,199 @@
+"""The bundle format: a folder of ONNX models plus `manifest.json`, the contract between
+`trainer export` (which writes it) and `forensic` (which reads it).
+
+manifest.json, schema version 1:
+    schema_version   1
+    name             bundle name
+    created          ISO-8601 UTC time of export
+    models           [{name, file, sha256, arch, weight}]: weights combine the models' probabilities
+    input            {size, color_order "RGB", layout "NCHW", pixel_range [0, 1], mean, std,
+                      normalize_in_graph}: when normalize_in_graph is true the model takes
+                      pixels in [0, 1] and applies mean/std itself
+    face_crop        {margin}: square crop side = margin x the face box's longer side
+    class_order      ["real", "fake"]: the order of the model's output logits
+    decision_threshold  probability of "fake" at or above which a file is called fake
+    producer         {tool, tool_version, torch, timm, onnx, opset, ...}
+    training         what the models were trained on and how well they did (free form)
+
+The bundle's identity (`sha256` in reports) is the SHA-256 of manifest.json, which itself
+pins every model file by its SHA-256.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from forensic.errors import BundleError
+
+MANIFEST_NAME = "manifest.json"
+MANIFEST_SCHEMA_VERSION = 1
+CLASS_ORDER = ("real", "fake")
+DEFAULT_BUNDLE = Path(__file__).resolve().parent.parent / "exports" / "default"
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    file: str
+    sha256: str
+    arch: str
+    weight: float
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A loaded, verified bundle."""
+
+    path: Path
+    sha256: str
+    manifest: dict
+    models: tuple[ModelEntry, ...]
+
+    @property
+    def name(self) -> str:
+        return self.manifest["name"]
+
+    @property
+    def input_size(self) -> int:
+        return int(self.manifest["input"]["size"])
+
+    @property
+    def margin(self) -> float:
+        return float(self.manifest["face_crop"]["margin"])
+
+    @property
+    def threshold(self) -> float:
+        return float(self.manifest["decision_threshold"])
+
+    @property
+    def fake_index(self) -> int:
+        return list(self.manifest["class_order"]).index("fake")
+
+
+def _require(condition: bool, bundle_dir: Path, problem: str) -> None:
+    if not condition:
+        raise BundleError(f"{bundle_dir / MANIFEST_NAME}: {problem}")
+
+
+def _check_manifest(manifest: dict, bundle_dir: Path) -> None:
+    _require(isinstance(manifest, dict), bundle_dir, "not a JSON object")
+    version = manifest.get("schema_version")
+    _require(
+        version == MANIFEST_SCHEMA_VERSION,
+        bundle_dir,
+        f"schema_version {version!r} is not supported (this forensic reads {MANIFEST_SCHEMA_VERSION})",
+    )
+    for key in ("name", "models", "input", "face_crop", "class_order", "decision_threshold"):
+        _require(key in manifest, bundle_dir, f"missing key '{key}'")
+    _require(
+        isinstance(manifest["models"], list) and len(manifest["models"]) > 0,
+        bundle_dir,
+        "'models' must be a non-empty list",
+    )
+    for entry in manifest["models"]:
+        for key in ("name", "file", "sha256"):
+            _require(key in entry, bundle_dir, f"a model entry lacks '{key}'")
+    _require(
+        sorted(manifest["class_order"]) == sorted(CLASS_ORDER),
+        bundle_dir,
+        f"class_order must hold exactly {list(CLASS_ORDER)}",
+    )
+    spec = manifest["input"]
+    for key in ("size", "mean", "std", "normalize_in_graph"):
+        _require(key in spec, bundle_dir, f"'input' lacks '{key}'")
+    _require(spec.get("color_order", "RGB") == "RGB", bundle_dir, "only RGB input is supported")
+    _require(spec.get("layout", "NCHW") == "NCHW", bundle_dir, "only NCHW input is supported")
+    threshold = manifest["decision_threshold"]
+    _require(
+        isinstance(threshold, (int, float)) and 0.0 <= threshold <= 1.0,
+        bundle_dir,
+        "decision_threshold must be a number in [0, 1]",
+    )
+
+
+def load_bundle(bundle_dir: Path) -> Bundle:
+    """Read and verify a bundle: the manifest's shape and every model file's SHA-256."""
+    bundle_dir = Path(bundle_dir)
+    manifest_path = bundle_dir / MANIFEST_NAME
+    if not manifest_path.is_file():
+        raise BundleError(f"{bundle_dir}: not a bundle (no {MANIFEST_NAME})")
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleError(f"{manifest_path}: not valid JSON ({exc})") from None
+    _check_manifest(manifest, bundle_dir)
+    models = []
+    for entry in manifest["models"]:
+        model_path = bundle_dir / entry["file"]
+        if not model_path.is_file():
+            raise BundleError(f"{model_path}: model file named in the manifest is missing")
+        actual = sha256_file(model_path)
+        if actual != entry["sha256"]:
+            raise BundleError(
+                f"{model_path}: SHA-256 {actual[:12]}… does not match the manifest's "
+                f"{entry['sha256'][:12]}…; the bundle was modified or is corrupt"
+            )
+        models.append(
+            ModelEntry(
+                name=entry["name"],
+                file=entry["file"],
+                sha256=entry["sha256"],
+                arch=entry.get("arch", entry["name"]),
+                weight=float(entry.get("weight", 1.0)),
+            )
+        )
+    return Bundle(
+        path=bundle_dir,
+        sha256=sha256_file(manifest_path),
+        manifest=manifest,
+        models=tuple(models),
+    )
+
+
+def write_bundle(out_dir: Path, manifest: dict, model_files: dict[str, Path], force: bool = False) -> Bundle:
+    """Write a bundle: copy the model files, fill in their SHA-256 and write manifest.json.
+
+    `manifest["models"]` entries name their file; `model_files` maps each file name to where
+    it lies now. The bundle is assembled in a temporary folder and moved into place, so a
+    failed export never leaves half a bundle. An existing bundle is replaced only with `force`,
+    and then only its manifest and model files: other files there (a model card) stay.
+    """
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()) and not force:
+        raise BundleError(f"{out_dir}: exists and is not empty (use --force to replace it)")
+    manifest = json.loads(json.dumps(manifest))  # a deep copy that is surely JSON
+    manifest["schema_version"] = MANIFEST_SCHEMA_VERSION
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
+    try:
+        for entry in manifest["models"]:
+            target = staging / entry["file"]
+            shutil.copyfile(model_files[entry["file"]], target)
+            entry["sha256"] = sha256_file(target)
+        _check_manifest(manifest, staging)
+        (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        if out_dir.exists():
+            # Replace the bundle's own files, manifest last; leave anything else (a model card).
+            for entry in manifest["models"]:
+                os.replace(staging / entry["file"], out_dir / entry["file"])
+            os.replace(staging / MANIFEST_NAME, out_dir / MANIFEST_NAME)
+        else:
+            os.replace(staging, out_dir)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+    return load_bundle(out_dir)

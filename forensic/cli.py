@@ -1,0 +1,133 @@
+"""`forensic`: the command line. Thin: parsing and printing; the work is in forensic.scan."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from forensic import __version__
+from forensic.bundle import DEFAULT_BUNDLE, load_bundle
+from forensic.errors import ForensicError
+from forensic.inference import Device
+from forensic.media import collect_inputs
+from forensic.report import build_report, write_report
+from forensic.scan import DEFAULT_FRAMES, FileResult, Scanner
+
+# Exit codes, for pipelines: bits that combine.
+EXIT_FAKE_FOUND = 1
+EXIT_USAGE = 2  # also what Typer uses for bad arguments
+EXIT_FILE_ERRORS = 4
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Find faces in images and videos and judge each file real or fake with an ONNX detector bundle.",
+    epilog=(
+        "Examples:\n\n"
+        "  forensic scan video.mp4\n\n"
+        "  forensic scan photos/ clips/ --json report.json\n\n"
+        "  forensic scan folder/ --json - | jq '.files[] | select(.verdict==\"fake\")'"
+    ),
+    rich_markup_mode=None,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"forensic {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version and exit."),
+) -> None:
+    pass
+
+
+VERDICT_STYLE = {"fake": "bold red", "real": "green", "no-face": "yellow", "error": "bold magenta"}
+
+
+def _table(results: list[FileResult]) -> Table:
+    table = Table(title=None)
+    for column, justify in (("file", "left"), ("verdict", "left"), ("score", "right"), ("faces", "right"), ("frames", "right")):
+        table.add_column(column, justify=justify)
+    for r in results:
+        score = "-" if r.score is None else f"{r.score:.3f}"
+        table.add_row(r.path, f"[{VERDICT_STYLE[r.verdict]}]{r.verdict}[/]", score, str(r.faces), str(r.frames_analyzed))
+    return table
+
+
+@app.command(
+    epilog=(
+        "Exit status: 0 nothing fake and no errors; 1 a file was judged fake; 4 a file could not be read; "
+        "5 both; 2 bad usage or an unusable bundle."
+    )
+)
+def scan(
+    paths: list[Path] = typer.Argument(..., help="Images, videos and folders (searched recursively)."),
+    bundle: Path = typer.Option(DEFAULT_BUNDLE, "--bundle", "-b", help="Detector bundle folder (has manifest.json)."),
+    json_out: Optional[str] = typer.Option(None, "--json", help="Write the JSON report to FILE, or to stdout with '-'."),
+    frames: int = typer.Option(DEFAULT_FRAMES, "--frames", min=1, help="Frames sampled evenly from each video."),
+    threshold: Optional[float] = typer.Option(None, "--threshold", min=0.0, max=1.0, help="Override the bundle's decision threshold."),
+    device: str = typer.Option("auto", "--device", help="auto (GPU if it truly loads, else CPU), cpu or cuda."),
+) -> None:
+    """Scan images, videos and folders; print a verdict per file and optionally a JSON report."""
+    json_to_stdout = json_out == "-"
+    # With --json -, stdout carries the report and nothing else.
+    console = Console(stderr=json_to_stdout)
+    errors = Console(stderr=True)
+    if device not in ("auto", "cpu", "cuda"):
+        errors.print(f"error: --device must be auto, cpu or cuda, not {device!r}", markup=False)
+        raise typer.Exit(EXIT_USAGE)
+    try:
+        loaded = load_bundle(bundle)
+        scanner = Scanner(loaded, device=device, frames=frames, threshold=threshold)  # type: ignore[arg-type]
+    except ForensicError as exc:
+        errors.print(f"error: {exc}", markup=False)
+        raise typer.Exit(EXIT_USAGE)
+    inputs = collect_inputs(paths)
+    if not inputs:
+        errors.print("error: no images or videos found in " + ", ".join(map(str, paths)), markup=False)
+        raise typer.Exit(EXIT_USAGE)
+
+    results: list[FileResult] = []
+    progress = Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=errors, transient=True,
+    )
+    with progress:
+        task = progress.add_task("scanning", total=len(inputs))
+        for path in inputs:
+            progress.update(task, description=f"scanning {path.name}")
+            result = scanner.scan_file(path)
+            results.append(result)
+            if result.error:
+                errors.print(f"error: {result.error}", markup=False, highlight=False)
+            progress.advance(task)
+
+    report = build_report(results, scanner)
+    console.print(_table(results))
+    console.print(
+        f"bundle {loaded.name} ({loaded.sha256[:12]}) on {report['provider']}, threshold {scanner.threshold:g}",
+        highlight=False,
+    )
+    if json_to_stdout:
+        sys.stdout.write(json.dumps(report, indent=2) + "\n")
+    elif json_out:
+        write_report(report, Path(json_out))
+        console.print(f"report written to {json_out}", highlight=False)
+
+    status = 0
+    if any(r.verdict == "fake" for r in results):
+        status |= EXIT_FAKE_FOUND
+    if any(r.verdict == "error" for r in results):
+        status |= EXIT_FILE_ERRORS
+    raise typer.Exit(status)

@@ -1,0 +1,112 @@
+"""Face detection (facenet-pytorch MTCNN) and the face crop shared by training and scanning."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import torch
+from facenet_pytorch import MTCNN
+
+
+@dataclass(frozen=True)
+class Face:
+    """A detected face in full-resolution pixel coordinates."""
+
+    box: tuple[float, float, float, float]  # x1, y1, x2, y2
+    probability: float
+    landmarks: np.ndarray  # (5, 2): eyes, nose, mouth corners
+
+    @property
+    def size(self) -> float:
+        return min(self.box[2] - self.box[0], self.box[3] - self.box[1])
+
+
+def crop_face(image: np.ndarray, box, margin: float, size: int) -> np.ndarray:
+    """Cut a square crop centred on `box`, `margin` times its longer side, resized to `size`.
+
+    Parts of the square outside the image are filled with black so the face keeps its
+    aspect ratio and position at image edges. The same function makes training crops
+    (trainer) and scan crops (forensic), so the model sees the same framing in both.
+    """
+    x1, y1, x2, y2 = (float(v) for v in box)
+    side = max(x2 - x1, y2 - y1) * margin
+    if side < 1:
+        raise ValueError(f"face box {box} is empty")
+    cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+    left, top = int(round(cx - side / 2)), int(round(cy - side / 2))
+    side_px = max(1, int(round(side)))
+    height, width = image.shape[:2]
+    canvas = np.zeros((side_px, side_px, 3), dtype=np.uint8)
+    src_x1, src_y1 = max(left, 0), max(top, 0)
+    src_x2, src_y2 = min(left + side_px, width), min(top + side_px, height)
+    if src_x2 > src_x1 and src_y2 > src_y1:
+        canvas[src_y1 - top : src_y2 - top, src_x1 - left : src_x2 - left] = image[
+            src_y1:src_y2, src_x1:src_x2
+        ]
+    interpolation = cv2.INTER_AREA if side_px > size else cv2.INTER_LINEAR
+    return cv2.resize(canvas, (size, size), interpolation=interpolation)
+
+
+class FaceDetector:
+    """MTCNN run on frames downscaled so their long side is at most `max_side` pixels."""
+
+    def __init__(
+        self,
+        device: str | torch.device = "cpu",
+        min_face_size: int = 40,
+        thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7),
+        max_side: int = 720,
+        batch_size: int = 16,
+    ):
+        self.min_face_size = min_face_size
+        self.max_side = max_side
+        self.batch_size = batch_size
+        self._mtcnn = MTCNN(keep_all=True, thresholds=list(thresholds), device=device)
+
+    def _scale_for(self, image: np.ndarray) -> float:
+        long_side = max(image.shape[:2])
+        return min(1.0, self.max_side / long_side)
+
+    def detect(self, images: list[np.ndarray]) -> list[list[Face]]:
+        """Faces in each image, most probable first. Same-sized images are batched together."""
+        results: list[list[Face]] = [[] for _ in images]
+        by_shape: dict[tuple[int, ...], list[int]] = {}
+        for i, image in enumerate(images):
+            by_shape.setdefault(image.shape, []).append(i)
+        for indices in by_shape.values():
+            scale = self._scale_for(images[indices[0]])
+            # MTCNN's smallest face is in the pixels it sees (smaller means more pyramid levels,
+            # so slower); faces are filtered again at full resolution.
+            self._mtcnn.min_face_size = max(12, int(self.min_face_size * scale))
+            for start in range(0, len(indices), self.batch_size):
+                chunk = indices[start : start + self.batch_size]
+                small = np.stack([self._downscale(images[i], scale) for i in chunk])
+                with torch.inference_mode():
+                    boxes, probs, points = self._mtcnn.detect(small, landmarks=True)
+                for i, b, p, pts in zip(chunk, boxes, probs, points):
+                    results[i] = self._faces(b, p, pts, scale)
+        return results
+
+    @staticmethod
+    def _downscale(image: np.ndarray, scale: float) -> np.ndarray:
+        if scale >= 1.0:
+            return image
+        height, width = image.shape[:2]
+        new_size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        return cv2.resize(image, new_size, interpolation=cv2.INTER_AREA)
+
+    def _faces(self, boxes, probs, points, scale: float) -> list[Face]:
+        if boxes is None:
+            return []
+        # MTCNN returns object arrays; map back to full-resolution coordinates.
+        boxes = np.asarray(boxes, dtype=float) / scale
+        probs = np.asarray(probs, dtype=float)
+        points = np.asarray(points, dtype=float) / scale
+        faces = [
+            Face(box=tuple(box.tolist()), probability=float(prob), landmarks=pts)
+            for box, prob, pts in zip(boxes, probs, points)
+        ]
+        faces = [face for face in faces if face.size >= self.min_face_size]
+        return sorted(faces, key=lambda face: -face.probability)

@@ -1,0 +1,110 @@
+"""Running a bundle's models in ONNX Runtime, on the GPU when it truly loads, else the CPU."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import onnxruntime as ort
+
+from forensic.bundle import Bundle
+from forensic.errors import BundleError, ForensicError
+
+Device = Literal["auto", "cpu", "cuda"]
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+
+
+def _cuda_usable() -> bool:
+    # onnxruntime-gpu lists CUDA as available even where it cannot load it, and then logs an
+    # error and runs on the CPU. torch (already imported for MTCNN) knows whether a GPU is there.
+    import torch
+
+    return CUDA in ort.get_available_providers() and torch.cuda.is_available()
+
+
+def _make_session(model_path: str, device: Device) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if device == "cpu" or (device == "auto" and not _cuda_usable()):
+        return ort.InferenceSession(model_path, options, providers=[CPU])
+    if hasattr(ort, "preload_dlls"):
+        # Loads the CUDA/cuDNN libraries that torch's nvidia-* wheels bring.
+        ort.preload_dlls()
+    session = ort.InferenceSession(model_path, options, providers=[CUDA, CPU])
+    if session.get_providers()[0] != CUDA and device == "cuda":
+        raise ForensicError(
+            f"{model_path}: --device cuda was asked for but ONNX Runtime could not load "
+            f"CUDAExecutionProvider (it would run on {session.get_providers()[0]})"
+        )
+    return session
+
+
+@dataclass
+class Prediction:
+    """Probability of "fake" per input: the ensemble's and each model's."""
+
+    ensemble: np.ndarray
+    per_model: dict[str, np.ndarray]
+
+
+class EnsembleRunner:
+    """All models of a bundle, combined by the manifest's weights."""
+
+    def __init__(self, bundle: Bundle, device: Device = "auto", batch_size: int = 32):
+        self.bundle = bundle
+        self.batch_size = batch_size
+        spec = bundle.manifest["input"]
+        self._normalize_here = not spec["normalize_in_graph"]
+        self._mean = np.asarray(spec["mean"], dtype=np.float32).reshape(1, 3, 1, 1)
+        self._std = np.asarray(spec["std"], dtype=np.float32).reshape(1, 3, 1, 1)
+        self._temperature = float(bundle.manifest.get("temperature", 1.0))
+        self.sessions: dict[str, ort.InferenceSession] = {}
+        for entry in bundle.models:
+            try:
+                self.sessions[entry.name] = _make_session(str(bundle.path / entry.file), device)
+            except ForensicError:
+                raise
+            except Exception as exc:  # onnxruntime raises its own exception types
+                raise BundleError(f"{bundle.path / entry.file}: ONNX Runtime cannot load it ({exc})") from None
+        weights = np.asarray([entry.weight for entry in bundle.models], dtype=np.float64)
+        self._weights = weights / weights.sum()
+
+    @property
+    def providers(self) -> list[str]:
+        """The execution providers that actually run, one per model (deduplicated, in order)."""
+        seen: list[str] = []
+        for session in self.sessions.values():
+            provider = session.get_providers()[0]
+            if provider not in seen:
+                seen.append(provider)
+        return seen
+
+    def _prepare(self, crops: np.ndarray) -> np.ndarray:
+        x = crops.astype(np.float32).transpose(0, 3, 1, 2) / 255.0
+        if self._normalize_here:
+            x = (x - self._mean) / self._std
+        return np.ascontiguousarray(x)
+
+    def predict(self, crops: np.ndarray) -> Prediction:
+        """`crops`: (N, size, size, 3) RGB uint8 face crops."""
+        if len(crops) == 0:
+            empty = np.zeros((0,), dtype=np.float64)
+            return Prediction(ensemble=empty, per_model={name: empty for name in self.sessions})
+        per_model: dict[str, list[np.ndarray]] = {name: [] for name in self.sessions}
+        for start in range(0, len(crops), self.batch_size):
+            x = self._prepare(crops[start : start + self.batch_size])
+            for name, session in self.sessions.items():
+                input_name = session.get_inputs()[0].name
+                logits = session.run(None, {input_name: x})[0].astype(np.float64)
+                per_model[name].append(_softmax(logits / self._temperature)[:, self.bundle.fake_index])
+        scores = {name: np.concatenate(parts) for name, parts in per_model.items()}
+        ensemble = sum(w * scores[e.name] for w, e in zip(self._weights, self.bundle.models))
+        return Prediction(ensemble=np.asarray(ensemble), per_model=scores)
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=1, keepdims=True)

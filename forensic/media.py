@@ -1,0 +1,126 @@
+"""Reading images and videos into RGB frames, and finding the media files under a path."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator, Literal
+
+import av
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from forensic.errors import MediaError
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
+VIDEO_SUFFIXES = frozenset({".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v"})
+
+MediaKind = Literal["image", "video"]
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One decoded frame: RGB uint8 (H, W, 3), its index in the stream and its time in seconds."""
+
+    index: int
+    time: float | None
+    image: np.ndarray
+
+
+def media_kind(path: Path) -> MediaKind | None:
+    suffix = path.suffix.lower()
+    if suffix in IMAGE_SUFFIXES:
+        return "image"
+    if suffix in VIDEO_SUFFIXES:
+        return "video"
+    return None
+
+
+def collect_inputs(paths: Iterable[Path]) -> list[Path]:
+    """Expand folders (recursively, sorted) into their image and video files.
+
+    Files named explicitly are always kept, whatever their type, so that a file the user asked
+    for is reported (as an error if need be) rather than silently dropped.
+    """
+    found: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            found.extend(
+                p for p in sorted(path.rglob("*")) if p.is_file() and media_kind(p) is not None
+            )
+        else:
+            found.append(path)
+    return found
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # 16-bit and 32-bit integer greyscale: rescale to 8 bits instead of clipping.
+        array = np.asarray(image, dtype=np.float64)
+        peak = array.max() if array.max() > 0 else 1.0
+        image = Image.fromarray((array / peak * 255.0).round().astype(np.uint8))
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        # Composite transparent pixels on white, as a viewer shows them.
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, rgba)
+    return image.convert("RGB")
+
+
+def load_image(path: Path) -> np.ndarray:
+    """Decode an image file into an RGB uint8 array, with its EXIF orientation applied."""
+    try:
+        with Image.open(path) as image:
+            image = ImageOps.exif_transpose(image)
+            return np.asarray(_to_rgb(image)).copy()
+    except FileNotFoundError:
+        raise MediaError(f"{path}: no such file") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise MediaError(f"{path}: cannot decode image ({exc})") from None
+
+
+def _evenly_spaced(total: int, count: int) -> list[int]:
+    if total <= count:
+        return list(range(total))
+    return sorted({int(round(i)) for i in np.linspace(0, total - 1, count)})
+
+
+def _count_video_frames(path: Path) -> int:
+    """Count frames by demuxing packets (no decoding), for containers that do not say."""
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        return sum(1 for packet in container.demux(stream) if packet.size > 0)
+
+
+def sample_video_frames(path: Path, count: int) -> Iterator[Frame]:
+    """Yield `count` frames spread evenly over the video, decoding as a stream (memory stays flat)."""
+    try:
+        container = av.open(str(path))
+    except FileNotFoundError:
+        raise MediaError(f"{path}: no such file") from None
+    except av.FFmpegError as exc:
+        raise MediaError(f"{path}: cannot open video ({exc})") from None
+    with container:
+        if not container.streams.video:
+            raise MediaError(f"{path}: no video stream")
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        total = stream.frames or _count_video_frames(path)
+        if total == 0:
+            raise MediaError(f"{path}: video has no frames")
+        wanted = _evenly_spaced(total, count)
+        wanted_set, last = set(wanted), wanted[-1]
+        try:
+            for index, frame in enumerate(container.decode(stream)):
+                if index in wanted_set:
+                    image = frame.to_ndarray(format="rgb24")
+                    # The display matrix gives the counter-clockwise rotation needed for display.
+                    quarter_turns = round((frame.rotation or 0) / 90) % 4
+                    if quarter_turns:
+                        image = np.ascontiguousarray(np.rot90(image, k=quarter_turns))
+                    time = float(frame.time) if frame.time is not None else None
+                    yield Frame(index=index, time=time, image=image)
+                if index >= last:
+                    break
+        except av.FFmpegError as exc:
+            raise MediaError(f"{path}: cannot decode video ({exc})") from None

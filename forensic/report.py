@@ -1,0 +1,62 @@
+"""The JSON report: stable from schema version 1 on (later versions only add fields)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from datetime import datetime, timezone
+from importlib import resources
+from pathlib import Path
+
+from forensic import __version__
+from forensic.scan import FileResult, Scanner
+
+REPORT_SCHEMA_VERSION = 1
+
+
+def report_schema() -> dict:
+    """The JSON Schema that every report validates against."""
+    text = resources.files("forensic").joinpath("schemas/report.schema.json").read_text("utf-8")
+    return json.loads(text)
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 6)
+
+
+def file_entry(result: FileResult) -> dict:
+    entry = asdict(result)
+    entry["score"] = _round(result.score)
+    for frame in entry["frames"]:
+        for face in frame["faces"]:
+            face["score"] = _round(face["score"])
+            face["model_scores"] = {k: _round(v) for k, v in face["model_scores"].items()}
+    return entry
+
+
+def build_report(results: list[FileResult], scanner: Scanner) -> dict:
+    bundle = scanner.bundle
+    return {
+        "schema_version": REPORT_SCHEMA_VERSION,
+        "tool_version": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "bundle": {
+            "name": bundle.name,
+            "sha256": bundle.sha256,
+            "path": str(bundle.path),
+            "models": [{"name": m.name, "sha256": m.sha256, "weight": m.weight} for m in bundle.models],
+        },
+        "provider": "+".join(scanner.runner.providers),
+        "settings": {
+            "frames_per_video": scanner.frames,
+            "threshold": scanner.threshold,
+            "face_margin": bundle.margin,
+            "input_size": bundle.input_size,
+        },
+        "files": [file_entry(result) for result in results],
+    }
+
+
+def write_report(report: dict, destination: Path) -> None:
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    destination.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")

@@ -1,0 +1,19 @@
+"""Versions of the libraries a result depends on, recorded in runs and manifests."""
+
+from __future__ import annotations
+
+import platform
+from importlib.metadata import PackageNotFoundError, version
+
+PACKAGES = ("deepfake-forensics", "torch", "torchvision", "timm", "onnx", "onnxruntime-gpu", "onnxruntime",
+            "facenet-pytorch", "numpy", "opencv-python-headless")
+
+
+def library_versions() -> dict[str, str]:
+    found = {"python": platform.python_version()}
+    for package in PACKAGES:
+        try:
+            found[package] = version(package)
+        except PackageNotFoundError:
+            continue
+    return found
