@@ -28,7 +28,7 @@ test: $(STAMP)
 default-bundle: $(STAMP)
 	rm -rf build/placeholder
 	$(BIN)/trainer synth --dataset build/placeholder/data --size 224 --per-class 60
-	$(BIN)/trainer fit --data build/placeholder/data --arch efficientnet_lite0 --epochs 6 --out build/placeholder/run --seed 0
+	$(BIN)/trainer fit --data build/placeholder/data --arch efficientnet_lite0 --epochs 10 --out build/placeholder/run --seed 0
 	$(BIN)/trainer export build/placeholder/run --out exports/default --name placeholder-astronaut-lite0 --force
 
 bench: $(STAMP)

@@ -12,6 +12,7 @@ manifest.json, schema version 1:
     face_crop        {margin}: square crop side = margin x the face box's longer side
     class_order      ["real", "fake"]: the order of the model's output logits
     decision_threshold  probability of "fake" at or above which a file is called fake
+    temperature      logits are divided by it before the softmax (1.0: uncalibrated)
     producer         {tool, tool_version, torch, timm, onnx, opset, ...}
     training         what the models were trained on and how well they did (free form)
 
@@ -105,24 +106,35 @@ def _check_manifest(manifest: dict, bundle_dir: Path) -> None:
         "'models' must be a non-empty list",
     )
     for entry in manifest["models"]:
+        _require(isinstance(entry, dict), bundle_dir, "each model entry must be an object")
         for key in ("name", "file", "sha256"):
             _require(key in entry, bundle_dir, f"a model entry lacks '{key}'")
+        # A zero weight would make every score NaN, and NaN >= threshold calls everything real.
+        _require(_is_number(entry.get("weight", 1.0)) and entry.get("weight", 1.0) > 0, bundle_dir,
+                 f"model {entry['name']!r}: weight must be a number > 0")
     _require(
-        sorted(manifest["class_order"]) == sorted(CLASS_ORDER),
+        isinstance(manifest["class_order"], list) and sorted(map(str, manifest["class_order"])) == sorted(CLASS_ORDER),
         bundle_dir,
         f"class_order must hold exactly {list(CLASS_ORDER)}",
     )
     spec = manifest["input"]
+    _require(isinstance(spec, dict), bundle_dir, "'input' must be an object")
     for key in ("size", "mean", "std", "normalize_in_graph"):
         _require(key in spec, bundle_dir, f"'input' lacks '{key}'")
     _require(spec.get("color_order", "RGB") == "RGB", bundle_dir, "only RGB input is supported")
     _require(spec.get("layout", "NCHW") == "NCHW", bundle_dir, "only NCHW input is supported")
+    crop = manifest["face_crop"]
+    _require(isinstance(crop, dict) and _is_number(crop.get("margin")) and crop["margin"] > 0, bundle_dir,
+             "face_crop.margin must be a number > 0")
     threshold = manifest["decision_threshold"]
-    _require(
-        isinstance(threshold, (int, float)) and 0.0 <= threshold <= 1.0,
-        bundle_dir,
-        "decision_threshold must be a number in [0, 1]",
-    )
+    _require(_is_number(threshold) and 0.0 <= threshold <= 1.0, bundle_dir,
+             "decision_threshold must be a number in [0, 1]")
+    temperature = manifest.get("temperature", 1.0)
+    _require(_is_number(temperature) and temperature > 0, bundle_dir, "temperature must be a number > 0")
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def load_bundle(bundle_dir: Path) -> Bundle:

@@ -110,20 +110,20 @@ def scan(
             result = scanner.scan_file(path)
             results.append(result)
             if result.error:
-                errors.print(f"error: {result.error}", markup=False, highlight=False)
+                errors.print(f"error: {result.error}", markup=False, highlight=False, soft_wrap=True)
             progress.advance(task)
 
     report = build_report(results, scanner)
     console.print(_table(results))
     console.print(
         f"bundle {loaded.name} ({loaded.sha256[:12]}) on {report['provider']}, threshold {scanner.threshold:g}",
-        highlight=False,
+        highlight=False, soft_wrap=True,
     )
     if json_to_stdout:
         sys.stdout.write(json.dumps(report, indent=2) + "\n")
     elif json_out:
         write_report(report, Path(json_out))
-        console.print(f"report written to {json_out}", highlight=False)
+        console.print(f"report written to {json_out}", highlight=False, soft_wrap=True)
 
     status = 0
     if any(r.verdict == "fake" for r in results):

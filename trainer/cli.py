@@ -33,7 +33,7 @@ console = Console(stderr=True)
 
 
 def _fail(exc: Exception) -> None:
-    console.print(f"error: {exc}", markup=False, highlight=False)
+    console.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
     raise typer.Exit(2)
 
 
@@ -55,7 +55,7 @@ def _print_epoch(m: EpochMetrics) -> None:
     console.print(
         f"epoch {m.epoch}: train loss {m.train_loss:.4f} acc {m.train_accuracy:.4f} | "
         f"val loss {m.val_loss:.4f} acc {m.val_accuracy:.4f} AUC {auc} | {m.seconds:.1f}s",
-        highlight=False,
+        highlight=False, soft_wrap=True,
     )
 
 
@@ -96,7 +96,7 @@ def fit_command(
     except (DatasetError, RunError, ValueError) as exc:
         _fail(exc)
     auc = "n/a" if best["val_auc"] is None else f"{best['val_auc']:.4f}"
-    console.print(f"best epoch {best['epoch']}: val acc {best['val_accuracy']:.4f} AUC {auc}; run in {out}", highlight=False)
+    console.print(f"best epoch {best['epoch']}: val acc {best['val_accuracy']:.4f} AUC {auc}; run in {out}", highlight=False, soft_wrap=True)
 
 
 @app.command(name="export")
@@ -117,7 +117,7 @@ def export_command(
         _fail(exc)
     difference = bundle.manifest["producer"]["onnx_max_logit_difference"]
     console.print(f"bundle {bundle.name} written to {out} (manifest sha256 {bundle.sha256[:12]}; "
-                  f"ONNX Runtime vs PyTorch max |Δlogit| {difference:.1e})", highlight=False)
+                  f"ONNX Runtime vs PyTorch max |Δlogit| {difference:.1e})", highlight=False, soft_wrap=True)
 
 
 @app.command(name="synth")
@@ -135,7 +135,7 @@ def synth_command(
     if dataset is not None:
         third = max(2, per_split // 3)
         counts = make_face_dataset(dataset, {"train": per_split, "validation": third, "test": third}, size=size)
-        console.print(f"dataset written to {dataset}: {counts}", highlight=False)
+        console.print(f"dataset written to {dataset}: {counts}", highlight=False, soft_wrap=True)
     if media is not None:
         files = make_sample_media(media)
-        console.print(f"{len(files)} sample files written to {media}", highlight=False)
+        console.print(f"{len(files)} sample files written to {media}", highlight=False, soft_wrap=True)

@@ -44,11 +44,12 @@ def list_split(root: Path, split: str) -> list[Sample]:
 
 
 def verify_images(samples: list[Sample]) -> None:
-    """Check every file is a readable image before hours of training depend on it."""
+    """Decode every file once, before hours of training depend on it (verify() alone misses
+    truncated JPEGs)."""
     for sample in samples:
         try:
             with Image.open(sample.path) as image:
-                image.verify()
+                image.load()
         except (UnidentifiedImageError, OSError, SyntaxError) as exc:
             raise DatasetError(f"{sample.path}: unreadable image ({exc})") from None
 

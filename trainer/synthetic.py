@@ -59,6 +59,11 @@ def _jittered_box(box, rng: np.random.Generator):
     return (cx - w * s / 2, cy - h * s / 2, cx + w * s / 2, cy + h * s / 2)
 
 
+def _jpeg_roundtrip(image: np.ndarray, quality: int) -> np.ndarray:
+    ok, encoded = cv2.imencode(".jpg", np.ascontiguousarray(image[..., ::-1]), [cv2.IMWRITE_JPEG_QUALITY, quality])
+    return cv2.imdecode(encoded, cv2.IMREAD_COLOR)[..., ::-1]
+
+
 def make_face_dataset(root: Path, per_class: dict[str, int] | None = None, size: int = 128,
                       margin: float = 1.3, seed: int = 0) -> dict[str, dict[str, int]]:
     """Write DIR/{train,validation,test}/{real,fake}/*.png crops; return the counts written."""
@@ -76,6 +81,8 @@ def make_face_dataset(root: Path, per_class: dict[str, int] | None = None, size:
                 crop = crop_face(source, _jittered_box(box, rng), margin, size)
                 if rng.random() < 0.5:
                     crop = crop[:, ::-1]
+                if rng.random() < 0.5:  # compression in both classes, so it is not the cue
+                    crop = _jpeg_roundtrip(crop, int(rng.integers(50, 95)))
                 Image.fromarray(np.ascontiguousarray(crop)).save(folder / f"astronaut_{i:03d}_0.png")
             counts[split][label] = n
     return counts

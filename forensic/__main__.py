@@ -1,0 +1,3 @@
+from forensic.cli import app
+
+app(prog_name="forensic")

@@ -1,0 +1,138 @@
+"""From a dataset to a verdict: trainer fit → trainer export → forensic scan, through the CLIs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import jsonschema
+import pytest
+from typer.testing import CliRunner
+
+from forensic import __version__
+from forensic.bundle import load_bundle, sha256_file
+from forensic.cli import app as forensic_app
+from forensic.report import report_schema
+from trainer.cli import app as trainer_app
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def run_dir(face_dataset, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "b0"
+    result = runner.invoke(trainer_app, [
+        "fit", "--data", str(face_dataset), "--arch", "efficientnet_b0", "--epochs", "1", "--size", "64",
+        "--batch-size", "8", "--workers", "0", "--out", str(out),
+    ])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+@pytest.fixture(scope="module")
+def bundle_dir(run_dir, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("bundles") / "tiny"
+    result = runner.invoke(trainer_app, ["export", str(run_dir), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_fit_writes_config_metrics_and_checkpoints(run_dir):
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["arch"] == "efficientnet_b0" and config["size"] == 64
+    assert config["counts"]["train"] == {"real": 12, "fake": 12}
+    epochs = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [e["epoch"] for e in epochs] == [1]
+    assert 0.0 <= epochs[0]["val_accuracy"] <= 1.0 and 0.0 <= epochs[0]["val_auc"] <= 1.0
+    assert (run_dir / "best.pt").is_file() and (run_dir / "last.pt").is_file()
+
+
+def test_fit_resume_continues_and_refuses_to_overwrite(run_dir, face_dataset):
+    again = runner.invoke(trainer_app, ["fit", "--data", str(face_dataset), "--arch", "efficientnet_b0",
+                                        "--epochs", "1", "--size", "64", "--workers", "0", "--out", str(run_dir)])
+    assert again.exit_code == 2 and "--resume" in again.output
+    resumed = runner.invoke(trainer_app, ["fit", "--data", str(face_dataset), "--arch", "efficientnet_b0", "--epochs", "2",
+                                          "--size", "64", "--batch-size", "8", "--workers", "0", "--out", str(run_dir), "--resume"])
+    assert resumed.exit_code == 0, resumed.output
+    epochs = [json.loads(line)["epoch"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [1, 2]
+
+
+def test_export_writes_a_verified_bundle(bundle_dir):
+    manifest = json.loads((bundle_dir / "manifest.json").read_text())
+    assert manifest["models"][0]["sha256"] == sha256_file(bundle_dir / "model.onnx")
+    assert manifest["input"]["size"] == 64 and manifest["class_order"] == ["real", "fake"]
+    assert manifest["face_crop"]["margin"] == 1.3 and manifest["decision_threshold"] == 0.5
+    assert manifest["producer"]["onnx_max_logit_difference"] <= 1e-4
+    assert {"torch", "timm", "onnx"} <= set(manifest["producer"])
+    assert load_bundle(bundle_dir).name == "tiny"
+
+
+def test_scan_images_videos_and_junk(bundle_dir, sample_media, tmp_path):
+    report_path = tmp_path / "report.json"
+    paths = [sample_media[name] for name in ("astronaut.png", "astronaut_pan.mp4", "coffee_no_face.jpg", "corrupt.jpg")]
+    result = runner.invoke(forensic_app, ["scan", *map(str, paths), "--bundle", str(bundle_dir),
+                                          "--json", str(report_path), "--frames", "6"])
+    report = json.loads(report_path.read_text())
+    jsonschema.validate(report, report_schema())
+    files = {Path(f["path"]).name: f for f in report["files"]}
+    assert report["provider"] == "CPUExecutionProvider"
+    assert report["bundle"]["sha256"] == sha256_file(bundle_dir / "manifest.json")
+
+    image = files["astronaut.png"]
+    assert image["kind"] == "image" and image["verdict"] in ("real", "fake")
+    assert image["faces"] == 1 and image["frames_analyzed"] == 1
+    assert image["sha256"] == sha256_file(sample_media["astronaut.png"])
+    assert (image["verdict"] == "fake") == (image["score"] >= image["threshold"])
+
+    video = files["astronaut_pan.mp4"]
+    assert video["kind"] == "video" and video["frames_analyzed"] == 6 and video["faces"] == 1
+    assert [frame["index"] for frame in video["frames"]] == [0, 4, 8, 11, 15, 19]
+
+    assert files["coffee_no_face.jpg"]["verdict"] == "no-face" and files["coffee_no_face.jpg"]["score"] is None
+
+    junk = files["corrupt.jpg"]
+    assert junk["verdict"] == "error" and "corrupt.jpg" in junk["error"] and junk["score"] is None
+    # a fake verdict sets bit 1, the unreadable file bit 4
+    expected = (1 if any(f["verdict"] == "fake" for f in report["files"]) else 0) | 4
+    assert result.exit_code == expected, result.output
+
+
+def test_scan_folder_recurses_and_json_to_stdout_is_pure(bundle_dir, sample_media, tmp_path):
+    folder = sample_media["astronaut.png"].parent
+    completed = subprocess.run(
+        [sys.executable, "-m", "forensic", "scan", str(folder), "--bundle", str(bundle_dir), "--json", "-", "--frames", "2"],
+        capture_output=True, text=True, timeout=300,
+    )
+    report = json.loads(completed.stdout)  # nothing but the report on stdout
+    jsonschema.validate(report, report_schema())
+    assert sorted(Path(f["path"]).name for f in report["files"]) == sorted(sample_media)
+    assert "corrupt.jpg" in completed.stderr and "Traceback" not in completed.stderr
+    assert completed.returncode & 4
+
+
+def test_scan_refuses_a_tampered_bundle(bundle_dir, sample_media, tmp_path):
+    tampered = tmp_path / "tampered"
+    tampered.mkdir()
+    (tampered / "manifest.json").write_text((bundle_dir / "manifest.json").read_text())
+    (tampered / "model.onnx").write_bytes((bundle_dir / "model.onnx").read_bytes() + b"\0")
+    result = runner.invoke(forensic_app, ["scan", str(sample_media["astronaut.png"]), "--bundle", str(tampered)])
+    assert result.exit_code == 2
+    assert "SHA-256" in result.output and "Traceback" not in result.output
+
+
+def test_fit_reports_a_malformed_dataset_in_one_line(tmp_path):
+    (tmp_path / "train" / "real").mkdir(parents=True)
+    result = runner.invoke(trainer_app, ["fit", "--data", str(tmp_path), "--out", str(tmp_path / "run"), "--epochs", "1"])
+    assert result.exit_code == 2
+    assert "error:" in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("app,name", [(forensic_app, "forensic"), (trainer_app, "trainer")])
+def test_version_and_help_with_examples(app, name):
+    version = runner.invoke(app, ["--version"])
+    assert version.exit_code == 0 and version.output.strip() == f"{name} {__version__}"
+    help_text = runner.invoke(app, ["--help"]).output
+    assert "Examples:" in help_text

