@@ -1,0 +1,71 @@
+"""Throughput of forensic's stages on this machine, from one run (the machine is noisy, so
+ratios between figures taken in the same run matter more than the absolute numbers).
+
+    .venv/bin/python bench/scan_throughput.py [--bundle exports/default] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from forensic.bundle import DEFAULT_BUNDLE, load_bundle
+from forensic.faces import FaceDetector
+from forensic.inference import EnsembleRunner
+from forensic.media import sample_video_frames
+from forensic.scan import Scanner
+from trainer.synthetic import astronaut, panning_frames, write_video
+
+
+def best_of(repeats: int, work) -> float:
+    """Best wall time of `repeats` runs (the least disturbed by other load)."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        work()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bundle", type=Path, default=DEFAULT_BUNDLE)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+
+    bundle = load_bundle(args.bundle)
+    image, _ = astronaut()
+    frames = panning_frames(image, count=64)  # 448x336 frames with one face
+
+    detector = FaceDetector()
+    one = best_of(args.repeats, lambda: [detector.detect([f]) for f in frames[:16]]) / 16
+    batched = best_of(args.repeats, lambda: detector.detect(frames[:16])) / 16
+    print(f"MTCNN on 448x336 frames: {one * 1000:.1f} ms/frame one at a time, "
+          f"{batched * 1000:.1f} ms/frame in batches of 16 (x{one / batched:.2f})")
+
+    runner = EnsembleRunner(bundle, device="auto")
+    size = bundle.input_size
+    crops = np.random.default_rng(0).integers(0, 256, (64, size, size, 3), dtype=np.uint8)
+    for batch in (1, 32):
+        runner.batch_size = batch
+        seconds = best_of(args.repeats, lambda: runner.predict(crops))
+        print(f"{bundle.name} in ONNX Runtime ({'+'.join(runner.providers)}), {size}px, batch {batch}: "
+              f"{len(crops) / seconds:.1f} crops/s")
+
+    with tempfile.TemporaryDirectory() as scratch:
+        video = Path(scratch) / "pan.mp4"
+        write_video(video, frames, fps=25)
+        decode = best_of(args.repeats, lambda: list(sample_video_frames(video, 32)))
+        scanner = Scanner(bundle, device="auto", frames=32, detector=detector)
+        scan = best_of(args.repeats, lambda: scanner.scan_file(video))
+    print(f"decode 32 of 64 frames (H.264 448x336): {decode * 1000:.0f} ms")
+    print(f"scan one 64-frame video, 32 frames analysed: {scan:.2f} s "
+          f"(decode {decode / scan:.0%} of it; {32 / scan:.1f} frames/s end to end)")
+
+
+if __name__ == "__main__":
+    main()
