@@ -1,6 +1,7 @@
 """Training methods. Adding one: a new module that uses @register_method, plus its import here."""
 
-from trainer.methods import erm  # noqa: F401  (registers erm)
-from trainer.methods.registry import create_method, list_methods
+from trainer.methods import erm  # noqa: F401
+from trainer.methods import gradreg  # noqa: F401
+from trainer.methods.registry import TrainingMethod, create_method, list_methods, method_class, register_method
 
-__all__ = ["create_method", "list_methods"]
+__all__ = ["TrainingMethod", "create_method", "list_methods", "method_class", "register_method"]

@@ -1,28 +1,58 @@
 """The training-method registry. A method owns one optimisation step on a batch, so methods
 that need several forward/backward passes (gradient regularisation, adversarial training)
-fit the same training loop as plain ERM."""
+fit the same training loop as plain ERM.
+
+Adding a method: subclass `TrainingMethod` in a new module, decorate it with
+`@register_method("name")`, import the module in `trainer/methods/__init__.py`.
+"""
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any
 
 import torch
 from torch import nn
 
 
-class TrainingMethod(Protocol):
-    name: str
+class TrainingMethod:
+    """Base class. Options come from `trainer fit --option key=value` (or the config file's
+    `options` table) as keyword arguments of `__init__`; unknown ones are an error."""
 
-    def step(self, model: nn.Module, pixels: torch.Tensor, labels: torch.Tensor, optimizer: torch.optim.Optimizer) -> dict[str, float]:
-        """Run one optimisation step; return scalars to log (at least 'loss')."""
-        ...
+    name: str = ""
+    # FitConfig fields this method changes when the user leaves them unset, e.g.
+    # {"optimizer": "sgd", "lr": 1e-3}.
+    defaults: dict[str, Any] = {}
+
+    def __init__(self, **options: Any):
+        if options:
+            raise TypeError(f"method {self.name!r} takes no option(s) {', '.join(sorted(options))}")
+
+    def setup(self, model: nn.Module, device: torch.device) -> None:
+        """Called once before training (build auxiliary networks, register hooks...)."""
+
+    def step(self, model: nn.Module, pixels: torch.Tensor, labels: torch.Tensor,
+             optimizer: torch.optim.Optimizer) -> dict[str, float]:
+        """Run one optimisation step on (pixels in [0, 1], labels); return scalars to log,
+        at least 'loss' and 'accuracy' (of the logits the step trained on)."""
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Any]:
+        """State to checkpoint and resume (tensors and plain values only: loaded with weights_only)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+    def artifacts(self) -> dict[str, dict]:
+        """Extra networks to save beside the run's checkpoints: {file stem: state dict}."""
+        return {}
 
 
-_REGISTRY: dict[str, type] = {}
+_REGISTRY: dict[str, type[TrainingMethod]] = {}
 
 
 def register_method(name: str):
-    def decorator(cls: type) -> type:
+    def decorator(cls: type[TrainingMethod]) -> type[TrainingMethod]:
         if name in _REGISTRY:
             raise ValueError(f"training method {name!r} is registered twice")
         cls.name = name
@@ -36,7 +66,11 @@ def list_methods() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def create_method(name: str, **options) -> TrainingMethod:
+def method_class(name: str) -> type[TrainingMethod]:
     if name not in _REGISTRY:
         raise KeyError(f"unknown training method {name!r}; known: {', '.join(list_methods())}")
-    return _REGISTRY[name](**options)
+    return _REGISTRY[name]
+
+
+def create_method(name: str, **options: Any) -> TrainingMethod:
+    return method_class(name)(**options)

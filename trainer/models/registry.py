@@ -1,13 +1,17 @@
 """The architecture registry and its one factory, in the manner of timm.
 
-An architecture is a function that builds a binary classifier taking normalised images,
-decorated with `@register_model(name, mean=..., std=...)`; `create_model(name)` wraps it in a
-`Detector` that takes pixels in [0, 1] (attacks and exports work in pixel space).
+An architecture is a function `build(imagenet: bool) -> nn.Module` returning a binary
+classifier (2 logits) on normalised images, decorated with `@register_model(...)`, which says
+its normalisation, input size, extra initialisations and which layer ends its "shallow" part
+(where gradient regularisation perturbs feature statistics). `create_model(name, init=...)`
+wraps it in a `Detector` that takes pixels in [0, 1] (attacks and exports work in pixel space).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -20,27 +24,26 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 @dataclass(frozen=True)
 class ModelSpec:
     name: str
-    build: Callable[..., nn.Module]  # build(pretrained: bool) -> nn.Module with 2 output logits
+    build: Callable[..., nn.Module]  # build(imagenet: bool) -> nn.Module with 2 output logits
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     input_size: int
-    pretrained_source: str | None  # where offline ImageNet weights come from, or None
+    shallow_layer: str  # module path inside the backbone whose output is the shallow feature map
+    default_init: str = "random"
+    inits: dict[str, Callable[[nn.Module], str]] = field(default_factory=dict)  # extra named inits
+    imagenet: bool = True  # whether build(imagenet=True) is possible (timm hub weights)
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
 
 
-def register_model(
-    name: str,
-    mean=IMAGENET_MEAN,
-    std=IMAGENET_STD,
-    input_size: int = 224,
-    pretrained_source: str | None = None,
-):
+def register_model(name: str, *, shallow_layer: str, mean=IMAGENET_MEAN, std=IMAGENET_STD, input_size: int = 224,
+                   default_init: str = "random", inits: dict | None = None, imagenet: bool = True):
     def decorator(build: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if name in _REGISTRY:
             raise ValueError(f"architecture {name!r} is registered twice")
-        _REGISTRY[name] = ModelSpec(name, build, tuple(mean), tuple(std), input_size, pretrained_source)
+        _REGISTRY[name] = ModelSpec(name, build, tuple(mean), tuple(std), input_size, shallow_layer,
+                                    default_init, dict(inits or {}), imagenet)
         return build
 
     return decorator
@@ -59,21 +62,71 @@ def model_spec(name: str) -> ModelSpec:
 class Detector(nn.Module):
     """Normalisation + backbone: takes RGB pixels in [0, 1], returns (N, 2) logits [real, fake]."""
 
-    def __init__(self, backbone: nn.Module, mean, std):
+    def __init__(self, backbone: nn.Module, mean, std, shallow_layer: str):
         super().__init__()
         self.backbone = backbone
+        self.shallow_layer = shallow_layer
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.backbone((pixels - self.mean) / self.std)
 
+    def shallow_module(self) -> nn.Module:
+        return self.backbone.get_submodule(self.shallow_layer)
 
-def create_model(name: str, pretrained: bool | None = None) -> Detector:
-    """Build architecture `name`. `pretrained=None` uses offline ImageNet weights when the
-    architecture has some; `True` demands them; `False` starts from random weights."""
+
+class InitError(Exception):
+    """An initialisation that cannot be done, described in one line."""
+
+
+def _load_state_dict_file(model: Detector, path: Path) -> str:
+    """A .pth/.pt (loaded with weights_only=True, never unpickled) or .safetensors state dict:
+    of a whole Detector, of its backbone, or a `trainer fit` checkpoint (its 'model' entry)."""
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if isinstance(state, dict) and isinstance(state.get("model"), dict):
+            state = state["model"]
+    target = model if any(k.startswith("backbone.") for k in state) else model.backbone
+    try:
+        target.load_state_dict(state)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0]
+        raise InitError(f"{path}: does not fit this architecture ({first})") from None
+    return f"file {path}"
+
+
+def create_model(name: str, init: str | None = None) -> Detector:
+    """Build architecture `name` initialised by `init`: 'random'; 'imagenet' (timm's hub
+    weights: fails fast when the hub is unreachable); a name the architecture registers
+    (e.g. 'lite0-pypi'); or a path to a state dict. None: the architecture's default."""
     spec = model_spec(name)
-    if pretrained and spec.pretrained_source is None:
-        raise ValueError(f"no offline pretrained weights are available for {name!r}")
-    use_pretrained = spec.pretrained_source is not None if pretrained is None else pretrained
-    return Detector(spec.build(pretrained=use_pretrained), spec.mean, spec.std)
+    init = init or spec.default_init
+    if init == "imagenet":
+        if not spec.imagenet:
+            raise InitError(f"{name} has no ImageNet weights (it is trained from scratch)")
+        # Offline: fail in seconds, not after a minute of retries.
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        try:
+            backbone = spec.build(imagenet=True)
+        except Exception as exc:  # huggingface_hub raises several types when offline
+            raise InitError(f"--init imagenet: timm could not fetch {name}'s weights ({type(exc).__name__}); "
+                            f"the hub is unreachable from here: use --init random, a registered init "
+                            f"({', '.join(spec.inits) or 'none'}) or a state-dict file") from None
+        return Detector(backbone, spec.mean, spec.std, spec.shallow_layer)
+    model = Detector(spec.build(imagenet=False), spec.mean, spec.std, spec.shallow_layer)
+    if init == "random":
+        return model
+    if init in spec.inits:
+        spec.inits[init](model.backbone)
+        return model
+    path = Path(init)
+    if path.is_file():
+        _load_state_dict_file(model, path)
+        return model
+    raise InitError(f"unknown --init {init!r} for {name}: use random, imagenet, "
+                    f"{', '.join(list(spec.inits) + ['a state-dict file'])}")

@@ -1,0 +1,98 @@
+"""Gradient regularisation: Guan et al., "Improving Generalization of Deepfake Detectors by
+Imposing Gradient Regularization", IEEE TIFS 19 (2024) 5345-5356.
+
+The backbone's shallow feature map f (per sample, per channel) is written as
+f = f_norm * (σ + δσ) + (μ + δμ) with δμ = δσ = 0 on the first pass: the value and the
+parameter gradient are exactly ERM's, and ∂L/∂δμ, ∂L/∂δσ are the gradients with respect to
+the feature statistics holding f_norm fixed (Eq. 6). (Taking μ, σ detached after the forward,
+as some public re-implementations do, gives zero gradient and silently turns this into ERM.)
+The perturbation Δ = r · ∇_(μ,σ) L / ‖∇_(μ,σ) L‖₂ (Eq. 9) is injected on a second pass (the
+Perturbation Injection Module), and the step uses g = (1 − α)·g1 + α·g2 (Eq. 12). The hook
+exists only during training steps: inference and export never see it.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from trainer.methods.erm import accuracy
+from trainer.methods.registry import TrainingMethod, register_method
+
+EPSILON = 1e-6
+
+
+class StatisticsPerturbation:
+    """Forward hook on the shallow layer: re-expresses its output through its channel statistics."""
+
+    def __init__(self):
+        self.delta_mu: torch.Tensor | None = None  # leaf tensors whose .grad is ∇ w.r.t. μ, σ
+        self.delta_sigma: torch.Tensor | None = None
+        self.injected: tuple[torch.Tensor, torch.Tensor] | None = None  # Δμ, Δσ for pass 2
+
+    def __call__(self, module: nn.Module, inputs, feature: torch.Tensor) -> torch.Tensor:
+        mu = feature.mean(dim=(2, 3), keepdim=True)
+        sigma = (feature.var(dim=(2, 3), keepdim=True, unbiased=False) + EPSILON).sqrt()
+        normalised = (feature - mu) / sigma
+        if self.injected is not None:
+            delta_mu, delta_sigma = self.injected
+            return normalised * (sigma + delta_sigma) + (mu + delta_mu)
+        self.delta_mu = torch.zeros_like(mu, requires_grad=True)
+        self.delta_sigma = torch.zeros_like(sigma, requires_grad=True)
+        return normalised * (sigma + self.delta_sigma) + (mu + self.delta_mu)
+
+
+@register_method("gradreg")
+class GradientRegularization(TrainingMethod):
+    defaults = {"optimizer": "sgd", "lr": 1e-3, "epochs": 10, "checkpoint_every": 2}
+
+    def __init__(self, r: float = 0.05, alpha: float = 1.0):
+        if r < 0 or not 0.0 <= alpha <= 1.0:
+            raise ValueError("gradreg needs r >= 0 and 0 <= alpha <= 1")
+        self.r, self.alpha = float(r), float(alpha)
+        self.last_delta_norm = 0.0
+        self.last_statistics_gradient_norm = 0.0
+
+    @contextmanager
+    def _hooked(self, model: nn.Module):
+        perturbation = StatisticsPerturbation()
+        handle = model.shallow_module().register_forward_hook(perturbation)
+        try:
+            yield perturbation
+        finally:
+            handle.remove()
+
+    def perturbation(self, grad_mu: torch.Tensor, grad_sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Δ = r · ∇ / ‖∇‖₂ over the whole batch's (μ, σ) gradient (Eq. 9)."""
+        norm = torch.sqrt(grad_mu.pow(2).sum() + grad_sigma.pow(2).sum())
+        self.last_statistics_gradient_norm = norm.item()
+        scale = self.r / (norm + 1e-12)
+        return grad_mu * scale, grad_sigma * scale
+
+    def step(self, model: nn.Module, pixels: torch.Tensor, labels: torch.Tensor,
+             optimizer: torch.optim.Optimizer) -> dict[str, float]:
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer.zero_grad(set_to_none=True)
+        with self._hooked(model) as hook:
+            logits = model(pixels)
+            loss = F.cross_entropy(logits, labels)
+            loss.backward()
+            g1 = [None if p.grad is None else p.grad.detach().clone() for p in params]
+            delta = self.perturbation(hook.delta_mu.grad, hook.delta_sigma.grad)
+            self.last_delta_norm = torch.sqrt(delta[0].pow(2).sum() + delta[1].pow(2).sum()).item()
+
+            optimizer.zero_grad(set_to_none=True)
+            hook.injected = delta
+            perturbed_loss = F.cross_entropy(model(pixels), labels)
+            perturbed_loss.backward()
+        for p, first in zip(params, g1):
+            if p.grad is None and first is None:
+                continue
+            second = torch.zeros_like(p) if p.grad is None else p.grad
+            first = torch.zeros_like(p) if first is None else first
+            p.grad = (1.0 - self.alpha) * first + self.alpha * second
+        optimizer.step()
+        return {"loss": loss.item(), "perturbed_loss": perturbed_loss.item(), "accuracy": accuracy(logits, labels)}
