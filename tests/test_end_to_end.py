@@ -41,7 +41,7 @@ def bundle_dir(run_dir, tmp_path_factory) -> Path:
 
 def test_fit_writes_config_metrics_and_checkpoints(run_dir):
     config = json.loads((run_dir / "config.json").read_text())
-    assert config["arch"] == "efficientnet_b0" and config["size"] == 64
+    assert config["fit"]["arch"] == "efficientnet_b0" and config["fit"]["size"] == 64
     assert config["counts"]["train"] == {"real": 12, "fake": 12}
     epochs = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [e["epoch"] for e in epochs] == [1]

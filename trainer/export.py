@@ -38,8 +38,8 @@ def load_run_model(run_dir: Path, checkpoint: str = "best") -> tuple[torch.nn.Mo
     if not path.is_file():
         raise ExportError(f"{path}: no such checkpoint (is {run_dir} a `trainer fit` run directory?)")
     state = torch.load(path, map_location="cpu", weights_only=True)
-    config = state["config"]
-    model = create_model(config["arch"], pretrained=False)
+    config = {**state["config"], **state["config"]["fit"]}
+    model = create_model(config["arch"], init="random")
     model.load_state_dict(state["model"])
     return model.eval(), config, {"epoch": state["epoch"]}
 
@@ -99,7 +99,7 @@ def export_run(run_dir: Path, out_dir: Path, name: str | None = None, checkpoint
             "producer": {"tool": "trainer export", "opset": OPSET, "onnx_max_logit_difference": difference,
                          **library_versions()},
             "training": {"run": str(run_dir), "checkpoint": checkpoint, "epoch": meta["epoch"],
-                         "arch": config["arch"], "method": config["method"], "init": config["init"],
+                         "arch": config["arch"], "method": config["method"], "init": config["init"], "options": config.get("options", {}), "sbi": config.get("sbi", False),
                          "data": config["data"], "counts": config["counts"], "validation": epoch_metrics},
         }
         return write_bundle(out_dir, manifest, {"model.onnx": onnx_path}, force=force)

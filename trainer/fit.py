@@ -1,34 +1,43 @@
 """The training loop: one method step per batch, validation each epoch, resumable checkpoints.
 
 A run directory holds:
-    config.json     the run's settings, dataset counts and library versions
-    metrics.jsonl   one JSON line per epoch (train loss/accuracy, validation loss/accuracy/AUC)
-    last.pt         model + optimizer + epoch, to resume from (a state dict, loads with weights_only)
-    best.pt         the model at the epoch with the best validation AUC
+    config.json     "fit": the resolved settings (every FitConfig field); the normalisation, the
+                    dataset's class counts and library versions. `trainer fit --config
+                    RUN/config.json --out NEW` repeats the run
+    metrics.jsonl   one JSON line per epoch; metrics.csv the same as a table
+    last.pt         everything needed to resume: model, optimizer, scheduler, method state, RNG
+                    states, history (plain tensors and values: loads with weights_only=True)
+    best.pt         the model at the epoch with the best validation ROC-AUC
+    model_epoch_N.pt  every `checkpoint_every` epochs; final.pt at the end
+    <artifact>.pt   networks a method trains beside the detector (e.g. unet_attacker.pt)
 """
 
 from __future__ import annotations
 
+import csv
 import json
+import math
+import random
 import time
-from dataclasses import asdict, dataclass, field
+import tomllib
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
-from torch.utils.data import DataLoader, WeightedRandomSampler
+from torch.utils.data import ConcatDataset, DataLoader, WeightedRandomSampler
 
 from trainer.data import FaceCrops, class_counts, eval_transform, list_split, train_transform, verify_images
-from trainer.methods import create_method
+from trainer.methods import create_method, method_class
 from trainer.models import create_model, model_spec
 from trainer.versions import library_versions
 
 
 class RunError(Exception):
-    """A run directory that cannot be used as asked, described in one line."""
+    """A run that cannot be done as asked, described in one line."""
 
 
 @dataclass
@@ -37,26 +46,85 @@ class FitConfig:
     out: str
     arch: str = "efficientnet_lite0"
     method: str = "erm"
-    epochs: int = 10
+    init: str | None = None  # None: the architecture's default (random, or offline ImageNet weights)
+    epochs: int | None = None  # None: the method's default, else 10
     batch_size: int = 32
-    lr: float = 3e-4
+    optimizer: str | None = None  # adamw or sgd; None: the method's default, else adamw
+    lr: float | None = None  # None: the method's default, else 3e-4 (adamw) / 1e-3 (sgd)
     weight_decay: float = 1e-4
+    momentum: float = 0.9
+    schedule: str = "cosine"  # cosine (after a linear warm-up) or constant
+    warmup_epochs: float = 1.0
+    patience: int | None = None  # early stopping: epochs without a better validation AUC
     size: int | None = None  # None: the architecture's input size
-    pretrained: bool | None = None  # None: offline ImageNet weights when the architecture has them
+    augment: str = "standard"  # standard (flip, rotation, colour, JPEG, blur) or none
+    sbi: bool = False  # add self-blended fakes made on the fly from the real training crops
+    amp: bool = True  # bfloat16 autocast, on CUDA only
+    checkpoint_every: int | None = None  # None: the method's default, else 0 (off)
     workers: int = 2
     seed: int = 0
     device: str = "auto"
-    extra: dict = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)  # the method's own options
+
+    def resolved(self) -> "FitConfig":
+        """A copy with every None filled: method defaults first, then global ones."""
+        values = asdict(self)
+        for key, value in method_class(self.method).defaults.items():
+            if values.get(key) is None:
+                values[key] = value
+        values["epochs"] = values["epochs"] or 10
+        values["optimizer"] = values["optimizer"] or "adamw"
+        if values["lr"] is None:
+            values["lr"] = 3e-4 if values["optimizer"] == "adamw" else 1e-3
+        if values["checkpoint_every"] is None:
+            values["checkpoint_every"] = 0
+        spec = model_spec(self.arch)
+        values["size"] = values["size"] or spec.input_size
+        values["init"] = values["init"] or spec.default_init
+        return FitConfig(**values)
+
+
+FIELDS = {f.name for f in fields(FitConfig)}
+
+
+def load_config_file(path: Path) -> dict[str, Any]:
+    """FitConfig values from a TOML, YAML or JSON file (a run's config.json repeats that run)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+        if path.suffix == ".toml":
+            values = tomllib.loads(text)
+        elif path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            values = yaml.safe_load(text)
+        elif path.suffix == ".json":
+            values = json.loads(text)
+            values = values.get("fit", values)
+        else:
+            raise RunError(f"{path}: config files must be .toml, .yaml or .json")
+    except FileNotFoundError:
+        raise RunError(f"{path}: no such config file") from None
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError, ValueError) as exc:
+        raise RunError(f"{path}: cannot parse ({exc})") from None
+    if not isinstance(values, dict):
+        raise RunError(f"{path}: expected a table of settings")
+    unknown = sorted(set(values) - FIELDS)
+    if unknown:
+        raise RunError(f"{path}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(FIELDS))}")
+    return values
 
 
 @dataclass
 class EpochMetrics:
     epoch: int
+    lr: float
     train_loss: float
     train_accuracy: float
     val_loss: float
     val_accuracy: float
     val_auc: float | None
+    images_per_second: float
     seconds: float
 
 
@@ -65,37 +133,101 @@ def _device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
         raise RunError("--device cuda was asked for but torch sees no CUDA device")
+    if name not in ("cpu", "cuda"):
+        raise RunError(f"--device must be auto, cpu or cuda, not {name!r}")
     return torch.device(name)
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, loader: DataLoader, device: torch.device) -> tuple[float, float, float | None, np.ndarray, np.ndarray]:
-    """Loss, accuracy at 0.5, ROC-AUC (None when one class is absent), labels and fake-probabilities."""
+def predict(model: torch.nn.Module, loader: DataLoader, device: torch.device) -> tuple[np.ndarray, np.ndarray, float]:
+    """Labels, P(fake) and mean cross-entropy over a loader, with the model in eval mode."""
     model.eval()
     losses, labels, scores = [], [], []
     for pixels, y in loader:
-        logits = model(pixels.to(device))
+        logits = model(pixels.to(device)).float()
         losses.append(F.cross_entropy(logits, y.to(device), reduction="sum").item())
         scores.append(logits.softmax(1)[:, 1].cpu().numpy())
         labels.append(y.numpy())
     y_true, y_score = np.concatenate(labels), np.concatenate(scores)
+    return y_true, y_score, sum(losses) / len(y_true)
+
+
+def evaluate(model: torch.nn.Module, loader: DataLoader, device: torch.device) -> tuple[float, float, float | None]:
+    """Loss, accuracy at P(fake) >= 0.5, ROC-AUC (None when one class is absent)."""
+    y_true, y_score, loss = predict(model, loader, device)
     accuracy = float(((y_score >= 0.5).astype(int) == y_true).mean())
     auc = float(roc_auc_score(y_true, y_score)) if len(set(y_true.tolist())) == 2 else None
-    return sum(losses) / len(y_true), accuracy, auc, y_true, y_score
+    return loss, accuracy, auc
 
 
-def _is_better(candidate: EpochMetrics, best: dict | None) -> bool:
-    if best is None:
-        return True
-    key = lambda m: (m["val_auc"] if m["val_auc"] is not None else -1.0, -m["val_loss"])  # noqa: E731
-    return key(asdict(candidate)) > key(best)
+def _auc_key(metrics: dict | None) -> tuple[float, float]:
+    if metrics is None:
+        return (-math.inf, -math.inf)
+    return (metrics["val_auc"] if metrics["val_auc"] is not None else -1.0, -metrics["val_loss"])
 
 
-def fit(config: FitConfig, resume: bool = False, on_progress: Callable[[str, int, int], None] | None = None,
+def _optimizer(config: FitConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                               weight_decay=config.weight_decay)
+    raise RunError(f"unknown optimizer {config.optimizer!r}: use adamw or sgd")
+
+
+def _schedule(config: FitConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
+    total = max(1, config.epochs * steps_per_epoch)
+    warmup = min(int(config.warmup_epochs * steps_per_epoch), total // 5)
+    if config.schedule not in ("cosine", "constant"):
+        raise RunError(f"unknown schedule {config.schedule!r}: use cosine or constant")
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if config.schedule == "constant":
+            return 1.0
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _rng_state() -> dict[str, Any]:
+    return {"torch": torch.get_rng_state(), "numpy": torch.tensor(np.random.get_state()[1].astype(np.int64)),
+            "numpy_pos": int(np.random.get_state()[2]), "python": random.getstate()[1], "python_version": random.getstate()[0]}
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), state["numpy_pos"]))
+    random.setstate((state["python_version"], tuple(state["python"]), None))
+
+
+def _save_atomically(obj: Any, path: Path) -> None:
+    partial = path.with_suffix(path.suffix + ".partial")
+    torch.save(obj, partial)
+    partial.replace(path)  # an interrupted save never corrupts the previous file
+
+
+def _train_set(config: FitConfig, samples, size: int):
+    transform = train_transform(size) if config.augment == "standard" else eval_transform(size)
+    crops = FaceCrops(samples, transform)
+    if not config.sbi:
+        return crops, [s.label for s in samples]
+    from trainer.sbi import SelfBlendedFakes, load_landmarks
+
+    reals = [s for s in samples if s.label == 0]
+    landmarks = load_landmarks(Path(config.data) / "train" / "real")
+    blended = SelfBlendedFakes(reals, transform, landmarks=landmarks, seed=config.seed)
+    return ConcatDataset([crops, blended]), [s.label for s in samples] + [1] * len(reals)
+
+
+def fit(config: FitConfig, resume: bool = False,
+        on_progress: Callable[[str, int, int, dict[str, float]], None] | None = None,
         on_epoch: Callable[[EpochMetrics], None] | None = None) -> dict:
     """Train as `config` says; return the best epoch's metrics.
 
-    `on_progress(phase, done, total)` is called per batch and `on_epoch(metrics)` per epoch,
+    `on_progress(phase, done, total, logs)` is called per batch and `on_epoch(metrics)` per epoch,
     so a CLI can draw progress without the loop knowing about terminals.
     """
     out = Path(config.out)
@@ -104,78 +236,116 @@ def fit(config: FitConfig, resume: bool = False, on_progress: Callable[[str, int
         raise RunError(f"{out}: already holds a run (last.pt); pass --resume to continue it or choose another --out")
     if resume and not last_path.exists():
         raise RunError(f"{out}: nothing to resume (no last.pt)")
+    config = config.resolved()
+    if config.augment not in ("standard", "none"):
+        raise RunError(f"unknown augment {config.augment!r}: use standard or none")
 
-    spec = model_spec(config.arch)
-    size = config.size or spec.input_size
     train_samples = list_split(Path(config.data), "train")
     val_samples = list_split(Path(config.data), "validation")
     verify_images(train_samples + val_samples)
-
     device = _device(config.device)
     torch.manual_seed(config.seed)
-    model = create_model(config.arch, pretrained=config.pretrained).to(device)
-    method = create_method(config.method, **config.extra)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    np.random.seed(config.seed)
+    random.seed(config.seed)
+    spec = model_spec(config.arch)
+    model = create_model(config.arch, init=config.init).to(device)
+    try:
+        method = create_method(config.method, **config.options)
+    except TypeError as exc:
+        raise RunError(f"--method {config.method}: {exc}") from None
+    method.setup(model, device)
+    optimizer = _optimizer(config, model)
 
-    start_epoch, best, history = 1, None, []
+    train_set, train_labels = _train_set(config, train_samples, config.size)
+    counts = {name: train_labels.count(label) for label, name in enumerate(("real", "fake"))}
+    # Class-balanced sampling: each batch sees real and fake about equally often.
+    sample_weights = torch.tensor([1.0 / counts[("real", "fake")[y]] for y in train_labels], dtype=torch.double)
+    drop_last = len(train_set) > config.batch_size
+    steps_per_epoch = len(train_set) // config.batch_size if drop_last else 1
+    scheduler = _schedule(config, optimizer, steps_per_epoch)
+    val_loader = DataLoader(FaceCrops(val_samples, eval_transform(config.size)), batch_size=config.batch_size,
+                            num_workers=config.workers)
+
+    start_epoch, best, history, stale = 1, None, [], 0
     if resume:
         state = torch.load(last_path, map_location=device, weights_only=True)
-        saved = state["config"]
-        for key in ("arch", "method", "size"):
-            if saved.get(key) != (size if key == "size" else getattr(config, key)):
-                raise RunError(f"{out}: cannot resume: this run was trained with {key}={saved.get(key)!r}")
+        saved = state["config"]["fit"]
+        for key in ("arch", "method", "size", "batch_size", "data"):
+            if saved[key] != getattr(config, key):
+                raise RunError(f"{out}: cannot resume: the run used {key}={saved[key]!r}, not {getattr(config, key)!r}")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        start_epoch, best, history = state["epoch"] + 1, state["best"], state["history"]
-
-    counts = class_counts(train_samples)
-    # Class-balanced sampling: each batch sees real and fake about equally often.
-    sample_weights = torch.tensor([1.0 / counts[("real", "fake")[s.label]] for s in train_samples], dtype=torch.double)
-    val_loader = DataLoader(FaceCrops(val_samples, eval_transform(size)), batch_size=config.batch_size, num_workers=config.workers)
+        scheduler.load_state_dict(state["scheduler"])
+        method.load_state_dict(state["method"])
+        _set_rng_state(state["rng"])
+        start_epoch, best, history, stale = state["epoch"] + 1, state["best"], state["history"], state["stale"]
 
     out.mkdir(parents=True, exist_ok=True)
-    run_config = {
-        **asdict(config),
-        "size": size,
-        "init": spec.pretrained_source if (config.pretrained is not False and spec.pretrained_source) else "random",
-        "mean": list(spec.mean),
-        "std": list(spec.std),
-        "counts": {"train": counts, "validation": class_counts(val_samples)},
-        "versions": library_versions(),
-    }
+    run_config = {"fit": asdict(config), "mean": list(spec.mean), "std": list(spec.std),
+                  "counts": {"train": counts, "train_files": class_counts(train_samples),
+                             "validation": class_counts(val_samples)},
+                  "versions": library_versions()}
     (out / "config.json").write_text(json.dumps(run_config, indent=2) + "\n")
+    autocast = torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=config.amp and device.type == "cuda")
 
     for epoch in range(start_epoch, config.epochs + 1):
+        if config.patience is not None and stale >= config.patience:
+            break
         started = time.perf_counter()
         # Seeded per epoch so a resumed run draws the same batches as an uninterrupted one.
         generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
-        sampler = WeightedRandomSampler(sample_weights, num_samples=len(train_samples), generator=generator)
-        train_loader = DataLoader(FaceCrops(train_samples, train_transform(size)), batch_size=config.batch_size,
-                                  sampler=sampler, num_workers=config.workers, drop_last=len(train_samples) > config.batch_size)
+        sampler = WeightedRandomSampler(sample_weights, num_samples=len(train_set), generator=generator)
+        for dataset in getattr(train_set, "datasets", []):
+            if hasattr(dataset, "set_epoch"):
+                dataset.set_epoch(epoch)
+        loader = DataLoader(train_set, batch_size=config.batch_size, sampler=sampler, num_workers=config.workers,
+                            drop_last=drop_last)
         model.train()
         totals, seen = {"loss": 0.0, "accuracy": 0.0}, 0
-        for i, (pixels, labels) in enumerate(train_loader):
-            logs = method.step(model, pixels.to(device), labels.to(device), optimizer)
+        for i, (pixels, labels) in enumerate(loader):
+            with autocast:
+                logs = method.step(model, pixels.to(device), labels.to(device), optimizer)
+            scheduler.step()
             for key in totals:
                 totals[key] += logs[key] * len(labels)
             seen += len(labels)
             if on_progress:
-                on_progress(f"epoch {epoch}/{config.epochs}", i + 1, len(train_loader))
-        val_loss, val_accuracy, val_auc, _, _ = evaluate(model, val_loader, device)
-        metrics = EpochMetrics(epoch, totals["loss"] / seen, totals["accuracy"] / seen, val_loss, val_accuracy, val_auc,
+                rate = seen / (time.perf_counter() - started)
+                on_progress(f"epoch {epoch}/{config.epochs}", i + 1, len(loader), {**logs, "img/s": rate})
+        train_seconds = time.perf_counter() - started
+        val_loss, val_accuracy, val_auc = evaluate(model, val_loader, device)
+        metrics = EpochMetrics(epoch, optimizer.param_groups[0]["lr"], totals["loss"] / seen, totals["accuracy"] / seen,
+                               val_loss, val_accuracy, val_auc, round(seen / train_seconds, 2),
                                round(time.perf_counter() - started, 2))
         history.append(asdict(metrics))
-        with open(out / "metrics.jsonl", "a") as log:
-            log.write(json.dumps(asdict(metrics)) + "\n")
-        if _is_better(metrics, best):
-            best = asdict(metrics)
-            torch.save({"model": model.state_dict(), "epoch": epoch, "config": run_config}, out / "best.pt")
-        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
-                 "config": run_config, "best": best, "history": history}
-        torch.save(state, out / "last.tmp")
-        (out / "last.tmp").replace(last_path)  # atomic: an interrupted save never corrupts last.pt
+        _write_metrics(out, history)
+        if _auc_key(asdict(metrics)) > _auc_key(best):
+            best, stale = asdict(metrics), 0
+            _save_atomically({"model": model.state_dict(), "epoch": epoch, "config": run_config}, out / "best.pt")
+        else:
+            stale += 1
+        if config.checkpoint_every and epoch % config.checkpoint_every == 0:
+            _save_atomically({"model": model.state_dict(), "epoch": epoch, "config": run_config}, out / f"model_epoch_{epoch}.pt")
+        for stem, state_dict in method.artifacts().items():
+            _save_atomically(state_dict, out / f"{stem}.pt")
+        _save_atomically({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                          "scheduler": scheduler.state_dict(), "method": method.state_dict(), "rng": _rng_state(),
+                          "epoch": epoch, "config": run_config, "best": best, "history": history, "stale": stale},
+                         last_path)
         if on_epoch:
             on_epoch(metrics)
     if best is None:
         raise RunError(f"{out}: already trained for {config.epochs} epochs; raise --epochs to train more")
+    _save_atomically({"model": model.state_dict(), "epoch": history[-1]["epoch"], "config": run_config}, out / "final.pt")
     return best
+
+
+def _write_metrics(out: Path, history: list[dict]) -> None:
+    """Rewrite metrics.jsonl and metrics.csv from the history (so a resumed run never repeats a line)."""
+    (out / "metrics.jsonl.partial").write_text("".join(json.dumps(row) + "\n" for row in history))
+    (out / "metrics.jsonl.partial").replace(out / "metrics.jsonl")
+    with open(out / "metrics.csv.partial", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(history[0]))
+        writer.writeheader()
+        writer.writerows(history)
+    (out / "metrics.csv.partial").replace(out / "metrics.csv")
