@@ -14,8 +14,9 @@ $(STAMP): pyproject.toml constraints.txt
 
 setup: $(STAMP)
 
-# Scan sample media the project makes itself with the default bundle. forensic's exit status
-# says what it found (1 fake, 4 unreadable file, 5 both); only 2 (unusable bundle/usage) fails.
+# Scan sample media the project makes itself with the default bundle. The samples include a
+# corrupt file on purpose, so forensic exits 1 (a file could not be analysed); only 2 (bad
+# usage or an unusable bundle) fails the demo.
 demo: $(STAMP)
 	$(BIN)/trainer synth --media demo/media
 	$(BIN)/forensic scan demo/media --json demo/report.json; status=$$?; \

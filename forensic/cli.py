@@ -20,10 +20,10 @@ from forensic.media import collect_inputs
 from forensic.report import build_report, write_report
 from forensic.scan import DEFAULT_FRAMES, FileResult, Scanner
 
-# Exit codes, for pipelines: bits that combine.
-EXIT_FAKE_FOUND = 1
-EXIT_USAGE = 2  # also what Typer uses for bad arguments
-EXIT_FILE_ERRORS = 4
+# Exit codes, for pipelines.
+EXIT_FILE_ERRORS = 1  # the scan completed but some files could not be analysed
+EXIT_USAGE = 2  # bad arguments or an unusable bundle (Typer also uses 2); nothing was scanned
+EXIT_FAKE_FOUND = 3  # only with --fail-on-fake
 
 app = typer.Typer(
     add_completion=False,
@@ -67,8 +67,8 @@ def _table(results: list[FileResult]) -> Table:
 
 @app.command(
     epilog=(
-        "Exit status: 0 nothing fake and no errors; 1 a file was judged fake; 4 a file could not be read; "
-        "5 both; 2 bad usage or an unusable bundle."
+        "Exit status: 0 the scan completed (fakes or not); 1 some files could not be analysed; "
+        "2 bad usage or an unusable bundle; 3 a fake was found, with --fail-on-fake (it wins over 1)."
     )
 )
 def scan(
@@ -78,6 +78,7 @@ def scan(
     frames: int = typer.Option(DEFAULT_FRAMES, "--frames", min=1, help="Frames sampled evenly from each video."),
     threshold: Optional[float] = typer.Option(None, "--threshold", min=0.0, max=1.0, help="Override the bundle's decision threshold."),
     device: str = typer.Option("auto", "--device", help="auto (GPU if it truly loads, else CPU), cpu or cuda."),
+    fail_on_fake: bool = typer.Option(False, "--fail-on-fake", help="Exit with status 3 when any file is judged fake."),
 ) -> None:
     """Scan images, videos and folders; print a verdict per file and optionally a JSON report."""
     json_to_stdout = json_out == "-"
@@ -125,9 +126,6 @@ def scan(
         write_report(report, Path(json_out))
         console.print(f"report written to {json_out}", highlight=False, soft_wrap=True)
 
-    status = 0
-    if any(r.verdict == "fake" for r in results):
-        status |= EXIT_FAKE_FOUND
-    if any(r.verdict == "error" for r in results):
-        status |= EXIT_FILE_ERRORS
-    raise typer.Exit(status)
+    if fail_on_fake and any(r.verdict == "fake" for r in results):
+        raise typer.Exit(EXIT_FAKE_FOUND)
+    raise typer.Exit(EXIT_FILE_ERRORS if any(r.verdict == "error" for r in results) else 0)

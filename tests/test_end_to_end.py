@@ -95,9 +95,17 @@ def test_scan_images_videos_and_junk(bundle_dir, sample_media, tmp_path):
 
     junk = files["corrupt.jpg"]
     assert junk["verdict"] == "error" and "corrupt.jpg" in junk["error"] and junk["score"] is None
-    # a fake verdict sets bit 1, the unreadable file bit 4
-    expected = (1 if any(f["verdict"] == "fake" for f in report["files"]) else 0) | 4
-    assert result.exit_code == expected, result.output
+    assert result.exit_code == 1, result.output  # completed, but a file could not be analysed
+
+
+def test_exit_status_for_pipelines(bundle_dir, sample_media):
+    image = str(sample_media["astronaut.png"])
+    always_fake = ["--threshold", "0", "--bundle", str(bundle_dir)]
+    assert runner.invoke(forensic_app, ["scan", image, *always_fake]).exit_code == 0
+    assert runner.invoke(forensic_app, ["scan", image, *always_fake, "--fail-on-fake"]).exit_code == 3
+    never_fake = ["--threshold", "1", "--bundle", str(bundle_dir), "--fail-on-fake"]
+    assert runner.invoke(forensic_app, ["scan", image, *never_fake]).exit_code == 0
+    assert runner.invoke(forensic_app, ["scan", image, str(sample_media["corrupt.jpg"]), *never_fake]).exit_code == 1
 
 
 def test_scan_folder_recurses_and_json_to_stdout_is_pure(bundle_dir, sample_media, tmp_path):
@@ -110,7 +118,7 @@ def test_scan_folder_recurses_and_json_to_stdout_is_pure(bundle_dir, sample_medi
     jsonschema.validate(report, report_schema())
     assert sorted(Path(f["path"]).name for f in report["files"]) == sorted(sample_media)
     assert "corrupt.jpg" in completed.stderr and "Traceback" not in completed.stderr
-    assert completed.returncode & 4
+    assert completed.returncode == 1
 
 
 def test_scan_refuses_a_tampered_bundle(bundle_dir, sample_media, tmp_path):
