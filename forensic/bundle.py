@@ -13,6 +13,7 @@ manifest.json, schema version 1:
     class_order      ["real", "fake"]: the order of the model's output logits
     decision_threshold  probability of "fake" at or above which a file is called fake
     temperature      logits are divided by it before the softmax (1.0: uncalibrated)
+    uncertain_band   optional: scores within ±band of the threshold get verdict "uncertain"
     producer         {tool, tool_version, torch, timm, onnx, opset, ...}
     training         what the models were trained on and how well they did (free form)
 
@@ -81,6 +82,10 @@ class Bundle:
         return float(self.manifest["decision_threshold"])
 
     @property
+    def uncertain_band(self) -> float:
+        return float(self.manifest.get("uncertain_band", 0.0))
+
+    @property
     def fake_index(self) -> int:
         return list(self.manifest["class_order"]).index("fake")
 
@@ -129,6 +134,8 @@ def _check_manifest(manifest: dict, bundle_dir: Path) -> None:
     threshold = manifest["decision_threshold"]
     _require(_is_number(threshold) and 0.0 <= threshold <= 1.0, bundle_dir,
              "decision_threshold must be a number in [0, 1]")
+    band = manifest.get("uncertain_band", 0.0)
+    _require(_is_number(band) and 0.0 <= band < 0.5, bundle_dir, "uncertain_band must be a number in [0, 0.5)")
     temperature = manifest.get("temperature", 1.0)
     _require(_is_number(temperature) and temperature > 0, bundle_dir, "temperature must be a number > 0")
 

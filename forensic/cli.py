@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import NoReturn, Optional
 
 import typer
 from rich.console import Console
@@ -16,8 +16,8 @@ from forensic import __version__
 from forensic.bundle import DEFAULT_BUNDLE, load_bundle
 from forensic.errors import ForensicError
 from forensic.inference import Device
-from forensic.media import collect_inputs
-from forensic.report import build_report, write_report
+from forensic.media import collect_inputs, read_path_list
+from forensic.report import build_report, write_csv, write_report
 from forensic.scan import DEFAULT_FRAMES, FileResult, Scanner
 
 # Exit codes, for pipelines.
@@ -52,7 +52,7 @@ def main(
     pass
 
 
-VERDICT_STYLE = {"fake": "bold red", "real": "green", "no-face": "yellow", "error": "bold magenta"}
+VERDICT_STYLE = {"fake": "bold red", "real": "green", "uncertain": "bold yellow", "no-face": "yellow", "error": "bold magenta"}
 
 
 def _table(results: list[FileResult]) -> Table:
@@ -72,37 +72,57 @@ def _table(results: list[FileResult]) -> Table:
     )
 )
 def scan(
-    paths: list[Path] = typer.Argument(..., help="Images, videos and folders (searched recursively)."),
+    paths: Optional[list[Path]] = typer.Argument(None, help="Images, videos and folders (searched recursively)."),
+    from_list: Optional[str] = typer.Option(None, "--from", help="Also scan the paths listed in FILE (one per line), or on stdin with '-'."),
+    include: list[str] = typer.Option([], "--include", help="In folders, only files matching this glob (repeatable)."),
+    exclude: list[str] = typer.Option([], "--exclude", help="In folders, skip files matching this glob (repeatable)."),
     bundle: Path = typer.Option(DEFAULT_BUNDLE, "--bundle", "-b", help="Detector bundle folder (has manifest.json)."),
     json_out: Optional[str] = typer.Option(None, "--json", help="Write the JSON report to FILE, or to stdout with '-'."),
+    csv_out: Optional[Path] = typer.Option(None, "--csv", help="Write a one-row-per-file CSV summary to FILE."),
     frames: int = typer.Option(DEFAULT_FRAMES, "--frames", min=1, help="Frames sampled evenly from each video."),
+    fps: Optional[float] = typer.Option(None, "--fps", min=0.001, help="Instead of --frames: sample this many frames per second."),
     threshold: Optional[float] = typer.Option(None, "--threshold", min=0.0, max=1.0, help="Override the bundle's decision threshold."),
+    uncertain_band: Optional[float] = typer.Option(None, "--uncertain-band", min=0.0, max=0.499, help="Scores within ±band of the threshold are 'uncertain' (default: the bundle's)."),
+    aggregation: str = typer.Option("confident", "--aggregate", help="How an identity's frame scores combine: confident (DFDC winner), mean or max."),
+    min_face: int = typer.Option(40, "--min-face", min=12, help="Ignore faces smaller than this many pixels."),
     device: str = typer.Option("auto", "--device", help="auto (GPU if it truly loads, else CPU), cpu or cuda."),
     fail_on_fake: bool = typer.Option(False, "--fail-on-fake", help="Exit with status 3 when any file is judged fake."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No table or progress; only errors (and --json - output)."),
 ) -> None:
     """Scan images, videos and folders; print a verdict per file and optionally a JSON report."""
     json_to_stdout = json_out == "-"
     # With --json -, stdout carries the report and nothing else.
-    console = Console(stderr=json_to_stdout)
+    console = Console(stderr=json_to_stdout, quiet=quiet)
     errors = Console(stderr=True)
     if device not in ("auto", "cpu", "cuda"):
-        errors.print(f"error: --device must be auto, cpu or cuda, not {device!r}", markup=False)
-        raise typer.Exit(EXIT_USAGE)
+        _usage_error(errors, f"--device must be auto, cpu or cuda, not {device!r}")
+    if aggregation not in ("confident", "mean", "max"):
+        _usage_error(errors, f"--aggregate must be confident, mean or max, not {aggregation!r}")
+    requested = list(paths or [])
+    if from_list == "-" and sys.stdin.isatty():
+        _usage_error(errors, "--from - reads paths from stdin, but stdin is a terminal")
+    if from_list:
+        try:
+            lines = sys.stdin.read().splitlines() if from_list == "-" else Path(from_list).read_text("utf-8").splitlines()
+        except OSError as exc:
+            _usage_error(errors, f"{from_list}: cannot read the path list ({exc.strerror})")
+        requested += read_path_list(lines)
+    if not requested:
+        _usage_error(errors, "nothing to scan: give paths or --from FILE")
     try:
         loaded = load_bundle(bundle)
-        scanner = Scanner(loaded, device=device, frames=frames, threshold=threshold)  # type: ignore[arg-type]
+        scanner = Scanner(loaded, device=device, frames=frames, fps=fps, threshold=threshold,  # type: ignore[arg-type]
+                          uncertain_band=uncertain_band, aggregation=aggregation, min_face=min_face)  # type: ignore[arg-type]
     except ForensicError as exc:
-        errors.print(f"error: {exc}", markup=False)
-        raise typer.Exit(EXIT_USAGE)
-    inputs = collect_inputs(paths)
+        _usage_error(errors, str(exc))
+    inputs = collect_inputs(requested, include=include, exclude=exclude)
     if not inputs:
-        errors.print("error: no images or videos found in " + ", ".join(map(str, paths)), markup=False)
-        raise typer.Exit(EXIT_USAGE)
+        _usage_error(errors, "no images or videos found in " + ", ".join(map(str, requested)))
 
     results: list[FileResult] = []
     progress = Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        console=errors, transient=True,
+        console=errors, transient=True, disable=quiet,
     )
     with progress:
         task = progress.add_task("scanning", total=len(inputs))
@@ -117,7 +137,8 @@ def scan(
     report = build_report(results, scanner)
     console.print(_table(results))
     console.print(
-        f"bundle {loaded.name} ({loaded.sha256[:12]}) on {report['provider']}, threshold {scanner.threshold:g}",
+        f"bundle {loaded.name} ({loaded.sha256[:12]}) on {report['provider']}, threshold {scanner.threshold:g}"
+        + (f" ± {scanner.uncertain_band:g} uncertain" if scanner.uncertain_band else ""),
         highlight=False, soft_wrap=True,
     )
     if json_to_stdout:
@@ -125,7 +146,15 @@ def scan(
     elif json_out:
         write_report(report, Path(json_out))
         console.print(f"report written to {json_out}", highlight=False, soft_wrap=True)
+    if csv_out:
+        write_csv(report, csv_out)
+        console.print(f"CSV summary written to {csv_out}", highlight=False, soft_wrap=True)
 
     if fail_on_fake and any(r.verdict == "fake" for r in results):
         raise typer.Exit(EXIT_FAKE_FOUND)
     raise typer.Exit(EXIT_FILE_ERRORS if any(r.verdict == "error" for r in results) else 0)
+
+
+def _usage_error(errors: Console, message: str) -> NoReturn:
+    errors.print(f"error: {message}", markup=False, highlight=False, soft_wrap=True)
+    raise typer.Exit(EXIT_USAGE)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from fnmatch import fnmatch
 from pathlib import Path
 from typing import Iterable, Iterator, Literal
 
@@ -36,21 +38,36 @@ def media_kind(path: Path) -> MediaKind | None:
     return None
 
 
-def collect_inputs(paths: Iterable[Path]) -> list[Path]:
-    """Expand folders (recursively, sorted) into their image and video files.
+def _matches(path: Path, root: Path, patterns: Iterable[str]) -> bool:
+    relative = path.relative_to(root).as_posix()
+    return any(fnmatch(relative, pattern) or fnmatch(path.name, pattern) for pattern in patterns)
+
+
+def collect_inputs(paths: Iterable[Path], include: Iterable[str] = (), exclude: Iterable[str] = ()) -> list[Path]:
+    """Expand folders (recursively, sorted) into their image and video files, keeping those
+    that match an `include` glob (all when none is given) and no `exclude` glob; globs match
+    the path relative to the folder or the file name.
 
     Files named explicitly are always kept, whatever their type, so that a file the user asked
     for is reported (as an error if need be) rather than silently dropped.
     """
+    include, exclude = tuple(include), tuple(exclude)
     found: list[Path] = []
     for path in paths:
         if path.is_dir():
             found.extend(
-                p for p in sorted(path.rglob("*")) if p.is_file() and media_kind(p) is not None
+                p for p in sorted(path.rglob("*"))
+                if p.is_file() and media_kind(p) is not None
+                and (not include or _matches(p, path, include)) and not _matches(p, path, exclude)
             )
         else:
             found.append(path)
     return found
+
+
+def read_path_list(lines: Iterable[str]) -> list[Path]:
+    """Paths from a list file or stdin: one per line; blank lines and '#' comments skipped."""
+    return [Path(line.strip()) for line in lines if line.strip() and not line.lstrip().startswith("#")]
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
@@ -92,8 +109,12 @@ def _count_video_frames(path: Path) -> int:
         return sum(1 for packet in container.demux(stream) if packet.size > 0)
 
 
-def sample_video_frames(path: Path, count: int) -> Iterator[Frame]:
-    """Yield `count` frames spread evenly over the video, decoding as a stream (memory stays flat)."""
+def sample_video_frames(path: Path, count: int | None = 32, fps: float | None = None) -> Iterator[Frame]:
+    """Yield frames decoded as a stream (memory stays flat): `count` frames spread evenly over
+    the video, or with `fps`, the first frame at or after every 1/fps seconds of presentation
+    time (variable frame rate is handled by the timestamps, not the frame numbers)."""
+    if (count is None) == (fps is None):
+        raise ValueError("give exactly one of count and fps")
     try:
         container = av.open(str(path))
     except FileNotFoundError:
@@ -105,22 +126,37 @@ def sample_video_frames(path: Path, count: int) -> Iterator[Frame]:
             raise MediaError(f"{path}: no video stream")
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
-        total = stream.frames or _count_video_frames(path)
-        if total == 0:
-            raise MediaError(f"{path}: video has no frames")
-        wanted = _evenly_spaced(total, count)
-        wanted_set, last = set(wanted), wanted[-1]
+        if count is not None:
+            total = stream.frames or _count_video_frames(path)
+            if total == 0:
+                raise MediaError(f"{path}: video has no frames")
+            wanted = _evenly_spaced(total, count)
+            wanted_set, last = set(wanted), wanted[-1]
+        next_time, yielded = 0.0, 0
         try:
             for index, frame in enumerate(container.decode(stream)):
-                if index in wanted_set:
-                    image = frame.to_ndarray(format="rgb24")
-                    # The display matrix gives the counter-clockwise rotation needed for display.
-                    quarter_turns = round((frame.rotation or 0) / 90) % 4
-                    if quarter_turns:
-                        image = np.ascontiguousarray(np.rot90(image, k=quarter_turns))
-                    time = float(frame.time) if frame.time is not None else None
-                    yield Frame(index=index, time=time, image=image)
-                if index >= last:
+                time = float(frame.time) if frame.time is not None else None
+                if count is not None:
+                    take = index in wanted_set
+                else:
+                    take = time is None or time >= next_time - 1e-6
+                    if take and time is not None:
+                        next_time = (math.floor(time * fps + 1e-6) + 1) / fps
+                if take:
+                    yielded += 1
+                    yield Frame(index=index, time=time, image=_display_image(frame))
+                if count is not None and index >= last:
                     break
         except av.FFmpegError as exc:
             raise MediaError(f"{path}: cannot decode video ({exc})") from None
+        if yielded == 0:
+            raise MediaError(f"{path}: video has no decodable frames")
+
+
+def _display_image(frame: av.VideoFrame) -> np.ndarray:
+    image = frame.to_ndarray(format="rgb24")
+    # The display matrix gives the counter-clockwise rotation needed for display.
+    quarter_turns = round((frame.rotation or 0) / 90) % 4
+    if quarter_turns:
+        image = np.ascontiguousarray(np.rot90(image, k=quarter_turns))
+    return image

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from dataclasses import asdict
 from datetime import datetime, timezone
@@ -27,10 +28,9 @@ def _round(value: float | None) -> float | None:
 def file_entry(result: FileResult) -> dict:
     entry = asdict(result)
     entry["score"] = _round(result.score)
-    for frame in entry["frames"]:
-        for face in frame["faces"]:
-            face["score"] = _round(face["score"])
-            face["model_scores"] = {k: _round(v) for k, v in face["model_scores"].items()}
+    for item in [face for frame in entry["frames"] for face in frame["faces"]] + entry["identities"]:
+        item["score"] = _round(item["score"])
+        item["model_scores"] = {k: _round(v) for k, v in item["model_scores"].items()}
     return entry
 
 
@@ -49,12 +49,28 @@ def build_report(results: list[FileResult], scanner: Scanner) -> dict:
         "provider": "+".join(scanner.runner.providers),
         "settings": {
             "frames_per_video": scanner.frames,
+            "fps": scanner.fps,
             "threshold": scanner.threshold,
+            "uncertain_band": scanner.uncertain_band,
+            "aggregation": scanner.aggregation,
+            "min_face": scanner.detector.min_face_size,
             "face_margin": bundle.margin,
             "input_size": bundle.input_size,
         },
         "files": [file_entry(result) for result in results],
     }
+
+
+CSV_COLUMNS = ("path", "sha256", "kind", "verdict", "score", "threshold", "frames_analyzed", "faces", "error")
+
+
+def write_csv(report: dict, destination: Path) -> None:
+    """One row per file: the report's summary fields."""
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    with open(destination, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(report["files"])
 
 
 def write_report(report: dict, destination: Path) -> None:

@@ -1,7 +1,14 @@
-"""Scanning one file: frames → faces → crops → ensemble scores → one verdict."""
+"""Scanning one file: frames → faces → crops → ensemble scores → identities → one verdict.
+
+Face → frame → identity → file: every face gets P(fake) from the bundle's ensemble; faces are
+grouped into identities across frames; an identity's score aggregates its faces' scores (the
+DFDC winner's confident strategy by default); a file is as fake as its most fake identity
+(identities seen in too few frames to matter are reported but do not decide).
+"""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
@@ -12,10 +19,11 @@ import numpy as np
 from forensic.bundle import Bundle, sha256_file
 from forensic.errors import MediaError
 from forensic.faces import FaceDetector, crop_face
+from forensic.identities import Aggregation, aggregate, group_identities, minimum_frames
 from forensic.inference import Device, EnsembleRunner
 from forensic.media import Frame, load_image, media_kind, sample_video_frames
 
-Verdict = Literal["fake", "real", "no-face", "error"]
+Verdict = Literal["fake", "real", "uncertain", "no-face", "error"]
 DEFAULT_FRAMES = 32
 
 
@@ -25,6 +33,7 @@ class FaceResult:
     detection_probability: float
     score: float
     model_scores: dict[str, float]
+    identity: int = -1
 
 
 @dataclass
@@ -40,6 +49,16 @@ class FrameResult:
 
 
 @dataclass
+class IdentityResult:
+    identity: int
+    frames: int  # frames the identity was seen in
+    score: float
+    counts: bool  # whether it is seen often enough to decide the file's verdict
+    first_box: tuple[float, float, float, float]
+    model_scores: dict[str, float]  # each model's aggregated score for this identity
+
+
+@dataclass
 class FileResult:
     path: str
     kind: Literal["image", "video"] | None
@@ -50,7 +69,16 @@ class FileResult:
     frames_analyzed: int = 0
     faces: int = 0
     error: str | None = None
+    identities: list[IdentityResult] = field(default_factory=list)
     frames: list[FrameResult] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def verdict_for(score: float, threshold: float, uncertain_band: float) -> Verdict:
+    """fake at or above the threshold, real below, uncertain within ±band of it."""
+    if uncertain_band > 0 and abs(score - threshold) < uncertain_band:
+        return "uncertain"
+    return "fake" if score >= threshold else "real"
 
 
 class Scanner:
@@ -60,37 +88,52 @@ class Scanner:
         self,
         bundle: Bundle,
         device: Device = "auto",
-        frames: int = DEFAULT_FRAMES,
+        frames: int | None = DEFAULT_FRAMES,
+        fps: float | None = None,
         threshold: float | None = None,
+        uncertain_band: float | None = None,
+        aggregation: Aggregation = "confident",
+        min_face: int = 40,
         detector: FaceDetector | None = None,
     ):
-        if frames < 1:
+        if fps is not None:
+            frames = None
+        if frames is not None and frames < 1:
             raise ValueError("frames must be at least 1")
+        if fps is not None and fps <= 0:
+            raise ValueError("fps must be positive")
         self.bundle = bundle
-        self.frames = frames
+        self.frames, self.fps = frames, fps
         self.threshold = bundle.threshold if threshold is None else threshold
+        self.uncertain_band = bundle.uncertain_band if uncertain_band is None else uncertain_band
+        self.aggregation = aggregation
+        aggregate([0.5], aggregation)  # reject an unknown aggregation now, not per file
         self.runner = EnsembleRunner(bundle, device=device)
         if detector is None:
             import torch
 
             use_cuda = device != "cpu" and torch.cuda.is_available()
-            detector = FaceDetector(device="cuda" if use_cuda else "cpu")
+            detector = FaceDetector(device="cuda" if use_cuda else "cpu", min_face_size=min_face)
         self.detector = detector
 
     def _frames(self, path: Path, kind: str) -> Iterator[Frame]:
         if kind == "image":
             yield Frame(index=0, time=None, image=load_image(path))
         else:
-            yield from sample_video_frames(path, self.frames)
+            yield from sample_video_frames(path, self.frames, self.fps)
 
-    def _analyse(self, frames: list[Frame]) -> list[FrameResult]:
+    def _analyse(self, frames: list[Frame], timings: dict[str, float]) -> list[FrameResult]:
+        started = time.perf_counter()
         detections = self.detector.detect([frame.image for frame in frames])
         crops, owners = [], []
         for position, (frame, faces) in enumerate(zip(frames, detections)):
             for face in faces:
                 crops.append(crop_face(frame.image, face.box, self.bundle.margin, self.bundle.input_size))
                 owners.append((position, face))
+        detected = time.perf_counter()
         prediction = self.runner.predict(np.stack(crops) if crops else np.zeros((0, 1, 1, 3), np.uint8))
+        timings["detect"] += detected - started
+        timings["classify"] += time.perf_counter() - detected
         results = [FrameResult(index=f.index, time=f.time, faces=[]) for f in frames]
         for row, (position, face) in enumerate(owners):
             results[position].faces.append(
@@ -103,33 +146,68 @@ class Scanner:
             )
         return results
 
+    def _identities(self, frames: list[FrameResult]) -> list[IdentityResult]:
+        tracks = group_identities([[face.box for face in frame.faces] for frame in frames])
+        needed = minimum_frames(sum(1 for frame in frames if frame.faces))
+        identities = []
+        for track in tracks:
+            faces = [frames[position].faces[index] for position, index in track.members]
+            for face in faces:
+                face.identity = track.identity
+            model_names = faces[0].model_scores
+            identities.append(IdentityResult(
+                identity=track.identity,
+                frames=len(faces),
+                score=aggregate([face.score for face in faces], self.aggregation),
+                counts=len(faces) >= needed,
+                first_box=faces[0].box,
+                model_scores={name: aggregate([f.model_scores[name] for f in faces], self.aggregation)
+                              for name in model_names},
+            ))
+        return identities
+
     def scan_file(self, path: Path) -> FileResult:
         path = Path(path)
         kind = media_kind(path)
         result = FileResult(path=str(path), kind=kind, sha256=None, verdict="error", score=None, threshold=self.threshold)
+        timings = {"hash": 0.0, "decode": 0.0, "detect": 0.0, "classify": 0.0}
         try:
             if not path.is_file():
                 raise MediaError(f"{path}: no such file")
+            started = time.perf_counter()
+            # Chain of custody: the input's hash is taken before any analysis.
             result.sha256 = sha256_file(path)
+            timings["hash"] = time.perf_counter() - started
             if kind is None:
                 raise MediaError(f"{path}: unsupported file type '{path.suffix or '(none)'}'")
             frame_iter = self._frames(path, kind)
-            while chunk := list(islice(frame_iter, self.detector.batch_size)):
-                result.frames.extend(self._analyse(chunk))
+            while True:
+                started = time.perf_counter()
+                chunk = list(islice(frame_iter, self.detector.batch_size))
+                timings["decode"] += time.perf_counter() - started
+                if not chunk:
+                    break
+                result.frames.extend(self._analyse(chunk, timings))
         except MediaError as exc:
-            result.error = str(exc)
-            result.frames = []
-            return result
+            return self._failed(result, str(exc), timings)
         except Exception as exc:  # one broken file must not stop the batch
-            result.error = f"{path}: unexpected {type(exc).__name__}: {exc}"
-            result.frames = []
-            return result
+            return self._failed(result, f"{path}: unexpected {type(exc).__name__}: {exc}", timings)
+        result.timings = {k: round(v, 4) for k, v in timings.items()}
         result.frames_analyzed = len(result.frames)
-        result.faces = max((len(frame.faces) for frame in result.frames), default=0)
-        frame_scores = [frame.score for frame in result.frames if frame.score is not None]
-        if not frame_scores:
+        result.identities = self._identities(result.frames)
+        result.faces = len(result.identities)
+        # Identities seen too rarely do not decide, unless no identity is seen often enough.
+        deciding = [i.score for i in result.identities if i.counts] or [i.score for i in result.identities]
+        if not deciding:
             result.verdict = "no-face"
             return result
-        result.score = float(np.mean(frame_scores))
-        result.verdict = "fake" if result.score >= self.threshold else "real"
+        result.score = max(deciding)
+        result.verdict = verdict_for(result.score, self.threshold, self.uncertain_band)
+        return result
+
+    @staticmethod
+    def _failed(result: FileResult, message: str, timings: dict[str, float]) -> FileResult:
+        result.error = message
+        result.frames = []
+        result.timings = {k: round(v, 4) for k, v in timings.items()}
         return result

@@ -1,0 +1,90 @@
+"""forensic scan's options for analysts and pipelines, on the default bundle."""
+
+from __future__ import annotations
+
+import csv
+import json
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import jsonschema
+import numpy as np
+from typer.testing import CliRunner
+
+from forensic.media import sample_video_frames
+from forensic.report import report_schema
+from forensic.cli import app
+
+runner = CliRunner()
+
+
+def write_vfr_video(path: Path, times: list[float]) -> Path:
+    """Frames at the given presentation times (seconds): a variable-frame-rate clip."""
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("libx264", rate=30)
+        stream.width, stream.height = 64, 48
+        stream.pix_fmt = "yuv420p"
+        stream.codec_context.time_base = Fraction(1, 1000)
+        for i, t in enumerate(times):
+            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), i * 10 % 255, np.uint8), format="rgb24")
+            frame.pts = int(round(t * 1000))
+            frame.time_base = Fraction(1, 1000)
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def test_fps_sampling_follows_timestamps_not_frame_numbers(tmp_path):
+    # dense at first (10 frames in 0.1 s), then one frame every 0.5 s
+    times = [i * 0.01 for i in range(10)] + [0.5 + 0.5 * i for i in range(6)]
+    path = write_vfr_video(tmp_path / "vfr.mp4", times)
+    frames = list(sample_video_frames(path, count=None, fps=2.0))
+    got = [round(f.time, 2) for f in frames]
+    assert got == [0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0]
+
+
+def test_from_list_globs_csv_and_quiet(sample_media, tmp_path):
+    folder = sample_media["astronaut.png"].parent
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"# inputs\n{sample_media['coffee_no_face.jpg']}\n\n")
+    table = tmp_path / "summary.csv"
+    report_path = tmp_path / "report.json"
+    result = runner.invoke(app, ["scan", str(folder), "--include", "*.png", "--include", "*.mp4",
+                                 "--exclude", "*blended*", "--from", str(listing), "--csv", str(table),
+                                 "--json", str(report_path), "--frames", "3", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert result.output == ""  # --quiet: no table, no progress
+    names = sorted(Path(f["path"]).name for f in json.loads(report_path.read_text())["files"])
+    assert names == ["astronaut.png", "astronaut_pan.mp4", "coffee_no_face.jpg"]
+    rows = list(csv.DictReader(table.open()))
+    assert sorted(Path(r["path"]).name for r in rows) == names
+    assert {r["verdict"] for r in rows} <= {"real", "fake", "no-face"}
+
+
+def test_uncertain_band_gives_uncertain_verdicts(sample_media, tmp_path):
+    image = str(sample_media["astronaut.png"])
+    first = runner.invoke(app, ["scan", image, "--json", "-"])
+    score = json.loads(first.stdout)["files"][0]["score"]
+    threshold = min(score + 0.01, 1.0)
+    report_path = tmp_path / "report.json"
+    result = runner.invoke(app, ["scan", image, "--threshold", str(threshold), "--uncertain-band", "0.05",
+                                 "--json", str(report_path)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(report_path.read_text())
+    jsonschema.validate(report, report_schema())
+    assert report["files"][0]["verdict"] == "uncertain" and report["files"][0]["score"] == score
+    assert report["settings"]["uncertain_band"] == 0.05
+    outside = runner.invoke(app, ["scan", image, "--threshold", str(threshold), "--uncertain-band", "0.001", "--json", "-"])
+    assert json.loads(outside.stdout)["files"][0]["verdict"] in ("real", "fake")
+
+
+def test_usage_errors_are_one_line(tmp_path):
+    for args in (["scan"], ["scan", str(tmp_path), "--aggregate", "median"],
+                 ["scan", str(tmp_path), "--from", str(tmp_path / "missing.txt")],
+                 ["scan", str(tmp_path), "--bundle", str(tmp_path)]):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2, (args, result.output)
+        assert result.output.startswith("error: ") and result.output.count("\n") == 1, result.output
