@@ -23,6 +23,24 @@ class Face:
         return min(self.box[2] - self.box[0], self.box[3] - self.box[1])
 
 
+def crop_square(box, margin: float) -> tuple[int, int, int]:
+    """The crop's square in image pixels: (left, top, side), `margin` x the box's longer side,
+    centred on the box. Shared by crop_face and anything that maps points into crops."""
+    x1, y1, x2, y2 = (float(v) for v in box)
+    side = max(x2 - x1, y2 - y1) * margin
+    if side < 1:
+        raise ValueError(f"face box {box} is empty")
+    cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+    return int(round(cx - side / 2)), int(round(cy - side / 2)), max(1, int(round(side)))
+
+
+def to_crop_coordinates(points: np.ndarray, box, margin: float, size: int) -> np.ndarray:
+    """Map image-pixel points (e.g. landmarks) into the pixels of crop_face(image, box, margin,
+    size): the same square, and cv2.resize's alignment of pixel centres."""
+    left, top, side = crop_square(box, margin)
+    return (np.asarray(points, dtype=np.float64) - [left, top] + 0.5) * (size / side) - 0.5
+
+
 def crop_face(image: np.ndarray, box, margin: float, size: int) -> np.ndarray:
     """Cut a square crop centred on `box`, `margin` times its longer side, resized to `size`.
 
@@ -30,13 +48,7 @@ def crop_face(image: np.ndarray, box, margin: float, size: int) -> np.ndarray:
     aspect ratio and position at image edges. The same function makes training crops
     (trainer) and scan crops (forensic), so the model sees the same framing in both.
     """
-    x1, y1, x2, y2 = (float(v) for v in box)
-    side = max(x2 - x1, y2 - y1) * margin
-    if side < 1:
-        raise ValueError(f"face box {box} is empty")
-    cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
-    left, top = int(round(cx - side / 2)), int(round(cy - side / 2))
-    side_px = max(1, int(round(side)))
+    left, top, side_px = crop_square(box, margin)
     height, width = image.shape[:2]
     canvas = np.zeros((side_px, side_px, 3), dtype=np.uint8)
     src_x1, src_y1 = max(left, 0), max(top, 0)

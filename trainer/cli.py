@@ -195,18 +195,29 @@ def prepare_command(
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                         console=console, transient=True)
     task = progress.add_task("starting", total=None)
+    shown = []
 
     def on_progress(phase: str, done: int, total: int) -> None:
+        if not shown:  # started on first use, so an input error is its one line and nothing else
+            progress.start()
+            shown.append(True)
         progress.update(task, description=phase, completed=done, total=total)
+
+    def stop_progress() -> None:
+        if shown:
+            progress.stop()
+            shown.clear()
 
     def log(line: str) -> None:
         console.print(line, markup=False, highlight=False, soft_wrap=True)
 
     try:
-        with progress:
-            result = prepare_dataset(src, out, frames=frames, size=size, margin=margin, split=split, seed=seed,
-                                     sbi=sbi, device=device, on_progress=on_progress, log=log)
+        result = prepare_dataset(src, out, frames=frames, size=size, margin=margin, split=split, seed=seed,
+                                 sbi=sbi, device=device, on_progress=on_progress, log=log)
     except (PrepareError, ForensicError, OSError) as exc:
+        stop_progress()
         _fail(exc)
+    finally:
+        stop_progress()
     for line in summary_lines(result):
         log(line)
