@@ -15,6 +15,7 @@ from forensic import __version__
 from forensic.bundle import load_bundle, sha256_file
 from forensic.cli import app as forensic_app
 from forensic.report import report_schema
+from forensic.scan import verdict_for
 from trainer.cli import app as trainer_app
 
 runner = CliRunner()
@@ -60,12 +61,17 @@ def test_fit_resume_continues_and_refuses_to_overwrite(run_dir, face_dataset):
     assert epochs == [1, 2]
 
 
-def test_export_writes_a_verified_bundle(bundle_dir):
+def test_export_writes_a_verified_calibrated_bundle(bundle_dir):
     manifest = json.loads((bundle_dir / "manifest.json").read_text())
-    assert manifest["models"][0]["sha256"] == sha256_file(bundle_dir / "model.onnx")
+    entry = manifest["models"][0]
+    assert entry["sha256"] == sha256_file(bundle_dir / "model.onnx")
+    assert entry["onnx_max_difference"] <= 1e-4 and entry["outputs"] == ["logits", "cam"]
     assert manifest["input"]["size"] == 64 and manifest["class_order"] == ["real", "fake"]
-    assert manifest["face_crop"]["margin"] == 1.3 and manifest["decision_threshold"] == 0.5
-    assert manifest["producer"]["onnx_max_logit_difference"] <= 1e-4
+    assert manifest["face_crop"]["margin"] == 1.3 and manifest["uncertain_band"] == 0.05
+    point = manifest["calibration"]["operating_point"]
+    assert point["criterion"] == "eer" and manifest["decision_threshold"] == point["threshold"]
+    assert (point["n_real"], point["n_fake"]) == (4, 4)
+    assert manifest["calibration"]["nll_calibrated"] <= manifest["calibration"]["nll_uncalibrated"] + 1e-9
     assert {"torch", "timm", "onnx"} <= set(manifest["producer"])
     assert load_bundle(bundle_dir).name == "tiny"
 
@@ -82,10 +88,11 @@ def test_scan_images_videos_and_junk(bundle_dir, sample_media, tmp_path):
     assert report["bundle"]["sha256"] == sha256_file(bundle_dir / "manifest.json")
 
     image = files["astronaut.png"]
-    assert image["kind"] == "image" and image["verdict"] in ("real", "fake")
+    assert image["kind"] == "image"
     assert image["faces"] == 1 and image["frames_analyzed"] == 1
     assert image["sha256"] == sha256_file(sample_media["astronaut.png"])
-    assert (image["verdict"] == "fake") == (image["score"] >= image["threshold"])
+    band = report["settings"]["uncertain_band"]
+    assert image["verdict"] == verdict_for(image["score"], image["threshold"], band)
 
     video = files["astronaut_pan.mp4"]
     assert video["kind"] == "video" and video["frames_analyzed"] == 6 and video["faces"] == 1

@@ -13,7 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from forensic.errors import ForensicError
 from trainer import __version__
 from trainer.data import DatasetError
-from trainer.export import ExportError, export_run
+from trainer.export import ExportError, export_bundle
 from trainer.fit import EpochMetrics, FitConfig, RunError, fit, load_config_file
 from trainer.methods import list_methods, method_class
 from trainer.models import InitError, list_models, model_spec
@@ -137,23 +137,35 @@ def fit_command(
 
 @app.command(name="export")
 def export_command(
-    run_dir: Path = typer.Argument(..., help="A `trainer fit` run folder."),
+    run_dirs: list[Path] = typer.Argument(..., help="One or more `trainer fit` run folders (several make an ensemble)."),
     out: Path = typer.Option(..., "--out", help="Bundle folder to write."),
     name: Optional[str] = typer.Option(None, "--name", help="Bundle name (default: the folder's name)."),
-    checkpoint: str = typer.Option("best", "--checkpoint", help="best or last."),
-    threshold: float = typer.Option(0.5, "--threshold", min=0.0, max=1.0, help="Decision threshold on P(fake)."),
+    checkpoint: str = typer.Option("best", "--checkpoint", help="best, last or final."),
+    calibrate: bool = typer.Option(True, "--calibrate/--no-calibrate", help="Fit temperature and threshold on the validation split."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Dataset whose validation split calibrates (default: the first run's)."),
+    operating_point: str = typer.Option("eer", "--operating-point", help="Threshold at: eer, fpr:X (e.g. fpr:0.05) or fixed:T."),
+    uncertain_band: float = typer.Option(0.05, "--uncertain-band", min=0.0, max=0.499, help="Scores within ±band of the threshold are 'uncertain'."),
+    weight: list[float] = typer.Option([], "--weight", help="Per-run ensemble weight, in run order (default: validation accuracy)."),
     force: bool = typer.Option(False, "--force", help="Replace an existing bundle's manifest and model files."),
 ) -> None:
-    """Export a run as an ONNX bundle, after checking ONNX Runtime agrees with PyTorch."""
-    if checkpoint not in ("best", "last"):
-        _fail(ValueError(f"--checkpoint must be best or last, not {checkpoint!r}"))
+    """Export runs as an ONNX bundle, after checking ONNX Runtime agrees with PyTorch, and calibrate it."""
+    if checkpoint not in ("best", "last", "final"):
+        _fail(ValueError(f"--checkpoint must be best, last or final, not {checkpoint!r}"))
     try:
-        bundle = export_run(run_dir, out, name=name, checkpoint=checkpoint, threshold=threshold, force=force)
-    except (ExportError, ForensicError) as exc:
+        bundle = export_bundle(run_dirs, out, name=name, checkpoint=checkpoint, calibrate=calibrate, data=data,
+                               operating_point=operating_point, uncertain_band=uncertain_band,
+                               weights=weight or None, force=force)
+    except (ExportError, ForensicError, DatasetError) as exc:
         _fail(exc)
-    difference = bundle.manifest["producer"]["onnx_max_logit_difference"]
+    manifest = bundle.manifest
+    difference = max(entry["onnx_max_difference"] for entry in manifest["models"])
+    point = manifest["calibration"]["operating_point"]
     console.print(f"bundle {bundle.name} written to {out} (manifest sha256 {bundle.sha256[:12]}; "
-                  f"ONNX Runtime vs PyTorch max |Δlogit| {difference:.1e})", highlight=False, soft_wrap=True)
+                  f"ONNX Runtime vs PyTorch max |Δ| {difference:.1e})", highlight=False, soft_wrap=True)
+    if "validation_fpr" in point:
+        console.print(f"calibrated: temperature {manifest['temperature']:.3f}, threshold {point['threshold']:.4f} "
+                      f"({point['criterion']}): validation FPR {point['validation_fpr']:.3f} TPR {point['validation_tpr']:.3f} "
+                      f"on {point['n_real']} real / {point['n_fake']} fake crops", highlight=False, soft_wrap=True)
 
 
 @app.command(name="synth")

@@ -1,15 +1,24 @@
-"""`trainer export`: a run's checkpoint → an ONNX bundle that forensic can load.
+"""`trainer export`: one or more runs' checkpoints → an ONNX bundle that forensic can load.
 
-The ONNX model takes RGB pixels in [0, 1] (N, 3, size, size) and returns logits [real, fake];
-normalisation is inside the graph. Before anything is written, ONNX Runtime's output is
-checked against PyTorch's on a random batch.
+Each ONNX model takes RGB pixels in [0, 1] (N, 3, size, size) and returns logits [real, fake]
+(normalisation is inside the graph) and, for architectures with a global-pool + linear head,
+a second output `cam`: the class activation map of the fake-vs-real margin. Before anything
+is written, ONNX Runtime's outputs are checked against PyTorch's on a random batch.
+
+Several runs make an ensemble, weighted by validation accuracy (the ensemble seed's rule).
+Calibration (on the validation split): one temperature for the ensemble, fitted by minimising
+the negative log-likelihood, then the decision threshold at the chosen operating point
+(equal error rate, a target false-positive rate, or a fixed value), recorded with the
+validation FPR/TPR it gives and the counts behind them.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import tempfile
 import warnings
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -17,89 +26,220 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
+from scipy.optimize import minimize_scalar
+from sklearn.metrics import roc_curve
+from torch.utils.data import DataLoader
 
 from forensic.bundle import CLASS_ORDER, Bundle, write_bundle
-from trainer.data import CLASSES
-from trainer.models import create_model
+from trainer.data import CLASSES, FaceCrops, eval_transform, list_split
+from trainer.models import DetectorWithCAM, create_model, model_spec
 from trainer.versions import library_versions
 
 OPSET = 17
 MAX_LOGIT_DIFFERENCE = 1e-4
 DEFAULT_MARGIN = 1.3  # DeepfakeBench's face-crop margin
+DEFAULT_UNCERTAIN_BAND = 0.05
 
 
 class ExportError(Exception):
     """An export that was refused, described in one line."""
 
 
-def load_run_model(run_dir: Path, checkpoint: str = "best") -> tuple[torch.nn.Module, dict, dict]:
-    """The trained model (eval mode, CPU), the run's config and the checkpoint's metadata."""
-    path = Path(run_dir) / f"{checkpoint}.pt"
+@dataclass
+class RunModel:
+    run_dir: Path
+    model: torch.nn.Module
+    config: dict  # the run's "fit" settings plus mean, std and counts
+    epoch: int
+    validation: dict | None  # the chosen epoch's metrics line
+
+    @property
+    def arch(self) -> str:
+        return self.config["arch"]
+
+
+def load_run_model(run_dir: Path, checkpoint: str = "best") -> RunModel:
+    """The trained model (eval mode, CPU), its run config and the chosen epoch's metrics."""
+    run_dir = Path(run_dir)
+    path = run_dir / f"{checkpoint}.pt"
     if not path.is_file():
         raise ExportError(f"{path}: no such checkpoint (is {run_dir} a `trainer fit` run directory?)")
     state = torch.load(path, map_location="cpu", weights_only=True)
     config = {**state["config"], **state["config"]["fit"]}
     model = create_model(config["arch"], init="random")
     model.load_state_dict(state["model"])
-    return model.eval(), config, {"epoch": state["epoch"]}
+    metrics_path = run_dir / "metrics.jsonl"
+    history = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()] \
+        if metrics_path.exists() else []
+    validation = next((m for m in history if m["epoch"] == state["epoch"]), None)
+    return RunModel(run_dir, model.eval(), config, state["epoch"], validation)
 
 
-def export_onnx(model: torch.nn.Module, size: int, destination: Path) -> None:
+def export_onnx(model: torch.nn.Module, size: int, destination: Path, with_cam: bool = False) -> None:
     example = torch.rand(2, 3, size, size)
+    # A new wrapper is in training mode, and the exporter restores that mode recursively
+    # afterwards: put it in eval mode so the model stays in eval mode too.
+    module = (DetectorWithCAM(model) if with_cam else model).eval()
+    outputs = ["logits", "cam"] if with_cam else ["logits"]
     # The legacy TorchScript exporter: one self-contained file in about 1 s, checked against
     # PyTorch below (the dynamo exporter takes 12-14 s and splits weights into a .data file).
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(
-            model, (example,), str(destination), dynamo=False, opset_version=OPSET,
-            input_names=["pixels"], output_names=["logits"],
-            dynamic_axes={"pixels": {0: "batch"}, "logits": {0: "batch"}},
+            module, (example,), str(destination), dynamo=False, opset_version=OPSET,
+            input_names=["pixels"], output_names=outputs,
+            dynamic_axes={name: {0: "batch"} for name in ["pixels", *outputs]},
         )
     onnx.checker.check_model(str(destination))
 
 
 def max_logit_difference(model: torch.nn.Module, onnx_path: Path, size: int, batch: int = 4, seed: int = 0) -> float:
+    """Largest |ONNX Runtime − PyTorch| over the logits (and the CAM, when exported)."""
     pixels = torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(seed))
-    with torch.no_grad():
-        expected = model(pixels).numpy()
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    actual = session.run(None, {session.get_inputs()[0].name: pixels.numpy()})[0]
-    return float(np.abs(actual - expected).max())
+    actual = session.run(None, {session.get_inputs()[0].name: pixels.numpy()})
+    with torch.no_grad():
+        expected = DetectorWithCAM(model).eval()(pixels) if len(actual) == 2 else (model.eval()(pixels),)
+    return max(float(np.abs(a - e.numpy()).max()) for a, e in zip(actual, expected))
 
 
-def export_run(run_dir: Path, out_dir: Path, name: str | None = None, checkpoint: str = "best",
-               threshold: float = 0.5, margin: float = DEFAULT_MARGIN, force: bool = False) -> Bundle:
-    run_dir, out_dir = Path(run_dir), Path(out_dir)
-    model, config, meta = load_run_model(run_dir, checkpoint)
-    size = int(config["size"])
-    history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()] \
-        if (run_dir / "metrics.jsonl").exists() else []
-    epoch_metrics = next((m for m in history if m["epoch"] == meta["epoch"]), None)
+def _validation_logits(model: torch.nn.Module, loader: DataLoader) -> tuple[np.ndarray, np.ndarray]:
+    logits, labels = [], []
+    with torch.no_grad():
+        for pixels, y in loader:
+            logits.append(model(pixels).double().numpy())
+            labels.append(y.numpy())
+    return np.concatenate(logits), np.concatenate(labels)
+
+
+def ensemble_probability(logits: list[np.ndarray], weights: np.ndarray, temperature: float) -> np.ndarray:
+    """P(fake) as forensic computes it: the weighted mean of each model's softmax(logits / T)."""
+    total = np.zeros(len(logits[0]))
+    for z, w in zip(logits, weights / weights.sum()):
+        z = z / temperature
+        z = z - z.max(axis=1, keepdims=True)
+        total += w * (np.exp(z[:, 1]) / np.exp(z).sum(axis=1))
+    return total
+
+
+def fit_temperature(logits: list[np.ndarray], weights: np.ndarray, labels: np.ndarray) -> tuple[float, float, float]:
+    """The temperature minimising the ensemble's NLL; returns (T, NLL at T=1, NLL at T)."""
+    def nll(log_t: float) -> float:
+        p = np.clip(ensemble_probability(logits, weights, math.exp(log_t)), 1e-12, 1 - 1e-12)
+        return float(-np.mean(labels * np.log(p) + (1 - labels) * np.log(1 - p)))
+
+    best = minimize_scalar(nll, bounds=(math.log(0.05), math.log(20.0)), method="bounded")
+    return math.exp(best.x), nll(0.0), float(best.fun)
+
+
+def choose_threshold(labels: np.ndarray, scores: np.ndarray, operating_point: str) -> dict:
+    """The threshold at `operating_point` ("eer", "fpr:X" or "fixed:T") and what it gives on
+    these labels."""
+    kind, _, value = operating_point.partition(":")
+    fpr, tpr, thresholds = roc_curve(labels, scores)
+    if kind == "eer":
+        index = int(np.argmin(np.abs(fpr - (1 - tpr))))
+        threshold = float(thresholds[index])
+    elif kind == "fpr":
+        target = float(value)
+        allowed = np.where(fpr <= target)[0]
+        threshold = float(thresholds[allowed[-1]])
+    elif kind == "fixed":
+        threshold = float(value)
+    else:
+        raise ExportError(f"unknown operating point {operating_point!r}: use eer, fpr:X or fixed:T")
+    threshold = float(min(max(threshold, 0.0), 1.0))
+    predicted = scores >= threshold
+    real, fake = labels == 0, labels == 1
+    return {"criterion": operating_point, "threshold": threshold,
+            "validation_fpr": float(predicted[real].mean()), "validation_tpr": float(predicted[fake].mean()),
+            "validation_accuracy": float((predicted == fake).mean()),
+            "n_real": int(real.sum()), "n_fake": int(fake.sum())}
+
+
+def _calibration(runs: list[RunModel], weights: np.ndarray, data_dir: Path, size: int, operating_point: str) -> dict:
+    samples = list_split(data_dir, "validation")
+    loader = DataLoader(FaceCrops(samples, eval_transform(size)), batch_size=64)
+    logits, labels = [], None
+    for run in runs:
+        z, labels = _validation_logits(run.model, loader)
+        logits.append(z)
+    if len(set(labels.tolist())) < 2:
+        raise ExportError(f"{data_dir}/validation: calibration needs both real and fake crops")
+    temperature, nll_before, nll_after = fit_temperature(logits, weights, labels)
+    scores = ensemble_probability(logits, weights, temperature)
+    point = choose_threshold(labels, scores, operating_point)
+    return {"temperature": temperature, "data": str(data_dir), "nll_uncalibrated": nll_before,
+            "nll_calibrated": nll_after, "operating_point": point}
+
+
+def export_bundle(run_dirs: list[Path], out_dir: Path, name: str | None = None, checkpoint: str = "best",
+                  calibrate: bool = True, data: Path | None = None, operating_point: str = "eer",
+                  uncertain_band: float = DEFAULT_UNCERTAIN_BAND, margin: float = DEFAULT_MARGIN,
+                  weights: list[float] | None = None, force: bool = False) -> Bundle:
+    """Export runs as one bundle (several runs make a weighted ensemble)."""
+    out_dir = Path(out_dir)
+    runs = [load_run_model(run_dir, checkpoint) for run_dir in run_dirs]
+    sizes = {int(run.config["size"]) for run in runs}
+    if len(sizes) != 1:
+        raise ExportError(f"the runs use different input sizes {sorted(sizes)}; an ensemble needs one")
+    size = sizes.pop()
+    if weights is None:
+        # Validation-accuracy weighting, as the ensemble seed does.
+        weights = [max(1e-3, (run.validation or {}).get("val_accuracy", 1.0)) for run in runs]
+    if len(weights) != len(runs) or any(w <= 0 for w in weights):
+        raise ExportError("give one positive weight per run")
+    weight_array = np.asarray(weights, dtype=np.float64)
     assert tuple(CLASSES) == CLASS_ORDER, "trainer labels and the bundle's class order must agree"
 
+    if calibrate:
+        data_dir = Path(data) if data else Path(runs[0].config["data"])
+        if not (data_dir / "validation").is_dir():
+            raise ExportError(f"{data_dir}/validation: not found; calibration needs the validation split "
+                              f"(give --data DIR, or --no-calibrate to keep temperature 1 and --operating-point fixed:T)")
+        calibration = _calibration(runs, weight_array, data_dir, size, operating_point)
+    else:
+        kind, _, value = operating_point.partition(":")
+        if kind != "fixed":
+            raise ExportError("without calibration data the threshold must be given: --operating-point fixed:T")
+        calibration = {"temperature": 1.0, "operating_point": {"criterion": operating_point, "threshold": float(value)}}
+
     with tempfile.TemporaryDirectory() as scratch:
-        onnx_path = Path(scratch) / "model.onnx"
-        export_onnx(model, size, onnx_path)
-        difference = max_logit_difference(model, onnx_path, size)
-        if not difference <= MAX_LOGIT_DIFFERENCE:
-            raise ExportError(
-                f"{run_dir}: ONNX Runtime disagrees with PyTorch by {difference:.2e} in the logits "
-                f"(allowed {MAX_LOGIT_DIFFERENCE:.0e}); refusing to write a bundle"
-            )
+        entries, files, differences = [], {}, {}
+        for index, run in enumerate(runs):
+            file = "model.onnx" if len(runs) == 1 else f"model_{index}_{run.arch}.onnx"
+            path = Path(scratch) / file
+            with_cam = model_spec(run.arch).cam
+            export_onnx(run.model, size, path, with_cam=with_cam)
+            difference = max_logit_difference(run.model, path, size)
+            if not difference <= MAX_LOGIT_DIFFERENCE:
+                raise ExportError(
+                    f"{run.run_dir}: ONNX Runtime disagrees with PyTorch by {difference:.2e} "
+                    f"(allowed {MAX_LOGIT_DIFFERENCE:.0e}); refusing to write a bundle")
+            model_name = run.arch if len(runs) == 1 else f"{index}-{run.arch}"
+            entries.append({"name": model_name, "file": file, "arch": run.arch, "weight": float(weight_array[index]),
+                            "outputs": ["logits", "cam"] if with_cam else ["logits"],
+                            "onnx_max_difference": difference,
+                            "training": {"run": str(run.run_dir), "checkpoint": checkpoint, "epoch": run.epoch,
+                                         "method": run.config["method"], "init": run.config["init"],
+                                         "options": run.config.get("options", {}), "sbi": run.config.get("sbi", False),
+                                         "data": run.config["data"], "counts": run.config["counts"],
+                                         "validation": run.validation}})
+            files[file] = path
+            differences[model_name] = difference
+        first = runs[0].config
         manifest = {
             "name": name or out_dir.name,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "models": [{"name": config["arch"], "file": "model.onnx", "arch": config["arch"], "weight": 1.0}],
+            "models": entries,
             "input": {"size": size, "color_order": "RGB", "layout": "NCHW", "pixel_range": [0, 1],
-                      "mean": config["mean"], "std": config["std"], "normalize_in_graph": True},
+                      "mean": first["mean"], "std": first["std"], "normalize_in_graph": True},
             "face_crop": {"margin": margin},
             "class_order": list(CLASS_ORDER),
-            "decision_threshold": threshold,
-            "temperature": 1.0,
-            "producer": {"tool": "trainer export", "opset": OPSET, "onnx_max_logit_difference": difference,
-                         **library_versions()},
-            "training": {"run": str(run_dir), "checkpoint": checkpoint, "epoch": meta["epoch"],
-                         "arch": config["arch"], "method": config["method"], "init": config["init"], "options": config.get("options", {}), "sbi": config.get("sbi", False),
-                         "data": config["data"], "counts": config["counts"], "validation": epoch_metrics},
+            "decision_threshold": calibration["operating_point"]["threshold"],
+            "temperature": calibration["temperature"],
+            "uncertain_band": uncertain_band,
+            "calibration": calibration,
+            "producer": {"tool": "trainer export", "opset": OPSET, **library_versions()},
         }
-        return write_bundle(out_dir, manifest, {"model.onnx": onnx_path}, force=force)
+        return write_bundle(out_dir, manifest, files, force=force)

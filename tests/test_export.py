@@ -1,0 +1,65 @@
+"""Calibration, operating points and class activation maps in exported bundles."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from sklearn.metrics import roc_curve
+
+from trainer.export import choose_threshold, ensemble_probability, export_onnx, fit_temperature, max_logit_difference
+from trainer.models import DetectorWithCAM, create_model
+
+
+def test_temperature_recovers_an_overconfident_model():
+    rng = np.random.default_rng(0)
+    margin = rng.normal(0, 2, 4000)  # the true logit difference fake - real
+    labels = (rng.random(4000) < 1 / (1 + np.exp(-margin))).astype(int)
+    logits = np.stack([np.zeros_like(margin), 3.0 * margin], axis=1)  # three times too confident
+    temperature, before, after = fit_temperature([logits], np.array([1.0]), labels)
+    assert temperature == pytest.approx(3.0, rel=0.1)
+    assert after < before
+
+
+def test_ensemble_probability_is_the_weighted_mean_of_softmaxes():
+    a = np.array([[0.0, 2.0], [1.0, -1.0]])
+    b = np.array([[0.0, -1.0], [0.0, 0.0]])
+    p = ensemble_probability([a, b], np.array([1.0, 3.0]), temperature=2.0)
+    sigmoid = lambda z: 1 / (1 + np.exp(-z))  # noqa: E731
+    expected = 0.25 * sigmoid((a[:, 1] - a[:, 0]) / 2) + 0.75 * sigmoid((b[:, 1] - b[:, 0]) / 2)
+    assert np.allclose(p, expected)
+
+
+def test_operating_points_agree_with_sklearn():
+    rng = np.random.default_rng(1)
+    labels = np.r_[np.zeros(300), np.ones(200)].astype(int)
+    scores = np.r_[rng.beta(2, 5, 300), rng.beta(5, 2, 200)]
+    fpr, tpr, thresholds = roc_curve(labels, scores)
+    at_5 = choose_threshold(labels, scores, "fpr:0.05")
+    assert at_5["validation_fpr"] <= 0.05
+    assert at_5["validation_tpr"] == pytest.approx(tpr[fpr <= 0.05].max())
+    eer = choose_threshold(labels, scores, "eer")
+    assert abs(eer["validation_fpr"] - (1 - eer["validation_tpr"])) < 0.02
+    fixed = choose_threshold(labels, scores, "fixed:0.5")
+    assert fixed["threshold"] == 0.5 and fixed["n_real"] == 300 and fixed["n_fake"] == 200
+    assert fixed["validation_fpr"] == pytest.approx((scores[:300] >= 0.5).mean())
+
+
+def test_cam_output_explains_the_logit_margin(tmp_path):
+    model = create_model("efficientnet_b0", init="random").eval()
+    path = tmp_path / "cam.onnx"
+    export_onnx(model, 64, path, with_cam=True)
+    assert max_logit_difference(model, path, 64) <= 1e-4
+    assert not model.training  # exporting through the wrapper leaves the model in eval mode
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    pixels = torch.rand(3, 3, 64, 64)
+    logits, cam = session.run(None, {"pixels": pixels.numpy()})
+    assert cam.shape == (3, 2, 2)  # efficientnet's stride 32
+    bias = model.backbone.get_classifier().bias.detach().numpy()
+    assert np.allclose(cam.mean(axis=(1, 2)) + bias[1] - bias[0], logits[:, 1] - logits[:, 0], atol=1e-4)
+
+
+def test_cam_needs_a_linear_head():
+    with pytest.raises(TypeError):
+        DetectorWithCAM(create_model("resnet_se", init="random"))
