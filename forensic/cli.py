@@ -85,6 +85,7 @@ def scan(
     uncertain_band: Optional[float] = typer.Option(None, "--uncertain-band", min=0.0, max=0.499, help="Scores within ±band of the threshold are 'uncertain' (default: the bundle's)."),
     aggregation: str = typer.Option("confident", "--aggregate", help="How an identity's frame scores combine: confident (DFDC winner), mean or max."),
     min_face: int = typer.Option(40, "--min-face", min=12, help="Ignore faces smaller than this many pixels."),
+    heatmaps: Optional[Path] = typer.Option(None, "--heatmaps", help="Write a heatmap PNG per identity (its most fake face) to DIR."),
     device: str = typer.Option("auto", "--device", help="auto (GPU if it truly loads, else CPU), cpu or cuda."),
     fail_on_fake: bool = typer.Option(False, "--fail-on-fake", help="Exit with status 3 when any file is judged fake."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No table or progress; only errors (and --json - output)."),
@@ -112,7 +113,8 @@ def scan(
     try:
         loaded = load_bundle(bundle)
         scanner = Scanner(loaded, device=device, frames=frames, fps=fps, threshold=threshold,  # type: ignore[arg-type]
-                          uncertain_band=uncertain_band, aggregation=aggregation, min_face=min_face)  # type: ignore[arg-type]
+                          uncertain_band=uncertain_band, aggregation=aggregation, min_face=min_face,
+                          heatmap_dir=heatmaps)  # type: ignore[arg-type]
     except ForensicError as exc:
         _usage_error(errors, str(exc))
     inputs = collect_inputs(requested, include=include, exclude=exclude)

@@ -43,10 +43,12 @@ def _make_session(model_path: str, device: Device) -> ort.InferenceSession:
 
 @dataclass
 class Prediction:
-    """Probability of "fake" per input: the ensemble's and each model's."""
+    """Probability of "fake" per input: the ensemble's and each model's; and the class
+    activation map (N, h, w) of each model that exports one."""
 
     ensemble: np.ndarray
     per_model: dict[str, np.ndarray]
+    cams: dict[str, np.ndarray]
 
 
 class EnsembleRunner:
@@ -91,17 +93,30 @@ class EnsembleRunner:
         """`crops`: (N, size, size, 3) RGB uint8 face crops."""
         if len(crops) == 0:
             empty = np.zeros((0,), dtype=np.float64)
-            return Prediction(ensemble=empty, per_model={name: empty for name in self.sessions})
+            return Prediction(ensemble=empty, per_model={name: empty for name in self.sessions}, cams={})
         per_model: dict[str, list[np.ndarray]] = {name: [] for name in self.sessions}
+        cams: dict[str, list[np.ndarray]] = {name: [] for name in self.cam_models}
         for start in range(0, len(crops), self.batch_size):
             x = self._prepare(crops[start : start + self.batch_size])
             for name, session in self.sessions.items():
-                input_name = session.get_inputs()[0].name
-                logits = session.run(None, {input_name: x})[0].astype(np.float64)
+                outputs = session.run(None, {session.get_inputs()[0].name: x})
+                logits = outputs[0].astype(np.float64)
                 per_model[name].append(_softmax(logits / self._temperature)[:, self.bundle.fake_index])
+                if name in cams:
+                    cams[name].append(outputs[1])
         scores = {name: np.concatenate(parts) for name, parts in per_model.items()}
         ensemble = sum(w * scores[e.name] for w, e in zip(self._weights, self.bundle.models))
-        return Prediction(ensemble=np.asarray(ensemble), per_model=scores)
+        return Prediction(ensemble=np.asarray(ensemble), per_model=scores,
+                          cams={name: np.concatenate(parts) for name, parts in cams.items()})
+
+    @property
+    def cam_models(self) -> list[str]:
+        """Models whose graph has a second output, `cam` (class activation map)."""
+        return [name for name, session in self.sessions.items()
+                if [o.name for o in session.get_outputs()][1:2] == ["cam"]]
+
+    def model_weight(self, name: str) -> float:
+        return float(self._weights[[e.name for e in self.bundle.models].index(name)])
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:

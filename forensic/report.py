@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from datetime import datetime, timezone
 from importlib import resources
 from pathlib import Path
@@ -26,7 +26,8 @@ def _round(value: float | None) -> float | None:
 
 
 def file_entry(result: FileResult) -> dict:
-    entry = asdict(result)
+    entry = asdict(replace(result, crops={}))
+    del entry["crops"]
     entry["score"] = _round(result.score)
     for item in [face for frame in entry["frames"] for face in frame["faces"]] + entry["identities"]:
         item["score"] = _round(item["score"])

@@ -17,8 +17,9 @@ from typing import Iterator, Literal
 import numpy as np
 
 from forensic.bundle import Bundle, sha256_file
-from forensic.errors import MediaError
+from forensic.errors import ForensicError, MediaError
 from forensic.faces import FaceDetector, crop_face
+from forensic.heatmaps import combine, overlay, write_png
 from forensic.identities import Aggregation, aggregate, group_identities, minimum_frames
 from forensic.inference import Device, EnsembleRunner
 from forensic.media import Frame, load_image, media_kind, sample_video_frames
@@ -56,6 +57,9 @@ class IdentityResult:
     counts: bool  # whether it is seen often enough to decide the file's verdict
     first_box: tuple[float, float, float, float]
     model_scores: dict[str, float]  # each model's aggregated score for this identity
+    most_fake_frame: int  # index of the frame where this identity's face scored highest
+    most_fake_time: float | None
+    heatmap: str | None = None  # PNG of that face with its class activation map, when asked for
 
 
 @dataclass
@@ -72,6 +76,9 @@ class FileResult:
     identities: list[IdentityResult] = field(default_factory=list)
     frames: list[FrameResult] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    # Face crops (and their models' CAMs) kept for heatmaps and reports, keyed by
+    # (frame position, face index); not part of the JSON report.
+    crops: dict[tuple[int, int], tuple[np.ndarray, dict[str, np.ndarray]]] = field(default_factory=dict, repr=False)
 
 
 def verdict_for(score: float, threshold: float, uncertain_band: float) -> Verdict:
@@ -94,6 +101,8 @@ class Scanner:
         uncertain_band: float | None = None,
         aggregation: Aggregation = "confident",
         min_face: int = 40,
+        heatmap_dir: Path | None = None,
+        keep_crops: bool = False,
         detector: FaceDetector | None = None,
     ):
         if fps is not None:
@@ -109,6 +118,11 @@ class Scanner:
         self.aggregation = aggregation
         aggregate([0.5], aggregation)  # reject an unknown aggregation now, not per file
         self.runner = EnsembleRunner(bundle, device=device)
+        self.heatmap_dir = Path(heatmap_dir) if heatmap_dir else None
+        if self.heatmap_dir and not self.runner.cam_models:
+            raise ForensicError(f"{bundle.path}: no model in this bundle has a class-activation-map output, "
+                                f"so --heatmaps cannot be drawn")
+        self.keep_crops = keep_crops or self.heatmap_dir is not None
         if detector is None:
             import torch
 
@@ -122,7 +136,7 @@ class Scanner:
         else:
             yield from sample_video_frames(path, self.frames, self.fps)
 
-    def _analyse(self, frames: list[Frame], timings: dict[str, float]) -> list[FrameResult]:
+    def _analyse(self, frames: list[Frame], timings: dict[str, float], result: FileResult) -> list[FrameResult]:
         started = time.perf_counter()
         detections = self.detector.detect([frame.image for frame in frames])
         crops, owners = [], []
@@ -135,7 +149,11 @@ class Scanner:
         timings["detect"] += detected - started
         timings["classify"] += time.perf_counter() - detected
         results = [FrameResult(index=f.index, time=f.time, faces=[]) for f in frames]
+        offset = len(result.frames)
         for row, (position, face) in enumerate(owners):
+            if self.keep_crops:
+                key = (offset + position, len(results[position].faces))
+                result.crops[key] = (crops[row], {name: cam[row] for name, cam in prediction.cams.items()})
             results[position].faces.append(
                 FaceResult(
                     box=tuple(round(v, 1) for v in face.box),
@@ -146,7 +164,8 @@ class Scanner:
             )
         return results
 
-    def _identities(self, frames: list[FrameResult]) -> list[IdentityResult]:
+    def _identities(self, result: FileResult) -> list[IdentityResult]:
+        frames = result.frames
         tracks = group_identities([[face.box for face in frame.faces] for frame in frames])
         needed = minimum_frames(sum(1 for frame in frames if frame.faces))
         identities = []
@@ -155,6 +174,8 @@ class Scanner:
             for face in faces:
                 face.identity = track.identity
             model_names = faces[0].model_scores
+            peak = max(range(len(faces)), key=lambda i: faces[i].score)
+            peak_frame = frames[track.members[peak][0]]
             identities.append(IdentityResult(
                 identity=track.identity,
                 frames=len(faces),
@@ -163,8 +184,19 @@ class Scanner:
                 first_box=faces[0].box,
                 model_scores={name: aggregate([f.model_scores[name] for f in faces], self.aggregation)
                               for name in model_names},
+                most_fake_frame=peak_frame.index,
+                most_fake_time=peak_frame.time,
             ))
+            if self.heatmap_dir is not None:
+                identities[-1].heatmap = str(self._write_heatmap(result, track.identity, track.members[peak]))
         return identities
+
+    def _write_heatmap(self, result: FileResult, identity: int, key: tuple[int, int]) -> Path:
+        crop, cams = result.crops[key]
+        weights = {name: self.runner.model_weight(name) for name in cams}
+        cam = combine(cams, weights, crop.shape[0])
+        name = f"{Path(result.path).stem}_{result.sha256[:8]}_identity{identity}.png"
+        return write_png(overlay(crop, cam), self.heatmap_dir / name)
 
     def scan_file(self, path: Path) -> FileResult:
         path = Path(path)
@@ -187,14 +219,14 @@ class Scanner:
                 timings["decode"] += time.perf_counter() - started
                 if not chunk:
                     break
-                result.frames.extend(self._analyse(chunk, timings))
+                result.frames.extend(self._analyse(chunk, timings, result))
         except MediaError as exc:
             return self._failed(result, str(exc), timings)
         except Exception as exc:  # one broken file must not stop the batch
             return self._failed(result, f"{path}: unexpected {type(exc).__name__}: {exc}", timings)
         result.timings = {k: round(v, 4) for k, v in timings.items()}
         result.frames_analyzed = len(result.frames)
-        result.identities = self._identities(result.frames)
+        result.identities = self._identities(result)
         result.faces = len(result.identities)
         # Identities seen too rarely do not decide, unless no identity is seen often enough.
         deciding = [i.score for i in result.identities if i.counts] or [i.score for i in result.identities]
