@@ -15,6 +15,7 @@ from rich.table import Table
 from forensic import __version__
 from forensic.bundle import DEFAULT_BUNDLE, load_bundle
 from forensic.errors import ForensicError
+from forensic.html_report import write_html
 from forensic.inference import Device
 from forensic.media import collect_inputs, read_path_list
 from forensic.report import build_report, write_csv, write_report
@@ -86,6 +87,7 @@ def scan(
     aggregation: str = typer.Option("confident", "--aggregate", help="How an identity's frame scores combine: confident (DFDC winner), mean or max."),
     min_face: int = typer.Option(40, "--min-face", min=12, help="Ignore faces smaller than this many pixels."),
     heatmaps: Optional[Path] = typer.Option(None, "--heatmaps", help="Write a heatmap PNG per identity (its most fake face) to DIR."),
+    html_out: Optional[Path] = typer.Option(None, "--html", help="Write a self-contained HTML report to DIR/index.html."),
     device: str = typer.Option("auto", "--device", help="auto (GPU if it truly loads, else CPU), cpu or cuda."),
     fail_on_fake: bool = typer.Option(False, "--fail-on-fake", help="Exit with status 3 when any file is judged fake."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No table or progress; only errors (and --json - output)."),
@@ -114,7 +116,7 @@ def scan(
         loaded = load_bundle(bundle)
         scanner = Scanner(loaded, device=device, frames=frames, fps=fps, threshold=threshold,  # type: ignore[arg-type]
                           uncertain_band=uncertain_band, aggregation=aggregation, min_face=min_face,
-                          heatmap_dir=heatmaps)  # type: ignore[arg-type]
+                          heatmap_dir=heatmaps, keep_crops=html_out is not None)  # type: ignore[arg-type]
     except ForensicError as exc:
         _usage_error(errors, str(exc))
     inputs = collect_inputs(requested, include=include, exclude=exclude)
@@ -148,6 +150,10 @@ def scan(
     elif json_out:
         write_report(report, Path(json_out))
         console.print(f"report written to {json_out}", highlight=False, soft_wrap=True)
+    if html_out:
+        weights = {name: scanner.runner.model_weight(name) for name in scanner.runner.sessions}
+        page = write_html(report, results, weights, html_out / "index.html")
+        console.print(f"HTML report written to {page}", highlight=False, soft_wrap=True)
     if csv_out:
         write_csv(report, csv_out)
         console.print(f"CSV summary written to {csv_out}", highlight=False, soft_wrap=True)

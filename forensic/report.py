@@ -10,6 +10,7 @@ from importlib import resources
 from pathlib import Path
 
 from forensic import __version__
+from forensic.versions import library_versions
 from forensic.scan import FileResult, Scanner
 
 REPORT_SCHEMA_VERSION = 1
@@ -58,6 +59,7 @@ def build_report(results: list[FileResult], scanner: Scanner) -> dict:
             "face_margin": bundle.margin,
             "input_size": bundle.input_size,
         },
+        "versions": library_versions(),
         "files": [file_entry(result) for result in results],
     }
 

@@ -151,3 +151,26 @@ def test_version_and_help_with_examples(app, name):
     assert version.exit_code == 0 and version.output.strip() == f"{name} {__version__}"
     help_text = runner.invoke(app, ["--help"]).output
     assert "Examples:" in help_text
+
+
+def test_heatmaps_and_html_report(bundle_dir, sample_media, tmp_path):
+    import re
+
+    import numpy as np
+    from PIL import Image
+
+    heatmaps, html_dir, report_path = tmp_path / "heatmaps", tmp_path / "html", tmp_path / "report.json"
+    paths = [str(sample_media[name]) for name in ("astronaut.png", "astronaut_pan.mp4", "corrupt.jpg")]
+    result = runner.invoke(forensic_app, ["scan", *paths, "--bundle", str(bundle_dir), "--frames", "3",
+                                          "--heatmaps", str(heatmaps), "--html", str(html_dir), "--json", str(report_path)])
+    assert result.exit_code == 1, result.output
+    report = json.loads(report_path.read_text())
+    listed = [identity["heatmap"] for f in report["files"] for identity in f["identities"]]
+    assert len(listed) == 2 and all(Path(p).is_file() for p in listed)
+    heatmap = np.asarray(Image.open(listed[0]))
+    assert heatmap.shape == (64, 64, 3)  # the bundle's input size: the face crop, overlaid
+    page = (html_dir / "index.html").read_text()
+    assert report["bundle"]["sha256"] in page and "corrupt.jpg" in page
+    assert page.count("<svg") == 1  # one timeline: the video
+    assert len(re.findall(r'src="data:image/png;base64,', page)) == 4  # face + heatmap per identity
+    assert "src=\"http" not in page  # self-contained

@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader
 from forensic.bundle import CLASS_ORDER, Bundle, write_bundle
 from trainer.data import CLASSES, FaceCrops, eval_transform, list_split
 from trainer.models import DetectorWithCAM, create_model, model_spec
-from trainer.versions import library_versions
+from forensic.versions import library_versions
 
 OPSET = 17
 MAX_LOGIT_DIFFERENCE = 1e-4

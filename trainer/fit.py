@@ -33,7 +33,7 @@ from torch.utils.data import ConcatDataset, DataLoader, WeightedRandomSampler
 from trainer.data import FaceCrops, class_counts, eval_transform, list_split, train_transform, verify_images
 from trainer.methods import create_method, method_class
 from trainer.models import create_model, model_spec
-from trainer.versions import library_versions
+from forensic.versions import library_versions
 
 
 class RunError(Exception):
