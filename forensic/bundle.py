@@ -5,7 +5,10 @@ manifest.json, schema version 1:
     schema_version   1
     name             bundle name
     created          ISO-8601 UTC time of export
-    models           [{name, file, sha256, arch, weight}]: weights combine the models' probabilities
+    models           [{name, file, sha256, arch, weight, outputs, gradient_graph, training}]:
+                      weights combine the models' probabilities; gradient_graph is {file,
+                      sha256, cosine} (inputs pixels, labels; outputs loss, grad) or
+                      {unavailable: reason}
     input            {size, color_order "RGB", layout "NCHW", pixel_range [0, 1], mean, std,
                       normalize_in_graph}: when normalize_in_graph is true the model takes
                       pixels in [0, 1] and applies mean/std itself
@@ -54,6 +57,8 @@ class ModelEntry:
     sha256: str
     arch: str
     weight: float
+    gradient_graph: str | None = None  # file of the white-box gradient graph, if exported
+    gradient_graph_missing: str | None = None  # why there is none
 
 
 @dataclass(frozen=True)
@@ -144,6 +149,17 @@ def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def _verify_file(path: Path, expected: str) -> None:
+    if not path.is_file():
+        raise BundleError(f"{path}: file named in the manifest is missing")
+    actual = sha256_file(path)
+    if actual != expected:
+        raise BundleError(
+            f"{path}: SHA-256 {actual[:12]}… does not match the manifest's "
+            f"{expected[:12]}…; the bundle was modified or is corrupt"
+        )
+
+
 def load_bundle(bundle_dir: Path) -> Bundle:
     """Read and verify a bundle: the manifest's shape and every model file's SHA-256."""
     bundle_dir = Path(bundle_dir)
@@ -157,15 +173,10 @@ def load_bundle(bundle_dir: Path) -> Bundle:
     _check_manifest(manifest, bundle_dir)
     models = []
     for entry in manifest["models"]:
-        model_path = bundle_dir / entry["file"]
-        if not model_path.is_file():
-            raise BundleError(f"{model_path}: model file named in the manifest is missing")
-        actual = sha256_file(model_path)
-        if actual != entry["sha256"]:
-            raise BundleError(
-                f"{model_path}: SHA-256 {actual[:12]}… does not match the manifest's "
-                f"{entry['sha256'][:12]}…; the bundle was modified or is corrupt"
-            )
+        _verify_file(bundle_dir / entry["file"], entry["sha256"])
+        graph = entry.get("gradient_graph") or {}
+        if graph.get("file"):
+            _verify_file(bundle_dir / graph["file"], graph.get("sha256", ""))
         models.append(
             ModelEntry(
                 name=entry["name"],
@@ -173,6 +184,8 @@ def load_bundle(bundle_dir: Path) -> Bundle:
                 sha256=entry["sha256"],
                 arch=entry.get("arch", entry["name"]),
                 weight=float(entry.get("weight", 1.0)),
+                gradient_graph=graph.get("file"),
+                gradient_graph_missing=graph.get("unavailable") if not graph.get("file") else None,
             )
         )
     return Bundle(
@@ -203,12 +216,19 @@ def write_bundle(out_dir: Path, manifest: dict, model_files: dict[str, Path], fo
             target = staging / entry["file"]
             shutil.copyfile(model_files[entry["file"]], target)
             entry["sha256"] = sha256_file(target)
+            graph = entry.get("gradient_graph") or {}
+            if graph.get("file"):
+                shutil.copyfile(model_files[graph["file"]], staging / graph["file"])
+                graph["sha256"] = sha256_file(staging / graph["file"])
         _check_manifest(manifest, staging)
         (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
         if out_dir.exists():
             # Replace the bundle's own files, manifest last; leave anything else (a model card).
             for entry in manifest["models"]:
                 os.replace(staging / entry["file"], out_dir / entry["file"])
+                graph = entry.get("gradient_graph") or {}
+                if graph.get("file"):
+                    os.replace(staging / graph["file"], out_dir / graph["file"])
             os.replace(staging / MANIFEST_NAME, out_dir / MANIFEST_NAME)
         else:
             os.replace(staging, out_dir)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from fractions import Fraction
 from pathlib import Path
 from typing import NoReturn, Optional
 
@@ -15,6 +16,7 @@ from rich.table import Table
 from forensic import __version__
 from forensic.bundle import DEFAULT_BUNDLE, load_bundle
 from forensic.errors import ForensicError
+from forensic.selftest import SelfTestSettings
 from forensic.html_report import write_html
 from forensic.inference import Device
 from forensic.media import collect_inputs, read_path_list
@@ -88,6 +90,9 @@ def scan(
     min_face: int = typer.Option(40, "--min-face", min=12, help="Ignore faces smaller than this many pixels."),
     heatmaps: Optional[Path] = typer.Option(None, "--heatmaps", help="Write a heatmap PNG per identity (its most fake face) to DIR."),
     html_out: Optional[Path] = typer.Option(None, "--html", help="Write a self-contained HTML report to DIR/index.html."),
+    self_test: bool = typer.Option(False, "--self-test", help="Attack each verdict with PGD (SPSA without gradient graphs) and report the smallest ε that flips it."),
+    self_test_eps: str = typer.Option("1/255,2/255,4/255,8/255", "--self-test-eps", help="The ε schedule, comma-separated (fractions allowed), pixels in [0, 1]."),
+    self_test_steps: int = typer.Option(10, "--self-test-steps", min=1, help="PGD steps per ε."),
     device: str = typer.Option("auto", "--device", help="auto (GPU if it truly loads, else CPU), cpu or cuda."),
     fail_on_fake: bool = typer.Option(False, "--fail-on-fake", help="Exit with status 3 when any file is judged fake."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No table or progress; only errors (and --json - output)."),
@@ -116,7 +121,8 @@ def scan(
         loaded = load_bundle(bundle)
         scanner = Scanner(loaded, device=device, frames=frames, fps=fps, threshold=threshold,  # type: ignore[arg-type]
                           uncertain_band=uncertain_band, aggregation=aggregation, min_face=min_face,
-                          heatmap_dir=heatmaps, keep_crops=html_out is not None)  # type: ignore[arg-type]
+                          heatmap_dir=heatmaps, keep_crops=html_out is not None,
+                          self_test=_self_test_settings(errors, self_test_eps, self_test_steps) if self_test else None)  # type: ignore[arg-type]
     except ForensicError as exc:
         _usage_error(errors, str(exc))
     inputs = collect_inputs(requested, include=include, exclude=exclude)
@@ -161,6 +167,16 @@ def scan(
     if fail_on_fake and any(r.verdict == "fake" for r in results):
         raise typer.Exit(EXIT_FAKE_FOUND)
     raise typer.Exit(EXIT_FILE_ERRORS if any(r.verdict == "error" for r in results) else 0)
+
+
+def _self_test_settings(errors: Console, epsilons: str, steps: int) -> SelfTestSettings:
+    try:
+        values = tuple(float(Fraction(part.strip())) for part in epsilons.split(",") if part.strip())
+    except (ValueError, ZeroDivisionError):
+        _usage_error(errors, f"--self-test-eps: cannot read {epsilons!r} (e.g. 1/255,2/255,4/255)")
+    if not values or any(not 0 < v <= 1 for v in values):
+        _usage_error(errors, "--self-test-eps: each ε must be in (0, 1]")
+    return SelfTestSettings(epsilons=tuple(sorted(values)), steps=steps)
 
 
 def _usage_error(errors: Console, message: str) -> NoReturn:

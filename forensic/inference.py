@@ -83,21 +83,27 @@ class EnsembleRunner:
                 seen.append(provider)
         return seen
 
-    def _prepare(self, crops: np.ndarray) -> np.ndarray:
-        x = crops.astype(np.float32).transpose(0, 3, 1, 2) / 255.0
-        if self._normalize_here:
-            x = (x - self._mean) / self._std
-        return np.ascontiguousarray(x)
+    @staticmethod
+    def to_pixels(crops: np.ndarray) -> np.ndarray:
+        """(N, H, W, 3) uint8 crops → (N, 3, H, W) float32 pixels in [0, 1]."""
+        return np.ascontiguousarray(crops.astype(np.float32).transpose(0, 3, 1, 2) / 255.0)
 
     def predict(self, crops: np.ndarray) -> Prediction:
         """`crops`: (N, size, size, 3) RGB uint8 face crops."""
+        return self.predict_pixels(self.to_pixels(crops))
+
+    def predict_pixels(self, pixels: np.ndarray) -> Prediction:
+        """`pixels`: (N, 3, size, size) float32 in [0, 1]."""
+        crops = pixels
         if len(crops) == 0:
             empty = np.zeros((0,), dtype=np.float64)
             return Prediction(ensemble=empty, per_model={name: empty for name in self.sessions}, cams={})
         per_model: dict[str, list[np.ndarray]] = {name: [] for name in self.sessions}
         cams: dict[str, list[np.ndarray]] = {name: [] for name in self.cam_models}
         for start in range(0, len(crops), self.batch_size):
-            x = self._prepare(crops[start : start + self.batch_size])
+            x = crops[start : start + self.batch_size]
+            if self._normalize_here:
+                x = np.ascontiguousarray((x - self._mean) / self._std, dtype=np.float32)
             for name, session in self.sessions.items():
                 outputs = session.run(None, {session.get_inputs()[0].name: x})
                 logits = outputs[0].astype(np.float64)

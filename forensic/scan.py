@@ -22,6 +22,7 @@ from forensic.faces import FaceDetector, crop_face
 from forensic.heatmaps import combine, overlay, write_png
 from forensic.identities import Aggregation, aggregate, group_identities, minimum_frames
 from forensic.inference import Device, EnsembleRunner
+from forensic.selftest import FRAGILE_EPSILON, GradientOracle, SelfTestSettings, attack
 from forensic.media import Frame, load_image, media_kind, sample_video_frames
 
 Verdict = Literal["fake", "real", "uncertain", "no-face", "error"]
@@ -76,6 +77,7 @@ class FileResult:
     identities: list[IdentityResult] = field(default_factory=list)
     frames: list[FrameResult] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    self_test: dict | None = None
     # Face crops (and their models' CAMs) kept for heatmaps and reports, keyed by
     # (frame position, face index); not part of the JSON report.
     crops: dict[tuple[int, int], tuple[np.ndarray, dict[str, np.ndarray]]] = field(default_factory=dict, repr=False)
@@ -103,6 +105,7 @@ class Scanner:
         min_face: int = 40,
         heatmap_dir: Path | None = None,
         keep_crops: bool = False,
+        self_test: SelfTestSettings | None = None,
         detector: FaceDetector | None = None,
     ):
         if fps is not None:
@@ -122,7 +125,17 @@ class Scanner:
         if self.heatmap_dir and not self.runner.cam_models:
             raise ForensicError(f"{bundle.path}: no model in this bundle has a class-activation-map output, "
                                 f"so --heatmaps cannot be drawn")
-        self.keep_crops = keep_crops or self.heatmap_dir is not None
+        self.self_test = self_test
+        self.keep_crops = keep_crops or self.heatmap_dir is not None or self_test is not None
+        self.gradient_oracle: GradientOracle | None = None
+        self.self_test_fallback: str | None = None
+        if self_test is not None:
+            try:
+                self.gradient_oracle = GradientOracle(bundle, self.runner.providers)
+            except LookupError as missing:
+                entry = next(e for e in bundle.models if e.name == str(missing.args[0]))
+                self.self_test_fallback = (f"model {entry.name} has no gradient graph "
+                                           f"({entry.gradient_graph_missing or 'not exported'}): SPSA instead of PGD")
         if detector is None:
             import torch
 
@@ -235,7 +248,38 @@ class Scanner:
             return result
         result.score = max(deciding)
         result.verdict = verdict_for(result.score, self.threshold, self.uncertain_band)
+        if self.self_test is not None:
+            started = time.perf_counter()
+            result.self_test = self._self_test(result)
+            result.timings["self_test"] = round(time.perf_counter() - started, 4)
         return result
+
+    def _file_score(self, result: FileResult, face_scores: dict[tuple[int, int], float]) -> float:
+        """The file's score from given face scores, through the same identities and aggregation."""
+        per_identity: dict[int, list[float]] = {}
+        for (position, index), score in face_scores.items():
+            per_identity.setdefault(result.frames[position].faces[index].identity, []).append(score)
+        deciding = [i.identity for i in result.identities if i.counts] or [i.identity for i in result.identities]
+        return max(aggregate(per_identity[identity], self.aggregation) for identity in deciding)
+
+    def _self_test(self, result: FileResult) -> dict:
+        keys = sorted(result.crops)
+        pixels = self.runner.to_pixels(np.stack([result.crops[key][0] for key in keys]))
+        fake_side = result.score >= self.threshold
+        labels = np.full(len(keys), 1 if fake_side else 0, dtype=np.int64)
+        trials, fragility = [], None
+        for epsilon in self.self_test.epsilons:
+            adversarial = attack(self.runner, self.gradient_oracle, pixels, labels, epsilon, self.self_test)
+            scores = self.runner.predict_pixels(adversarial).ensemble
+            score = self._file_score(result, dict(zip(keys, scores.tolist())))
+            flipped = (score >= self.threshold) != fake_side
+            trials.append({"epsilon": epsilon, "score": round(score, 6), "flipped": bool(flipped),
+                           "max_perturbation": float(np.abs(adversarial - pixels).max())})
+            if flipped and fragility is None:
+                fragility = epsilon
+        return {"attack": "pgd" if self.gradient_oracle else "spsa", "fallback_reason": self.self_test_fallback,
+                "steps": self.self_test.steps, "faces_attacked": len(keys), "trials": trials,
+                "fragility": fragility, "fragile": fragility is not None and fragility <= FRAGILE_EPSILON + 1e-9}
 
     @staticmethod
     def _failed(result: FileResult, message: str, timings: dict[str, float]) -> FileResult:

@@ -1,0 +1,84 @@
+"""PGD self-test: how small a perturbation flips a file's verdict ("verdict fragility").
+
+For every analysed face crop of a file, an L∞ attack pushes the ensemble towards the opposite
+verdict at each ε of a schedule (pixels in [0, 1], before normalisation, as the models see
+them); the file's score is recomputed from the attacked faces exactly as the scan computes it
+(identities, aggregation, most fake identity). White-box PGD uses each model's gradient graph
+(inputs pixels and labels, outputs per-sample loss and d loss / d pixels), exported and
+checked against PyTorch by `trainer export`; the ensemble's attack direction is the weighted
+sum of the models' loss gradients. A model without a gradient graph makes the whole self-test
+fall back to SPSA (gradient-free, from the ensemble's own scores), and the report says so.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnxruntime as ort
+
+from forensic.bundle import Bundle
+from forensic.inference import EnsembleRunner
+
+DEFAULT_EPSILONS = (1 / 255, 2 / 255, 4 / 255, 8 / 255)
+FRAGILE_EPSILON = 1 / 255
+
+
+@dataclass
+class SelfTestSettings:
+    epsilons: tuple[float, ...] = DEFAULT_EPSILONS
+    steps: int = 10
+    spsa_samples: int = 16  # random directions per SPSA gradient estimate
+    seed: int = 0
+
+
+class GradientOracle:
+    """d(weighted loss)/d pixels for a batch of crops, from the bundle's gradient graphs."""
+
+    def __init__(self, bundle: Bundle, providers: list[str]):
+        self.sessions, self.weights = [], []
+        total = sum(entry.weight for entry in bundle.models)
+        for entry in bundle.models:
+            graph = entry.gradient_graph
+            if graph is None:
+                raise LookupError(entry.name)
+            self.sessions.append(ort.InferenceSession(str(bundle.path / graph), providers=providers))
+            self.weights.append(entry.weight / total)
+
+    def __call__(self, pixels: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        grad = np.zeros_like(pixels)
+        for session, weight in zip(self.sessions, self.weights):
+            _, model_grad = session.run(["loss", "grad"], {"pixels": pixels, "labels": labels})
+            grad += weight * model_grad
+        return grad
+
+
+def _spsa_gradient(runner: EnsembleRunner, pixels: np.ndarray, labels: np.ndarray, samples: int,
+                   delta: float, rng: np.random.Generator) -> np.ndarray:
+    """SPSA estimate of d CE(ensemble P(fake), label) / d pixels, one estimate per crop."""
+    def loss(x: np.ndarray) -> np.ndarray:
+        p_fake = np.clip(runner.predict_pixels(x).ensemble, 1e-7, 1 - 1e-7)
+        return -np.where(labels == 1, np.log(p_fake), np.log(1 - p_fake))
+
+    grad = np.zeros_like(pixels)
+    for _ in range(samples):
+        direction = rng.choice([-1.0, 1.0], size=pixels.shape).astype(np.float32)
+        difference = loss(np.clip(pixels + delta * direction, 0, 1)) - loss(np.clip(pixels - delta * direction, 0, 1))
+        grad += (difference / (2 * delta)).reshape(-1, 1, 1, 1) * direction
+    return grad / samples
+
+
+def attack(runner: EnsembleRunner, oracle: GradientOracle | None, pixels: np.ndarray, labels: np.ndarray,
+           epsilon: float, settings: SelfTestSettings) -> np.ndarray:
+    """L∞ PGD that raises the loss of `labels` (the current verdict), inside the ε-ball and [0, 1]."""
+    rng = np.random.default_rng(settings.seed)
+    step = 2.5 * epsilon / settings.steps
+    adversarial = pixels.copy()
+    for _ in range(settings.steps):
+        if oracle is not None:
+            grad = oracle(adversarial, labels)
+        else:
+            grad = _spsa_gradient(runner, adversarial, labels, settings.spsa_samples, delta=epsilon / 4, rng=rng)
+        adversarial = adversarial + step * np.sign(grad)
+        adversarial = np.clip(np.clip(adversarial, pixels - epsilon, pixels + epsilon), 0.0, 1.0).astype(np.float32)
+    return adversarial
