@@ -211,6 +211,7 @@ def write_bundle(out_dir: Path, manifest: dict, model_files: dict[str, Path], fo
     manifest["schema_version"] = MANIFEST_SCHEMA_VERSION
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
+    staging.chmod(0o755)  # mkdtemp makes it private; a bundle is meant to be shared
     try:
         for entry in manifest["models"]:
             target = staging / entry["file"]

@@ -174,3 +174,25 @@ def test_heatmaps_and_html_report(bundle_dir, sample_media, tmp_path):
     assert page.count("<svg") == 1  # one timeline: the video
     assert len(re.findall(r'src="data:image/png;base64,', page)) == 4  # face + heatmap per identity
     assert "src=\"http" not in page  # self-contained
+
+
+def test_self_test_attacks_within_epsilon_and_reports_fragility(bundle_dir, sample_media, tmp_path):
+    manifest = json.loads((bundle_dir / "manifest.json").read_text())
+    assert manifest["models"][0]["gradient_graph"]["cosine"] >= 0.999  # verified at export
+    report_path = tmp_path / "report.json"
+    result = runner.invoke(forensic_app, ["scan", str(sample_media["astronaut.png"]), "--bundle", str(bundle_dir),
+                                          "--self-test", "--self-test-eps", "1/255,4/255,16/255", "--self-test-steps", "5",
+                                          "--json", str(report_path)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(report_path.read_text())
+    jsonschema.validate(report, report_schema())
+    entry = report["files"][0]
+    test = entry["self_test"]
+    assert test["attack"] == "pgd" and test["fallback_reason"] is None and test["faces_attacked"] == 1
+    assert [t["epsilon"] for t in test["trials"]] == pytest.approx([1 / 255, 4 / 255, 16 / 255])
+    for trial in test["trials"]:
+        assert 0 < trial["max_perturbation"] <= trial["epsilon"] + 1e-6
+        assert trial["flipped"] == ((trial["score"] >= entry["threshold"]) != (entry["score"] >= entry["threshold"]))
+    flipped = [t["epsilon"] for t in test["trials"] if t["flipped"]]
+    assert flipped, "PGD should flip an untrained 1-epoch model's verdict within 16/255"
+    assert test["fragility"] == min(flipped) and test["fragile"] == (min(flipped) <= 1 / 255 + 1e-9)

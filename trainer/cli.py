@@ -146,6 +146,7 @@ def export_command(
     operating_point: str = typer.Option("eer", "--operating-point", help="Threshold at: eer, fpr:X (e.g. fpr:0.05) or fixed:T."),
     uncertain_band: float = typer.Option(0.05, "--uncertain-band", min=0.0, max=0.499, help="Scores within ±band of the threshold are 'uncertain'."),
     weight: list[float] = typer.Option([], "--weight", help="Per-run ensemble weight, in run order (default: validation accuracy)."),
+    gradient_graph: bool = typer.Option(True, "--gradient-graph/--no-gradient-graph", help="Also export each model's verified input-gradient graph (for forensic's PGD self-test; about a minute per model)."),
     force: bool = typer.Option(False, "--force", help="Replace an existing bundle's manifest and model files."),
 ) -> None:
     """Export runs as an ONNX bundle, after checking ONNX Runtime agrees with PyTorch, and calibrate it."""
@@ -154,12 +155,16 @@ def export_command(
     try:
         bundle = export_bundle(run_dirs, out, name=name, checkpoint=checkpoint, calibrate=calibrate, data=data,
                                operating_point=operating_point, uncertain_band=uncertain_band,
-                               weights=weight or None, force=force)
+                               weights=weight or None, gradient_graphs=gradient_graph, force=force)
     except (ExportError, ForensicError, DatasetError) as exc:
         _fail(exc)
     manifest = bundle.manifest
     difference = max(entry["onnx_max_difference"] for entry in manifest["models"])
     point = manifest["calibration"]["operating_point"]
+    for entry in manifest["models"]:
+        graph = entry["gradient_graph"]
+        status = f"verified, cosine {graph['cosine']:.6f}" if graph.get("file") else f"unavailable: {graph['unavailable']}"
+        console.print(f"{entry['name']}: gradient graph {status}", highlight=False, soft_wrap=True)
     console.print(f"bundle {bundle.name} written to {out} (manifest sha256 {bundle.sha256[:12]}; "
                   f"ONNX Runtime vs PyTorch max |Δ| {difference:.1e})", highlight=False, soft_wrap=True)
     if "validation_fpr" in point:
@@ -233,3 +238,70 @@ def prepare_command(
         stop_progress()
     for line in summary_lines(result):
         log(line)
+
+
+@app.command(name="eval")
+def eval_command(
+    paths: Optional[list[Path]] = typer.Argument(None, metavar="RUN_DIR | REPORT_DIR...", help="A `trainer fit` run folder; with --compare, two or more report folders."),
+    data: Optional[Path] = typer.Option(None, "--data", metavar="DATASET_DIR", help="Dataset folder: DIR/{train,validation,test}/{real,fake}/*.png"),
+    out: Optional[Path] = typer.Option(None, "--out", metavar="DIR", help="Report folder to write (with --compare: where compare.csv and compare.md go)."),
+    split: str = typer.Option("test", "--split", help="train, validation or test."),
+    checkpoint: str = typer.Option("best", "--checkpoint", help="best, last, final or model_epoch_N."),
+    limit: Optional[int] = typer.Option(None, "--limit", min=2, help="Evaluate a seeded class-stratified random subset of N crops (for CPU runs)."),
+    batch_size: int = typer.Option(32, "--batch-size", min=1),
+    seed: int = typer.Option(0, "--seed", help="Seeds the subset, the bootstrap, the attacks' random starts and the noise."),
+    attacks: bool = typer.Option(True, "--attacks/--no-attacks", help="FGSM, PGD-5/10/20 and a black-box random search, with gradient-masking checks."),
+    corruptions: bool = typer.Option(True, "--corruptions/--no-corruptions", help="Noise, blur, JPEG, downscaling and H.264 re-encoding."),
+    device: str = typer.Option("auto", "--device", help="auto (CUDA when available), cpu or cuda."),
+    compare: bool = typer.Option(False, "--compare", help="Compare report folders side by side instead of evaluating."),
+) -> None:
+    """Evaluate a run on a split: clean metrics (frames and videos), attacks, gradient-masking checks, corruptions."""
+    from trainer.evaluate import (EvaluationError, compare_reports, compare_table, evaluate_run, summary_lines,
+                                  summary_table, write_compare)
+
+    stdout = Console(highlight=False)
+    if not stdout.is_terminal:
+        stdout = Console(highlight=False, width=160)
+    paths = paths or []
+    if compare:
+        if len(paths) < 2:
+            _fail(ValueError("--compare needs two or more report folders"))
+        try:
+            columns, rows = compare_reports(paths)
+            stdout.print(compare_table(columns, rows))
+            if out is not None:
+                written = write_compare(columns, rows, out)
+                console.print(f"written: {', '.join(str(p) for p in written)}", highlight=False, soft_wrap=True)
+        except (EvaluationError, OSError) as exc:
+            _fail(exc)
+        return
+    if len(paths) != 1:
+        _fail(ValueError("give exactly one RUN_DIR (or --compare REPORT_DIR REPORT_DIR...)"))
+    if data is None or out is None:
+        _fail(ValueError("--data DATASET_DIR and --out REPORT_DIR are required"))
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                        console=console, transient=True)
+    task = progress.add_task("starting", total=None)
+
+    def on_progress(phase: str, done: int, total: int) -> None:
+        if not progress.live.is_started:  # started on first use: an input error stays one line
+            progress.start()
+        progress.update(task, description=phase, completed=done, total=total)
+
+    error = None
+    try:
+        report = evaluate_run(paths[0], data, out, split=split, checkpoint=checkpoint, limit=limit,
+                              batch_size=batch_size, seed=seed, attacks=attacks, corruptions=corruptions,
+                              device=device, on_progress=on_progress)
+    except (EvaluationError, DatasetError, ExportError, OSError, ValueError) as exc:
+        error = exc
+    finally:
+        if progress.live.is_started:
+            progress.stop()
+    if error is not None:
+        _fail(error)
+    stdout.print(summary_table(report))
+    for line in summary_lines(report):
+        stdout.print(line, markup=False, soft_wrap=True)
+    console.print(f"report written to {out} (metrics.json, metrics.csv, index.html; {len(report['plots'])} plots) "
+                  f"in {report['seconds']['total']:.1f}s", highlight=False, soft_wrap=True)

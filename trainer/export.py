@@ -173,10 +173,28 @@ def _calibration(runs: list[RunModel], weights: np.ndarray, data_dir: Path, size
             "nll_calibrated": nll_after, "operating_point": point}
 
 
+def _gradient_graph(run: RunModel, size: int, scratch: Path, model_file: str, files: dict[str, Path]) -> dict:
+    """Export and verify the model's white-box gradient graph for forensic's PGD self-test;
+    when that fails, say why in the manifest (forensic then falls back to SPSA)."""
+    from trainer.gradient_graph import GradientGraphError, export_gradient_graph
+
+    file = model_file.replace(".onnx", ".grad.onnx")
+    try:
+        info = export_gradient_graph(run.model, size, scratch / file)
+    except GradientGraphError as exc:
+        return {"unavailable": str(exc)}
+    if not info.get("single_file", True):
+        return {"unavailable": "the gradient graph's weights do not fit one ONNX file"}
+    files[file] = scratch / file
+    verification = info["verification"]
+    return {"file": file, "cosine": verification["min_cosine"],
+            "loss_max_relative_difference": verification["loss_max_relative_difference"]}
+
+
 def export_bundle(run_dirs: list[Path], out_dir: Path, name: str | None = None, checkpoint: str = "best",
                   calibrate: bool = True, data: Path | None = None, operating_point: str = "eer",
                   uncertain_band: float = DEFAULT_UNCERTAIN_BAND, margin: float = DEFAULT_MARGIN,
-                  weights: list[float] | None = None, force: bool = False) -> Bundle:
+                  weights: list[float] | None = None, gradient_graphs: bool = True, force: bool = False) -> Bundle:
     """Export runs as one bundle (several runs make a weighted ensemble)."""
     out_dir = Path(out_dir)
     runs = [load_run_model(run_dir, checkpoint) for run_dir in run_dirs]
@@ -217,9 +235,11 @@ def export_bundle(run_dirs: list[Path], out_dir: Path, name: str | None = None, 
                     f"{run.run_dir}: ONNX Runtime disagrees with PyTorch by {difference:.2e} "
                     f"(allowed {MAX_LOGIT_DIFFERENCE:.0e}); refusing to write a bundle")
             model_name = run.arch if len(runs) == 1 else f"{index}-{run.arch}"
+            graph = _gradient_graph(run, size, Path(scratch), file, files) if gradient_graphs \
+                else {"unavailable": "not exported (--no-gradient-graph)"}
             entries.append({"name": model_name, "file": file, "arch": run.arch, "weight": float(weight_array[index]),
                             "outputs": ["logits", "cam"] if with_cam else ["logits"],
-                            "onnx_max_difference": difference,
+                            "onnx_max_difference": difference, "gradient_graph": graph,
                             "training": {"run": str(run.run_dir), "checkpoint": checkpoint, "epoch": run.epoch,
                                          "method": run.config["method"], "init": run.config["init"],
                                          "options": run.config.get("options", {}), "sbi": run.config.get("sbi", False),
