@@ -1,0 +1,335 @@
+"""`trainer eval` (trainer.evaluate, trainer.corruptions): metrics against scikit-learn and their
+definitions, video grouping, attacks, gradient-masking checks, corruptions, the report folder
+and --compare. No mocks: toy arrays, a tiny conv detector trained here, a deliberately
+gradient-masked toy model, and one real `trainer fit` run at 32 px."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from sklearn.metrics import average_precision_score, log_loss, roc_auc_score
+from torch import nn
+from typer.testing import CliRunner
+
+from trainer.cli import app
+from trainer.corruptions import DEFAULT_CORRUPTIONS, h264
+from trainer.data import Sample
+from trainer.evaluate import (DEFAULT_ATTACKS, AttackSpec, EvaluationError, auc_score, binary_metrics,
+                              bootstrap_auc_ci, collect, equal_error_rate, run_attack, square_attack,
+                              stratified_subset, summarise, tpr_at_fpr, video_id, video_scores)
+from trainer.models.registry import Detector
+
+SIZE = 32
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny tensors on 2 shared cores: one intra-op thread. Restored after this module."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# ----------------------------------------------------------------------------------- metrics
+
+@pytest.fixture(scope="module")
+def toy_scores() -> tuple[np.ndarray, np.ndarray]:
+    """300 real and 200 fake scores, overlapping, with ties (rounded to 2 decimals)."""
+    rng = np.random.default_rng(0)
+    real = 1 / (1 + np.exp(-rng.normal(-1.0, 1.2, 300)))
+    fake = 1 / (1 + np.exp(-rng.normal(1.0, 1.2, 200)))
+    return np.r_[np.zeros(300, int), np.ones(200, int)], np.round(np.r_[real, fake], 2)
+
+
+def test_metrics_agree_with_scikit_learn(toy_scores):
+    y, s = toy_scores
+    m = binary_metrics(y, s, bootstrap=200, seed=0)
+    assert auc_score(y, s) == pytest.approx(roc_auc_score(y, s), abs=1e-12)
+    assert m["auc"] == pytest.approx(roc_auc_score(y, s), abs=1e-12)
+    assert m["average_precision"] == pytest.approx(average_precision_score(y, s), abs=1e-12)
+    assert m["log_loss"] == pytest.approx(log_loss(y, s), abs=1e-9)
+    assert m["accuracy"] == pytest.approx(((s >= 0.5) == y).mean())
+    assert m["threshold"] == 0.5
+    cm = m["confusion_matrix"]
+    assert cm["tn"] == int(((s < 0.5) & (y == 0)).sum()) and cm["tp"] == int(((s >= 0.5) & (y == 1)).sum())
+    assert cm["fp"] + cm["tn"] == 300 and cm["fn"] + cm["tp"] == 200
+    assert m["counts"] == {"real": 300, "fake": 200} and m["n"] == 500
+
+
+def _rates(y, s, t):
+    return float((s[y == 0] >= t).mean()), float((s[y == 1] >= t).mean())  # FPR, TPR at "fake if >= t"
+
+
+def test_eer_and_tpr_at_1pct_fpr_by_their_definitions(toy_scores):
+    y, s = toy_scores
+    thresholds = np.r_[np.inf, np.unique(s)[::-1]]  # every distinct decision rule, strictest first
+    rates = [_rates(y, s, t) for t in thresholds]
+    # TPR at 1 % FPR: the best TPR of any threshold whose FPR is at most 1 %.
+    assert tpr_at_fpr(y, s, 0.01) == pytest.approx(max(tpr for fpr, tpr in rates if fpr <= 0.01))
+    # EER: where FPR and FNR are closest (first such threshold), their mean.
+    gaps = [abs(fpr - (1 - tpr)) for fpr, tpr in rates]
+    best = int(np.argmin(gaps))
+    eer, threshold = equal_error_rate(y, s)
+    assert eer == pytest.approx((rates[best][0] + 1 - rates[best][1]) / 2)
+    assert threshold == pytest.approx(min(thresholds[best], 1.0))
+    # A case known by hand: real {.1,.2,.3,.6}, fake {.4,.7,.8,.9}: at t = .6, FPR = FNR = 1/4.
+    y2, s2 = np.array([0, 0, 0, 0, 1, 1, 1, 1]), np.array([.1, .2, .3, .6, .4, .7, .8, .9])
+    assert equal_error_rate(y2, s2) == (pytest.approx(0.25), pytest.approx(0.6))
+    assert tpr_at_fpr(y2, s2, 0.01) == pytest.approx(0.75)
+
+
+def test_bootstrap_interval_is_seeded_and_brackets_the_auc(toy_scores):
+    y, s = toy_scores
+    a = bootstrap_auc_ci(y, s, resamples=300, seed=1)
+    assert a == bootstrap_auc_ci(y, s, resamples=300, seed=1)
+    assert a != bootstrap_auc_ci(y, s, resamples=300, seed=2)
+    assert a[0] < roc_auc_score(y, s) < a[1] and a[1] - a[0] < 0.2
+    one_class = binary_metrics(np.zeros(5, int), np.linspace(0, 1, 5))
+    assert one_class["auc"] is None and one_class["auc_ci95"] is None and one_class["eer"] is None
+
+
+def test_video_level_groups_crops_by_name():
+    assert video_id("Deepfakes-044_945_0012_0.png") == "Deepfakes-044_945"
+    assert video_id(Path("x/000_0003_1.png")) == "000"
+    assert video_id("loose.png") == "loose"
+    names = ["a_0000_0.png", "a_0001_0.png", "b_0000_0.png", "b_0005_1.png", "b_0009_0.png", "c_0000_0.png"]
+    labels = np.array([0, 0, 1, 1, 1, 0])
+    scores = np.array([0.1, 0.3, 0.9, 0.6, 0.3, 0.7])
+    v = video_scores(names, labels, scores)
+    assert v["ids"] == ["a", "b", "c"]
+    assert v["labels"].tolist() == [0, 1, 0] and v["crops"].tolist() == [2, 3, 1]
+    assert v["scores"] == pytest.approx([0.2, 0.6, 0.7])
+    with pytest.raises(EvaluationError, match="'a'"):
+        video_scores(names, np.array([0, 1, 1, 1, 1, 0]), scores)
+
+
+def test_limit_takes_a_seeded_class_stratified_subset():
+    samples = [Sample(Path(f"{i}.png"), int(i >= 30)) for i in range(40)]  # 30 real, 10 fake
+    subset = stratified_subset(samples, 8, seed=0)
+    assert len(subset) == 8 and sum(s.label for s in subset) == 2
+    assert subset == stratified_subset(samples, 8, seed=0) != stratified_subset(samples, 8, seed=1)
+    assert subset == sorted(subset, key=samples.index)
+    assert stratified_subset(samples, 2, seed=0)[0].label == 0 and stratified_subset(samples, 2, seed=0)[1].label == 1
+    assert stratified_subset(samples, None) == samples == stratified_subset(samples, 100)
+
+
+# ----------------------------------------------------------------------------------- attacks
+
+def make_batch(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Smooth 'real' images; 'fake' ones carry a high-frequency pattern. Quantised to uint8 levels."""
+    g = torch.Generator().manual_seed(seed)
+    base = F.interpolate(torch.rand(n, 3, 4, 4, generator=g), size=SIZE, mode="bilinear", align_corners=False)
+    labels = torch.arange(n) % 2
+    pattern = (torch.rand(n, 1, SIZE, SIZE, generator=g) > 0.5).float() * 2 - 1
+    pixels = (base * 1.4 - 0.2 + 0.05 * pattern * labels.view(-1, 1, 1, 1)).clamp(0, 1)
+    return (pixels * 255).round() / 255, labels
+
+
+def as_uint8(pixels: torch.Tensor) -> torch.Tensor:
+    return (pixels * 255).round().to(torch.uint8)
+
+
+@pytest.fixture(scope="module")
+def trained() -> Detector:
+    torch.manual_seed(0)
+    backbone = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                             nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU(),
+                             nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 2))
+    model = Detector(backbone, (0.5,) * 3, (0.25,) * 3, shallow_layer="2")
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    model.train()
+    for i in range(80):
+        loss = F.cross_entropy(model(make_batch(32, i)[0]), make_batch(32, i)[1])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return model.eval()
+
+
+def test_eps_zero_attacks_leave_inputs_and_accuracy_unchanged(trained):
+    pixels, labels = make_batch(24, seed=500)
+    for spec in (AttackSpec("fgsm", 0.0), AttackSpec("pgd", 0.0, 5), AttackSpec("square", 0.0, 50)):
+        assert torch.equal(run_attack(trained, spec, pixels, labels, seed=3), pixels)
+    specs = [AttackSpec("fgsm", 0.0), AttackSpec("pgd", 0.0, 10)]
+    collected = collect(trained, [(as_uint8(pixels), labels)], attacks=specs,
+                        black_box=AttackSpec("square", 0.0, 20), corruptions=())
+    for spec in specs + [collected.black_box]:
+        assert np.array_equal(collected.scores[spec.name], collected.scores["clean"])
+
+
+def test_robust_accuracy_is_at_most_clean_and_an_honest_model_passes_the_checks(trained):
+    pixels, labels = make_batch(48, seed=1000)
+    batches = [(as_uint8(pixels[:24]), labels[:24]), (as_uint8(pixels[24:]), labels[24:])]
+    collected = collect(trained, batches, n_batches=2, corruptions=(), seed=0)
+    summary = summarise(collected, bootstrap=100)
+    clean = summary["clean"]["frame"]["accuracy"]
+    assert clean >= 0.8
+    results = {r["name"]: r for r in summary["attacks"]["results"]}
+    assert set(results) == {s.name for s in DEFAULT_ATTACKS} | {"square eps=4/255"}
+    for result in results.values():
+        assert result["accuracy"] <= clean + 1e-12, result["name"]
+        assert 0.0 <= result["success_rate"] <= 1.0
+    assert results["pgd20 eps=4/255"]["accuracy"] < clean  # the attacks do bite
+    worst = summary["attacks"]["worst_case"]
+    assert worst["accuracy"] == min(r["accuracy"] for r in results.values())
+    assert worst["per_crop_accuracy"] <= worst["accuracy"]
+    masking = summary["gradient_masking"]
+    assert masking["nonzero_gradients"]["passed"] and masking["nonzero_gradients"]["mean_abs_gradient"] > 0
+    assert masking["more_steps"]["passed"] and len(masking["more_steps"]["pairs"]) == 3
+    assert masking["pgd_vs_fgsm"]["passed"] and masking["pgd_vs_fgsm"]["not_checked"] == ["fgsm eps=0.02"]
+    assert masking["black_box"]["passed"] and masking["passed"]
+    # Same seed, same numbers.
+    again = collect(trained, batches, attacks=DEFAULT_ATTACKS[-1:], corruptions=(), seed=0)
+    assert np.array_equal(again.scores["pgd20 eps=4/255"], collected.scores["pgd20 eps=4/255"])
+    assert np.array_equal(again.scores["square eps=4/255"], collected.scores["square eps=4/255"])
+
+
+class RoundedBrightness(nn.Module):
+    """A gradient-masked toy: rounds its input to 8 levels (torch.round: zero gradient) and calls
+    an image fake when its mean quantised brightness exceeds t."""
+
+    def __init__(self, t: float):
+        super().__init__()
+        self.t = t
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        margin = 200 * ((torch.round(pixels * 7) / 7).mean((1, 2, 3)) - self.t)
+        return torch.stack([-margin / 2, margin / 2], 1)
+
+
+def test_a_gradient_masked_model_trips_the_checks():
+    g = torch.Generator().manual_seed(0)
+    pixels = (torch.rand(48, 3, SIZE, SIZE, generator=g) * 255).round() / 255
+    brightness = ((torch.round(pixels * 7) / 7).mean((1, 2, 3))).sort().values
+    model = RoundedBrightness(float(brightness[23] + brightness[24]) / 2)  # between two crops: no ties
+    with torch.no_grad():
+        labels = model(pixels).argmax(1)  # the model is right on every clean crop
+    specs = [AttackSpec("pgd", 4 / 255, 10, "4/255"), AttackSpec("pgd", 4 / 255, 20, "4/255")]
+    collected = collect(model, [(as_uint8(pixels), labels)], attacks=specs, corruptions=(), seed=0)
+    summary = summarise(collected, bootstrap=100)
+    masking = summary["gradient_masking"]
+    assert summary["clean"]["frame"]["accuracy"] == 1.0
+    assert masking["nonzero_gradients"]["passed"] is False
+    assert masking["nonzero_gradients"]["mean_abs_gradient"] == 0.0
+    assert masking["nonzero_gradients"]["zero_gradient_crop_fraction"] == 1.0
+    # Gradient attacks get nowhere; a black-box random search does better.
+    assert masking["black_box"]["passed"] is False
+    assert masking["black_box"]["black_box_accuracy"] < masking["black_box"]["white_box_accuracy"] - masking["tolerance"]
+    assert masking["passed"] is False
+
+
+def test_square_attack_stays_in_the_ball_and_lowers_the_margin(trained):
+    pixels, labels = make_batch(16, seed=7)
+    adv = square_attack(trained, pixels, labels, 0.05, queries=60, generator=torch.Generator().manual_seed(1))
+    assert (adv - pixels).abs().max() <= 0.05 + 1e-6 and adv.min() >= 0 and adv.max() <= 1
+    with torch.no_grad():
+        before = F.cross_entropy(trained(pixels), labels, reduction="none")
+        after = F.cross_entropy(trained(adv), labels, reduction="none")
+    assert (after >= before - 1e-6).all() and after.mean() > before.mean()
+
+
+# ------------------------------------------------------------------------------- corruptions
+
+def test_corruptions_are_deterministic_and_keep_shape():
+    rng = np.random.default_rng(0)
+    images = np.clip(rng.normal(128, 50, (6, 33, 30, 3)), 0, 255).astype(np.uint8)  # odd side: padded for 4:2:0
+    for corruption in DEFAULT_CORRUPTIONS:
+        a, b = corruption.apply(images, 5), corruption.apply(images, 5)
+        assert a.shape == images.shape and a.dtype == np.uint8, corruption.name
+        assert np.array_equal(a, b), corruption.name
+        assert not np.array_equal(a, images), corruption.name
+    noise = DEFAULT_CORRUPTIONS[0]
+    assert not np.array_equal(noise.apply(images, 5), noise.apply(images, 6))
+    heavy, light = h264(images, crf=35), h264(images, crf=23)
+    assert heavy.shape == light.shape == images.shape and not np.array_equal(heavy, light)
+    assert np.abs(heavy.astype(int) - images).mean() > np.abs(light.astype(int) - images).mean()
+
+
+# ------------------------------------------------------------------------ report and --compare
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> tuple[Path, Path]:
+    """A 1-epoch efficientnet_b0 run at 32 px, and a dataset whose test crops form videos of 3."""
+    from trainer.fit import FitConfig, fit
+    from trainer.synthetic import make_face_dataset
+
+    root = tmp_path_factory.mktemp("eval")
+    data = root / "data"
+    make_face_dataset(data, {"train": 4, "validation": 4, "test": 6}, size=SIZE)
+    for label in ("real", "fake"):
+        for i, path in enumerate(sorted((data / "test" / label).glob("*.png"))):
+            path.rename(path.with_name(f"{label}-clip{i // 3}_{i % 3:04d}_0.png"))
+    run = root / "run"
+    fit(FitConfig(data=str(data), out=str(run), arch="efficientnet_b0", init="random", epochs=1, size=SIZE,
+                  batch_size=8, workers=0, device="cpu"))
+    return run, data
+
+
+def test_eval_writes_the_report_and_compare_prints_both(tiny_run, tmp_path):
+    run, data = tiny_run
+    full, quick = tmp_path / "full", tmp_path / "quick"
+    result = runner.invoke(app, ["eval", str(run), "--data", str(data), "--out", str(full), "--limit", "6",
+                                 "--batch-size", "6", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert "pgd20 eps=4/255" in result.output and "gradient masking" in result.output
+    report = json.loads((full / "metrics.json").read_text())
+    assert report["arch"] == "efficientnet_b0" and report["method"] == "erm" and report["split"] == "test"
+    assert report["counts"]["crops"] == {"real": 3, "fake": 3} and report["counts"]["crops_in_split"] == {"real": 6, "fake": 6}
+    assert report["threshold"] == 0.5 and report["seed"] == 0 and "torch" in report["versions"]
+    assert report["clean"]["video"] is not None and report["clean"]["video"]["n"] <= 4
+    assert {"more_steps", "pgd_vs_fgsm", "nonzero_gradients", "black_box"} <= set(report["gradient_masking"])
+    assert len(report["attacks"]["results"]) == 14 and len(report["corruptions"]["results"]) == 9
+    assert any("Grad-CAM" in item for item in report["not_done"])
+    with open(full / "metrics.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert rows[0]["condition"] == "clean" and len(rows) == 1 + 1 + 14 + 9
+    assert set(rows[0]) == {"condition", "kind", "accuracy", "auc", "n"}
+    assert set(report["plots"]) == {"accuracy_vs_eps.png", "roc.png", "corruptions.png", "score_histograms.png",
+                                    "confusion_matrix.png"}
+    page = (full / "index.html").read_text()
+    referenced = re.findall(r"(?:src|href)='([^']+)'", page)
+    assert set(report["plots"]) <= set(referenced) and "metrics.json" in referenced
+    assert all((full / name).is_file() for name in referenced)
+
+    # A second report (no attacks, no corruptions, another seed), then both side by side.
+    result = runner.invoke(app, ["eval", str(run), "--data", str(data), "--out", str(quick), "--no-attacks",
+                                 "--no-corruptions", "--seed", "1", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    quick_report = json.loads((quick / "metrics.json").read_text())
+    assert quick_report["attacks"] is None and quick_report["corruptions"] is None
+    assert quick_report["counts"]["crops"] == {"real": 6, "fake": 6}
+    page = (quick / "index.html").read_text()
+    assert all((quick / name).is_file() for name in re.findall(r"(?:src|href)='([^']+)'", page))
+
+    out = tmp_path / "cmp"
+    result = runner.invoke(app, ["eval", "--compare", str(full), str(quick), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "efficientnet_b0+erm (full)" in result.output and "efficientnet_b0+erm (quick)" in result.output
+    for value in (report["clean"]["frame"]["auc"], quick_report["clean"]["frame"]["auc"],
+                  report["attacks"]["results"][0]["accuracy"]):
+        assert f"{value:.4f}" in result.output
+    with open(out / "compare.csv") as handle:
+        table = {row[0]: row[1:] for row in csv.reader(handle)}
+    assert table["metric"] == ["efficientnet_b0+erm (full)", "efficientnet_b0+erm (quick)"]
+    assert float(table["clean AUC"][1]) == pytest.approx(quick_report["clean"]["frame"]["auc"])
+    assert table["fgsm eps=0.001 acc"][1] == ""  # the quick report ran no attacks
+    assert (out / "compare.md").read_text().startswith("| metric |")
+
+
+def test_eval_usage_errors_are_one_line(tiny_run, tmp_path):
+    run, data = tiny_run
+    for args in (["eval", str(run)], ["eval", "--compare", str(tmp_path)],
+                 ["eval", str(tmp_path / "nope"), "--data", str(data), "--out", str(tmp_path / "r")],
+                 ["eval", "--compare", str(tmp_path), str(tmp_path)]):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2, args
+        assert result.output.startswith("error: ") and result.output.count("\n") == 1, result.output

@@ -1,0 +1,1056 @@
+"""`trainer eval`: a trained run on a dataset split → clean metrics, adversarial robustness,
+gradient-masking checks and common corruptions, written as a report folder.
+
+Decision rule: a crop (or a video) is called fake when P(fake) >= 0.5 (THRESHOLD); accuracy and
+the confusion matrix use it, the ranking metrics (ROC-AUC, average precision, EER, TPR at 1 %
+FPR) do not depend on it.
+
+Clean metrics, at frame level (each crop) and video level (the mean P(fake) of a video's crops;
+a crop's video is its file name up to the last two `_`-separated fields, as `trainer prepare`
+names crops `{video}_{frame:04d}_{face}.png`; every crop of a video must carry the same label):
+accuracy, ROC-AUC with a stratified bootstrap 95 % percentile interval (1000 resamples of each
+class with replacement, seeded), TPR at 1 % FPR (the highest TPR of a ROC point whose FPR is
+<= 1 %), EER (the ROC point where FPR and FNR = 1 − TPR are closest; their mean), average
+precision, log-loss (P clipped to [1e-7, 1 − 1e-7]), the confusion matrix and the counts per class.
+When a video's crops disagree in label, the video level is skipped with the reason recorded.
+
+Attacks (white-box, L∞, pixel space [0, 1], true labels, seeded per batch; frame level):
+FGSM at ε ∈ {0.001, 0.005, 0.01, 0.02}; PGD-5 at ε ∈ {0.0001, 0.0005, 0.001}; PGD-10 and PGD-20
+at ε ∈ {1/255, 2/255, 4/255} (random start, step 2.5·ε/steps), and one black-box attack: a
+Square-attack-like random search (Andriushchenko et al., ECCV 2020; margin loss, at most
+SQUARE_QUERIES model queries per crop) at ε = 4/255. Robust accuracy and AUC per attack, and the
+worst case over attacks.
+
+Gradient-masking checks (Athalye et al., ICML 2018; Carlini et al., "On Evaluating Adversarial
+Robustness", 2019), each passed/failed with its numbers, with a tolerance of
+max(0.01, 1/n) in accuracy (one crop of n):
+  more_steps        PGD-20 accuracy <= PGD-10 accuracy + tol, at each ε both ran at
+  pgd_vs_fgsm       PGD at ε' >= ε (the nearest such ε') accuracy <= FGSM at ε + tol
+                    (FGSM 0.001 ↔ PGD-5 0.001; 0.005 ↔ PGD-10/20 2/255; 0.01 ↔ PGD-10/20 4/255;
+                    FGSM 0.02 has no PGD at ε' >= 0.02 and is not checked)
+  nonzero_gradients mean |∇ₓ cross-entropy| over the clean crops > 0
+  black_box         black-box accuracy >= the white-box accuracy at the same ε − tol
+
+Corruptions (trainer.corruptions) are applied to the crops at the model's input size; AUC and
+accuracy and their drop from clean.
+
+`--limit N` evaluates a seeded, class-stratified random subset of N crops (each class keeps its
+share of the split, at least one crop each): crops are drawn, not videos, so a video may keep
+only some of its crops. Results are reproducible for a given seed, subset and batch size (the
+per-batch attack and noise seeds derive from the seed and the batch index).
+
+Not done: Grad-CAM or other saliency maps (out of scope here).
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import json
+import math
+import time
+import zlib
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy.stats import rankdata
+from sklearn.metrics import average_precision_score, confusion_matrix, log_loss, roc_curve
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import v2
+
+from forensic.versions import library_versions
+from trainer.attacks import eval_mode, fgsm, pgd
+from trainer.corruptions import DEFAULT_CORRUPTIONS, Corruption
+from trainer.data import CLASSES, Sample, list_split, read_rgb
+
+SCHEMA = "trainer-eval/1"
+THRESHOLD = 0.5
+BOOTSTRAP_RESAMPLES = 1000
+SQUARE_QUERIES = 100
+SQUARE_P_INIT = 0.05
+NOT_DONE = ["Grad-CAM / saliency maps: out of scope for `trainer eval` (not computed)"]
+
+Progress = Callable[[str, int, int], None]
+
+
+class EvaluationError(Exception):
+    """An evaluation that cannot be done as asked, described in one line."""
+
+
+# ------------------------------------------------------------------------------------ metrics
+
+def _two_classes(y_true: np.ndarray) -> bool:
+    return len(np.unique(y_true)) == 2
+
+
+def auc_score(y_true: np.ndarray, y_score: np.ndarray) -> float | None:
+    """ROC-AUC as the Mann–Whitney statistic (ties count one half); None with one class."""
+    y_true, y_score = np.asarray(y_true), np.asarray(y_score, dtype=np.float64)
+    if not _two_classes(y_true):
+        return None
+    ranks = rankdata(y_score)
+    n_fake = int((y_true == 1).sum())
+    n_real = len(y_true) - n_fake
+    return float((ranks[y_true == 1].sum() - n_fake * (n_fake + 1) / 2) / (n_fake * n_real))
+
+
+def bootstrap_auc_ci(y_true: np.ndarray, y_score: np.ndarray, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0,
+                     level: float = 0.95) -> tuple[float, float] | None:
+    """Percentile interval of the AUC over stratified bootstrap resamples (each class resampled
+    with replacement to its own size, so every resample has both classes)."""
+    y_true, y_score = np.asarray(y_true), np.asarray(y_score, dtype=np.float64)
+    if not _two_classes(y_true) or resamples < 1:
+        return None
+    rng = np.random.default_rng(seed)
+    fake, real = y_score[y_true == 1], y_score[y_true == 0]
+    values = []
+    for start in range(0, resamples, 200):  # chunks: bounded memory for large sets
+        count = min(200, resamples - start)
+        f = fake[rng.integers(0, len(fake), size=(count, len(fake)))]
+        r = real[rng.integers(0, len(real), size=(count, len(real)))]
+        ranks = rankdata(np.concatenate([f, r], axis=1), axis=1)
+        values.append((ranks[:, :len(fake)].sum(1) - len(fake) * (len(fake) + 1) / 2) / (len(fake) * len(real)))
+    values = np.concatenate(values)
+    alpha = (1 - level) / 2
+    return float(np.quantile(values, alpha)), float(np.quantile(values, 1 - alpha))
+
+
+def tpr_at_fpr(y_true: np.ndarray, y_score: np.ndarray, max_fpr: float = 0.01) -> float | None:
+    """The highest TPR among ROC points whose FPR is <= max_fpr (no interpolation)."""
+    if not _two_classes(np.asarray(y_true)):
+        return None
+    fpr, tpr, _ = roc_curve(y_true, y_score, drop_intermediate=False)
+    return float(tpr[fpr <= max_fpr + 1e-12].max())
+
+
+def equal_error_rate(y_true: np.ndarray, y_score: np.ndarray) -> tuple[float, float] | None:
+    """(EER, threshold): at the ROC point where FPR and FNR (= 1 − TPR) are closest (the highest
+    threshold on ties), EER = (FPR + FNR) / 2."""
+    if not _two_classes(np.asarray(y_true)):
+        return None
+    fpr, tpr, thresholds = roc_curve(y_true, y_score, drop_intermediate=False)
+    fnr = 1 - tpr
+    index = int(np.argmin(np.abs(fpr - fnr)))
+    return float((fpr[index] + fnr[index]) / 2), float(min(thresholds[index], 1.0))
+
+
+def binary_metrics(y_true: np.ndarray, y_score: np.ndarray, threshold: float = THRESHOLD,
+                   bootstrap: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> dict:
+    """Every clean metric for labels (0 real, 1 fake) and scores P(fake)."""
+    y_true = np.asarray(y_true).astype(int)
+    y_score = np.asarray(y_score, dtype=np.float64)
+    predicted = (y_score >= threshold).astype(int)
+    matrix = confusion_matrix(y_true, predicted, labels=[0, 1])
+    both = _two_classes(y_true)
+    ci = bootstrap_auc_ci(y_true, y_score, bootstrap, seed) if both else None
+    eer = equal_error_rate(y_true, y_score)
+    return {
+        "n": int(len(y_true)),
+        "counts": {name: int((y_true == label).sum()) for label, name in enumerate(CLASSES)},
+        "threshold": threshold,
+        "accuracy": float((predicted == y_true).mean()) if len(y_true) else None,
+        "auc": auc_score(y_true, y_score),
+        "auc_ci95": list(ci) if ci else None,
+        "auc_ci_method": f"stratified bootstrap, {bootstrap} resamples, percentile, seed {seed}" if ci else None,
+        "tpr_at_1pct_fpr": tpr_at_fpr(y_true, y_score, 0.01),
+        "eer": eer[0] if eer else None,
+        "eer_threshold": eer[1] if eer else None,
+        "average_precision": float(average_precision_score(y_true, y_score)) if both else None,
+        "log_loss": float(log_loss(y_true, np.clip(y_score, 1e-7, 1 - 1e-7), labels=[0, 1])) if len(y_true) else None,
+        "confusion_matrix": {"rows": "true real, fake", "columns": "predicted real, fake",
+                             "matrix": matrix.tolist(), "tn": int(matrix[0, 0]), "fp": int(matrix[0, 1]),
+                             "fn": int(matrix[1, 0]), "tp": int(matrix[1, 1])},
+    }
+
+
+def condition_metrics(y_true: np.ndarray, y_score: np.ndarray, clean: dict | None = None) -> dict:
+    """Accuracy and AUC under one condition, and their drop from clean when given."""
+    y_true = np.asarray(y_true).astype(int)
+    accuracy = float(((np.asarray(y_score) >= THRESHOLD).astype(int) == y_true).mean())
+    auc = auc_score(y_true, y_score)
+    result = {"accuracy": accuracy, "auc": auc, "n": int(len(y_true))}
+    if clean is not None:
+        result["accuracy_drop"] = clean["accuracy"] - accuracy
+        result["auc_drop"] = None if auc is None or clean["auc"] is None else clean["auc"] - auc
+    return result
+
+
+# ------------------------------------------------------------------------------------- videos
+
+def video_id(name: str | Path) -> str:
+    """`{video}_{frame:04d}_{face}.png` → video (a name with fewer fields is its own video)."""
+    stem = Path(name).stem
+    parts = stem.rsplit("_", 2)
+    return parts[0] if len(parts) == 3 and parts[0] else stem
+
+
+def video_scores(names: Iterable[str | Path], labels: np.ndarray, scores: np.ndarray) -> dict:
+    """Per video (sorted ids): its label, mean P(fake) and crop count. Raises EvaluationError
+    when a video's crops carry different labels."""
+    groups: dict[str, list[int]] = {}
+    for index, name in enumerate(names):
+        groups.setdefault(video_id(name), []).append(index)
+    labels, scores = np.asarray(labels), np.asarray(scores, dtype=np.float64)
+    ids = sorted(groups)
+    for vid in ids:
+        found = set(labels[groups[vid]].tolist())
+        if len(found) > 1:
+            raise EvaluationError(f"video {vid!r} has crops labelled both real and fake "
+                                  f"({len(groups[vid])} crops); video ids must be unique across classes")
+    return {"ids": ids, "labels": np.array([labels[groups[v][0]] for v in ids], dtype=int),
+            "scores": np.array([scores[groups[v]].mean() for v in ids]),
+            "crops": np.array([len(groups[v]) for v in ids], dtype=int)}
+
+
+# ------------------------------------------------------------------------------------- subset
+
+def stratified_subset(samples: list[Sample], limit: int | None, seed: int = 0) -> list[Sample]:
+    """A seeded class-stratified random subset of `limit` crops (each class its share, at least
+    one), in the original order; all samples when limit is None or not smaller."""
+    if limit is None or limit >= len(samples):
+        return list(samples)
+    if limit < 2:
+        raise EvaluationError("--limit must be at least 2 (one crop of each class)")
+    rng = np.random.default_rng(seed)
+    by_class = {label: [i for i, s in enumerate(samples) if s.label == label] for label in (0, 1)}
+    present = [label for label in (0, 1) if by_class[label]]
+    quotas = {label: max(1, round(limit * len(by_class[label]) / len(samples))) for label in present}
+    while sum(quotas.values()) > limit:  # rounding up both classes can overshoot by one
+        largest = max(present, key=lambda label: quotas[label])
+        quotas[largest] -= 1
+    chosen = []
+    for label in present:
+        chosen.extend(rng.choice(by_class[label], size=quotas[label], replace=False).tolist())
+    return [samples[i] for i in sorted(chosen)]
+
+
+# ------------------------------------------------------------------------------------ attacks
+
+@dataclass(frozen=True)
+class AttackSpec:
+    family: str  # fgsm, pgd or square (black-box)
+    eps: float
+    steps: int = 0  # PGD steps; square: query budget
+    eps_text: str = ""
+
+    @property
+    def name(self) -> str:
+        eps = self.eps_text or f"{self.eps:g}"
+        family = f"pgd{self.steps}" if self.family == "pgd" else self.family
+        return f"{family} eps={eps}"
+
+    @property
+    def group(self) -> str:
+        return f"pgd{self.steps}" if self.family == "pgd" else self.family
+
+
+DEFAULT_ATTACKS: tuple[AttackSpec, ...] = (
+    *(AttackSpec("fgsm", eps) for eps in (0.001, 0.005, 0.01, 0.02)),
+    *(AttackSpec("pgd", eps, 5) for eps in (0.0001, 0.0005, 0.001)),
+    *(AttackSpec("pgd", k / 255, steps, f"{k}/255") for steps in (10, 20) for k in (1, 2, 4)),
+)
+BLACK_BOX = AttackSpec("square", 4 / 255, SQUARE_QUERIES, "4/255")
+
+
+def _margin(model: nn.Module, pixels: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """logit of the true class minus the best other logit (> 0: classified correctly)."""
+    logits = model(pixels).float()
+    true = logits.gather(1, labels[:, None]).squeeze(1)
+    other = logits.masked_fill(F.one_hot(labels, logits.shape[1]).bool(), -math.inf).amax(1)
+    return true - other
+
+
+def _square_fraction(p_init: float, iteration: int, queries: int) -> float:
+    """The Square attack's schedule of the square's area fraction, rescaled to `queries`."""
+    it = int(iteration / max(queries, 1) * 10000)
+    for bound, divisor in ((10, 1), (50, 2), (200, 4), (500, 8), (1000, 16), (2000, 32), (4000, 64),
+                           (6000, 128), (8000, 256)):
+        if it <= bound:
+            return p_init / divisor
+    return p_init / 512
+
+
+@torch.no_grad()
+def square_attack(model: nn.Module, pixels: torch.Tensor, labels: torch.Tensor, eps: float,
+                  queries: int = SQUARE_QUERIES, p_init: float = SQUARE_P_INIT,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+    """A black-box L∞ random search after the Square attack: start from random vertical stripes
+    of ±eps (or the clean crop, when its margin is lower), then each query redraws a random
+    square window to ±eps per channel and keeps it when the margin loss falls. At most `queries`
+    model calls per crop (two for the start); crops already misclassified stop. Uses only the model's outputs (no gradients). Seeded by `generator`
+    (CPU; default seed 0)."""
+    eps = float(eps)
+    if eps < 0:
+        raise ValueError(f"eps must be >= 0, got {eps}")
+    x = pixels.detach()
+    if eps == 0 or queries < 2:
+        return x.clone()
+    generator = generator or torch.Generator().manual_seed(0)
+    n, c, h, w = x.shape
+    device = x.device
+
+    def signs(*shape: int) -> torch.Tensor:
+        return (torch.randint(0, 2, shape, generator=generator).float() * 2 - 1).to(device, x.dtype) * eps
+
+    with eval_mode(model):
+        # The clean point is in the ball too: start from whichever of it and the stripes is worse
+        # for the model, so the search never ends above the clean loss (one of the queries).
+        adv = (x + signs(n, c, 1, w)).clamp(0.0, 1.0)
+        margin = _margin(model, adv, labels)
+        clean_margin = _margin(model, x, labels)
+        keep_clean = clean_margin < margin
+        adv[keep_clean] = x[keep_clean]
+        margin = torch.minimum(margin, clean_margin)
+        rows, cols = torch.arange(h, device=device), torch.arange(w, device=device)
+        for iteration in range(2, queries):
+            # Draws for every crop each time, so the stream does not depend on which are done.
+            side = max(1, min(h, w, round(math.sqrt(_square_fraction(p_init, iteration, queries) * h * w))))
+            top = torch.randint(0, h - side + 1, (n,), generator=generator).to(device)
+            left = torch.randint(0, w - side + 1, (n,), generator=generator).to(device)
+            window_signs = signs(n, c, 1, 1)
+            active = (margin > 0).nonzero().squeeze(1)
+            if len(active) == 0:
+                break
+            in_rows = (rows[None] >= top[:, None]) & (rows[None] < top[:, None] + side)
+            in_cols = (cols[None] >= left[:, None]) & (cols[None] < left[:, None] + side)
+            window = (in_rows[:, None, :, None] & in_cols[:, None, None, :])[active]
+            delta = torch.where(window, window_signs[active].expand(-1, -1, h, w), adv[active] - x[active])
+            candidate = (x[active] + delta).clamp(0.0, 1.0)
+            new_margin = _margin(model, candidate, labels[active])
+            better = new_margin < margin[active]
+            adv[active[better]] = candidate[better]
+            margin[active[better]] = new_margin[better]
+    return adv.detach()
+
+
+def run_attack(model: nn.Module, spec: AttackSpec, pixels: torch.Tensor, labels: torch.Tensor,
+               seed: int = 0) -> torch.Tensor:
+    """Adversarial pixels for one attack spec; `seed` seeds the random start / search."""
+    if spec.family == "fgsm":
+        return fgsm(model, pixels, labels, spec.eps)
+    if spec.family == "pgd":
+        generator = torch.Generator(device=pixels.device).manual_seed(seed)
+        return pgd(model, pixels, labels, spec.eps, spec.steps, generator=generator)
+    if spec.family == "square":
+        return square_attack(model, pixels, labels, spec.eps, queries=spec.steps,
+                             generator=torch.Generator().manual_seed(seed))
+    raise EvaluationError(f"unknown attack family {spec.family!r}")
+
+
+def _seed(seed: int, batch: int, condition: str) -> int:
+    """A condition's seed for one batch: independent of which other conditions run."""
+    return int(np.random.SeedSequence([int(seed), int(batch), zlib.crc32(condition.encode())]).generate_state(1)[0])
+
+
+# ------------------------------------------------------------------------------- collection
+
+@dataclass
+class Collected:
+    """Per-crop labels and P(fake) under every condition, and the clean input gradients."""
+    labels: np.ndarray
+    names: list[str]
+    scores: dict[str, np.ndarray]  # "clean", attack names, corruption names
+    attacks: list[AttackSpec]
+    black_box: AttackSpec | None
+    corruptions: list[str]
+    gradient_mean_abs: float
+    gradient_zero_fraction: float
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+Batch = tuple[torch.Tensor, torch.Tensor]  # uint8 (N, 3, H, W) images, int64 labels
+
+
+@torch.no_grad()
+def _p_fake(model: nn.Module, pixels: torch.Tensor) -> np.ndarray:
+    return model(pixels).float().softmax(1)[:, 1].cpu().numpy()
+
+
+def collect(model: nn.Module, batches: Iterable[Batch], *, n_batches: int | None = None, names: list[str] | None = None,
+            attacks: Iterable[AttackSpec] = DEFAULT_ATTACKS, black_box: AttackSpec | None = BLACK_BOX,
+            corruptions: Iterable[Corruption] = DEFAULT_CORRUPTIONS, seed: int = 0,
+            device: torch.device | str = "cpu", on_progress: Progress | None = None) -> Collected:
+    """Score every batch clean, under each attack and each corruption (one pass over the data)."""
+    device = torch.device(device)
+    attacks, corruptions = list(attacks), list(corruptions)
+    model = model.to(device).eval()
+    steps_per_batch = 1 + len(attacks) + (black_box is not None) + len(corruptions)
+    total = None if n_batches is None else n_batches * steps_per_batch
+    scores: dict[str, list[np.ndarray]] = {"clean": []}
+    labels_all: list[np.ndarray] = []
+    seconds: dict[str, float] = {}
+    gradient_sum, gradient_count, zero_crops, crops = 0.0, 0, 0, 0
+    done = 0
+
+    def step(description: str) -> None:
+        nonlocal done
+        done += 1
+        if on_progress:
+            on_progress(description, done, total or done)
+
+    for index, (images, labels) in enumerate(batches):
+        started = time.perf_counter()
+        labels = labels.to(device)
+        pixels = images.to(device).float().div_(255.0)
+        x = pixels.clone().requires_grad_(True)
+        with torch.enable_grad():
+            logits = model(x).float()
+            (gradient,) = torch.autograd.grad(F.cross_entropy(logits, labels, reduction="sum"), x)
+        scores["clean"].append(logits.detach().softmax(1)[:, 1].cpu().numpy())
+        labels_all.append(labels.cpu().numpy())
+        gradient_sum += float(gradient.abs().sum())
+        gradient_count += gradient.numel()
+        zero_crops += int((gradient.flatten(1).abs().amax(1) == 0).sum())
+        crops += len(labels)
+        seconds["clean"] = seconds.get("clean", 0.0) + time.perf_counter() - started
+        step(f"batch {index + 1}: clean")
+        for spec in attacks + ([black_box] if black_box else []):
+            started = time.perf_counter()
+            adv = run_attack(model, spec, pixels, labels, seed=_seed(seed, index, spec.name))
+            scores.setdefault(spec.name, []).append(_p_fake(model, adv))
+            seconds[spec.name] = seconds.get(spec.name, 0.0) + time.perf_counter() - started
+            step(f"batch {index + 1}: {spec.name}")
+        if corruptions:
+            array = images.permute(0, 2, 3, 1).contiguous().numpy()
+            for corruption in corruptions:
+                started = time.perf_counter()
+                corrupted = corruption.apply(array, _seed(seed, index, corruption.name))
+                tensor = torch.from_numpy(corrupted).permute(0, 3, 1, 2).to(device).float().div_(255.0)
+                scores.setdefault(corruption.name, []).append(_p_fake(model, tensor))
+                seconds[corruption.name] = seconds.get(corruption.name, 0.0) + time.perf_counter() - started
+                step(f"batch {index + 1}: {corruption.name}")
+    if not labels_all:
+        raise EvaluationError("no crops to evaluate")
+    labels_array = np.concatenate(labels_all).astype(int)
+    return Collected(labels=labels_array, names=list(names) if names is not None else [str(i) for i in range(len(labels_array))],
+                     scores={key: np.concatenate(value) for key, value in scores.items()}, attacks=attacks,
+                     black_box=black_box, corruptions=[c.name for c in corruptions],
+                     gradient_mean_abs=gradient_sum / max(gradient_count, 1),
+                     gradient_zero_fraction=zero_crops / max(crops, 1),
+                     seconds={k: round(v, 3) for k, v in seconds.items()})
+
+
+# -------------------------------------------------------------------------------- summaries
+
+def masking_tolerance(n: int) -> float:
+    return max(0.01, 1.0 / max(n, 1))
+
+
+def gradient_masking_checks(collected: Collected, results: dict[str, dict]) -> dict:
+    """The four checks; each {"passed": True/False/None (could not be checked), "rule", numbers}."""
+    n = len(collected.labels)
+    tol = masking_tolerance(n)
+    pgd_specs = [s for s in collected.attacks if s.family == "pgd"]
+    fgsm_specs = [s for s in collected.attacks if s.family == "fgsm"]
+
+    def same(a: float, b: float) -> bool:
+        return abs(a - b) <= 1e-9
+
+    def verdict(pairs: list[dict]) -> bool | None:
+        return all(p["passed"] for p in pairs) if pairs else None
+
+    steps_pairs = []
+    for more in pgd_specs:
+        fewer = [s for s in pgd_specs if same(s.eps, more.eps) and s.steps < more.steps]
+        for other in fewer:
+            a_more, a_fewer = results[more.name]["accuracy"], results[other.name]["accuracy"]
+            steps_pairs.append({"eps": more.eps, "fewer": other.name, "fewer_accuracy": a_fewer, "more": more.name,
+                                "more_accuracy": a_more, "passed": a_more <= a_fewer + tol})
+
+    fgsm_pairs, unchecked = [], []
+    for spec in fgsm_specs:
+        larger = [s for s in pgd_specs if s.eps >= spec.eps - 1e-9]
+        if not larger:
+            unchecked.append(spec.name)
+            continue
+        nearest = min(s.eps for s in larger)
+        for other in (s for s in larger if same(s.eps, nearest)):
+            a_pgd, a_fgsm = results[other.name]["accuracy"], results[spec.name]["accuracy"]
+            fgsm_pairs.append({"fgsm": spec.name, "fgsm_accuracy": a_fgsm, "pgd": other.name, "pgd_accuracy": a_pgd,
+                               "passed": a_pgd <= a_fgsm + tol})
+
+    black = None
+    if collected.black_box is not None:
+        bb = collected.black_box
+        white = [s for s in collected.attacks if s.family in ("pgd", "fgsm") and same(s.eps, bb.eps)]
+        if white:
+            strongest = min(white, key=lambda s: results[s.name]["accuracy"])
+            a_black, a_white = results[bb.name]["accuracy"], results[strongest.name]["accuracy"]
+            black = {"passed": a_black >= a_white - tol, "black_box": bb.name, "black_box_accuracy": a_black,
+                     "white_box": strongest.name, "white_box_accuracy": a_white}
+
+    nonzero = collected.gradient_mean_abs > 0
+    return {
+        "tolerance": tol,
+        "tolerance_rule": "max(0.01, 1/n) in accuracy",
+        "more_steps": {"rule": "PGD with more steps is never weaker: acc(more) <= acc(fewer) + tol at equal eps",
+                       "passed": verdict(steps_pairs), "pairs": steps_pairs},
+        "pgd_vs_fgsm": {"rule": "PGD at the nearest eps' >= eps is at least as strong as FGSM at eps: "
+                                "acc(PGD) <= acc(FGSM) + tol",
+                        "passed": verdict(fgsm_pairs), "pairs": fgsm_pairs, "not_checked": unchecked},
+        "nonzero_gradients": {"rule": "mean |d cross-entropy / d input| over the clean crops > 0",
+                              "passed": bool(nonzero), "mean_abs_gradient": collected.gradient_mean_abs,
+                              "zero_gradient_crop_fraction": collected.gradient_zero_fraction},
+        "black_box": {"rule": "black-box (Square-like random search) accuracy >= white-box accuracy at the same eps - tol",
+                      **(black or {"passed": None, "reason": "no black-box attack or no white-box attack at its eps"})},
+    }
+
+
+CHECK_NAMES = ("more_steps", "pgd_vs_fgsm", "nonzero_gradients", "black_box")
+
+
+def summarise(collected: Collected, *, seed: int = 0, bootstrap: int = BOOTSTRAP_RESAMPLES) -> dict:
+    """Clean (frame and video level), attacks, masking checks and corruptions from the scores."""
+    y = collected.labels
+    clean = binary_metrics(y, collected.scores["clean"], bootstrap=bootstrap, seed=seed)
+    summary: dict = {"clean": {"frame": clean, "video": None, "video_skipped": None}}
+    try:
+        videos = video_scores(collected.names, y, collected.scores["clean"])
+        summary["clean"]["video"] = binary_metrics(videos["labels"], videos["scores"], bootstrap=bootstrap, seed=seed)
+        summary["clean"]["video"]["crops_per_video"] = {"min": int(videos["crops"].min()), "mean": float(videos["crops"].mean()),
+                                                        "max": int(videos["crops"].max())}
+        summary["clean"]["video"]["aggregation"] = "mean P(fake) of the video's crops"
+    except EvaluationError as exc:
+        summary["clean"]["video_skipped"] = str(exc)
+
+    all_attacks = collected.attacks + ([collected.black_box] if collected.black_box else [])
+    if all_attacks:
+        results = {}
+        for spec in all_attacks:
+            scores = collected.scores[spec.name]
+            entry = {"name": spec.name, "family": spec.group, "eps": spec.eps, "eps_text": spec.eps_text or f"{spec.eps:g}",
+                     "box": "black" if spec.family == "square" else "white"}
+            if spec.family == "pgd":
+                entry["steps"] = spec.steps
+            if spec.family == "square":
+                entry["queries"] = spec.steps
+            entry.update(condition_metrics(y, scores, clean))
+            correct_clean = (collected.scores["clean"] >= THRESHOLD).astype(int) == y
+            flipped = correct_clean & ((scores >= THRESHOLD).astype(int) != y)
+            entry["success_rate"] = float(flipped.sum() / max(correct_clean.sum(), 1))
+            results[spec.name] = entry
+        worst_acc = min(results.values(), key=lambda r: r["accuracy"])
+        with_auc = [r for r in results.values() if r["auc"] is not None]
+        worst_auc = min(with_auc, key=lambda r: r["auc"]) if with_auc else None
+        robust_everywhere = (collected.scores["clean"] >= THRESHOLD).astype(int) == y
+        for spec in all_attacks:
+            robust_everywhere &= (collected.scores[spec.name] >= THRESHOLD).astype(int) == y
+        summary["attacks"] = {
+            "space": "pixels in [0, 1], L-infinity, true labels",
+            "results": list(results.values()),
+            "worst_case": {"accuracy": worst_acc["accuracy"], "accuracy_attack": worst_acc["name"],
+                           "auc": worst_auc["auc"] if worst_auc else None,
+                           "auc_attack": worst_auc["name"] if worst_auc else None,
+                           "per_crop_accuracy": float(robust_everywhere.mean()),
+                           "per_crop_rule": "correct clean and under every attack"},
+        }
+        summary["gradient_masking"] = gradient_masking_checks(collected, results)
+        checked = [summary["gradient_masking"][k]["passed"] for k in CHECK_NAMES]
+        summary["gradient_masking"]["passed"] = all(v for v in checked if v is not None)
+    else:
+        summary["attacks"] = None
+        summary["gradient_masking"] = None
+    if collected.corruptions:
+        summary["corruptions"] = {
+            "applied_to": "crops at the model's input size (uint8), per batch; h264: per-crop re-encoding of the "
+                          "batch's crops as frames of one clip, not the original video",
+            "results": [{"name": name, **condition_metrics(y, collected.scores[name], clean)} for name in collected.corruptions],
+        }
+    else:
+        summary["corruptions"] = None
+    return summary
+
+
+def condition_rows(summary: dict) -> list[dict]:
+    """metrics.csv rows: clean, each attack, each corruption (accuracy, AUC, n)."""
+    clean = summary["clean"]["frame"]
+    rows = [{"condition": "clean", "kind": "clean", "accuracy": clean["accuracy"], "auc": clean["auc"], "n": clean["n"]}]
+    if summary["clean"].get("video"):
+        video = summary["clean"]["video"]
+        rows.append({"condition": "clean (video level)", "kind": "clean-video", "accuracy": video["accuracy"],
+                     "auc": video["auc"], "n": video["n"]})
+    for kind in ("attacks", "corruptions"):
+        for result in (summary.get(kind) or {}).get("results", []):
+            label = "attack" if kind == "attacks" else "corruption"
+            if result.get("box") == "black":
+                label = "attack-black-box"
+            rows.append({"condition": result["name"], "kind": label, "accuracy": result["accuracy"],
+                         "auc": result["auc"], "n": result["n"]})
+    return rows
+
+
+# ------------------------------------------------------------------------------------ the run
+
+class _Crops(Dataset):
+    """uint8 (3, size, size) crops as the model's evaluation transform makes them (before the
+    float conversion), with their labels."""
+
+    def __init__(self, samples: list[Sample], size: int):
+        self.samples = samples
+        self.transform = v2.Compose([v2.ToImage(), v2.Resize((size, size), antialias=True)])
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        sample = self.samples[index]
+        return self.transform(read_rgb(sample.path)).as_subclass(torch.Tensor), sample.label
+
+
+def _versions() -> dict[str, str]:
+    found = library_versions()
+    for package in ("scikit-learn", "scipy", "av", "pillow", "matplotlib"):
+        try:
+            found[package] = version(package)
+        except PackageNotFoundError:
+            continue
+    return found
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise EvaluationError("--device cuda was asked for but torch sees no CUDA device")
+    if name not in ("cpu", "cuda"):
+        raise EvaluationError(f"--device must be auto, cpu or cuda, not {name!r}")
+    return torch.device(name)
+
+
+def evaluate_run(run_dir: Path, data: Path, out: Path, *, split: str = "test", checkpoint: str = "best",
+                 limit: int | None = None, batch_size: int = 32, seed: int = 0, attacks: bool = True,
+                 corruptions: bool = True, device: str = "auto", on_progress: Progress | None = None) -> dict:
+    """Evaluate a `trainer fit` run on DATA/split and write the report folder `out`; return the
+    report (metrics.json's content)."""
+    from trainer.export import load_run_model
+
+    started = time.perf_counter()
+    if batch_size < 1:
+        raise EvaluationError("--batch-size must be at least 1")
+    run = load_run_model(Path(run_dir), checkpoint)
+    available = list_split(Path(data), split)
+    samples = stratified_subset(available, limit, seed)
+    size = int(run.config["size"])
+    torch_device = resolve_device(device)
+    loader = DataLoader(_Crops(samples, size), batch_size=batch_size, shuffle=False, num_workers=0)
+    collected = collect(run.model, ((images, torch.as_tensor(labels)) for images, labels in loader),
+                        n_batches=len(loader), names=[s.path.name for s in samples],
+                        attacks=DEFAULT_ATTACKS if attacks else (), black_box=BLACK_BOX if attacks else None,
+                        corruptions=DEFAULT_CORRUPTIONS if corruptions else (), seed=seed, device=torch_device,
+                        on_progress=on_progress)
+    summary = summarise(collected, seed=seed)
+
+    def counts(items: list[Sample]) -> dict[str, int]:
+        return {name: sum(1 for s in items if s.label == label) for label, name in enumerate(CLASSES)}
+
+    videos = {name: len({video_id(s.path.name) for s in samples if s.label == label}) for label, name in enumerate(CLASSES)}
+    report = {
+        "schema": SCHEMA,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "run_dir": str(run_dir), "checkpoint": checkpoint, "epoch": run.epoch,
+        "arch": run.config["arch"], "method": run.config.get("method"), "init": run.config.get("init"),
+        "size": size, "trained_on": run.config.get("data"),
+        "data": str(data), "split": split, "seed": seed, "batch_size": batch_size, "device": str(torch_device),
+        "limit": limit,
+        "subset": (f"seeded class-stratified random subset of {len(samples)} of {len(available)} crops (seed {seed})"
+                   if len(samples) < len(available) else "all crops of the split"),
+        "counts": {"crops": counts(samples), "crops_in_split": counts(available), "videos": videos},
+        "threshold": THRESHOLD,
+        "threshold_rule": "a crop or video is called fake when P(fake) >= 0.5 (accuracy, confusion matrix)",
+        **summary,
+        "attack_settings": None if not attacks else {
+            "white_box": [s.name for s in DEFAULT_ATTACKS], "black_box": BLACK_BOX.name,
+            "pgd_step_size": "2.5 * eps / steps", "pgd_random_start": True,
+            "square": {"queries": SQUARE_QUERIES, "p_init": SQUARE_P_INIT, "loss": "margin"},
+            "seeds": "per batch and condition: numpy SeedSequence([seed, batch index, crc32(condition name)])"},
+        "not_done": NOT_DONE,
+        "versions": _versions(),
+        "seconds": {"total": round(time.perf_counter() - started, 2), **collected.seconds},
+    }
+    write_report(report, collected, Path(out))
+    return report
+
+
+# ----------------------------------------------------------------------------------- writing
+
+def _json_default(value):
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating,)):
+        return float(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def write_report(report: dict, collected: Collected, out: Path) -> None:
+    """metrics.json, metrics.csv, scores.csv, the PNG plots (when matplotlib is installed) and
+    index.html into `out`."""
+    out.mkdir(parents=True, exist_ok=True)
+    report["plots"] = write_plots(report, collected, out)
+    (out / "metrics.json").write_text(json.dumps(report, indent=2, default=_json_default) + "\n")
+    with open(out / "metrics.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["condition", "kind", "accuracy", "auc", "n"])
+        writer.writeheader()
+        writer.writerows(condition_rows(report))
+    with open(out / "scores.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        keys = list(collected.scores)
+        writer.writerow(["crop", "video", "label", *keys])
+        for i, name in enumerate(collected.names):
+            writer.writerow([name, video_id(name), int(collected.labels[i]),
+                             *(f"{collected.scores[k][i]:.6f}" for k in keys)])
+    (out / "index.html").write_text(render_html(report, out))
+
+
+def write_plots(report: dict, collected: Collected, out: Path) -> list[str]:
+    """The PNG plots; [] when matplotlib is not installed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    written = []
+
+    def save(figure, name: str) -> None:
+        figure.tight_layout()
+        figure.savefig(out / name, dpi=100)
+        plt.close(figure)
+        written.append(name)
+
+    y = collected.labels
+    clean = report["clean"]["frame"]
+    attacks = report.get("attacks")
+    if attacks:
+        figure, axis = plt.subplots(figsize=(6, 4))
+        families: dict[str, list[dict]] = {}
+        for result in attacks["results"]:
+            families.setdefault(result["family"], []).append(result)
+        for family, results in families.items():
+            results = sorted(results, key=lambda r: r["eps"])
+            marker = "*" if family == "square" else "o"
+            axis.plot([r["eps"] for r in results], [r["accuracy"] for r in results], marker=marker,
+                      linestyle="" if family == "square" else "-", markersize=10 if family == "square" else 5,
+                      label=family + (" (black-box)" if family == "square" else ""))
+        axis.axhline(clean["accuracy"], color="grey", linestyle="--", label="clean")
+        axis.set_xscale("log")
+        axis.set_xlabel("ε (L∞, pixels in [0, 1])")
+        axis.set_ylabel("robust accuracy")
+        axis.set_ylim(-0.02, 1.02)
+        axis.set_title("Accuracy vs ε per attack")
+        axis.legend(fontsize=8)
+        save(figure, "accuracy_vs_eps.png")
+
+    if clean["auc"] is not None:
+        figure, axis = plt.subplots(figsize=(5, 5))
+        fpr, tpr, _ = roc_curve(y, collected.scores["clean"])
+        axis.plot(fpr, tpr, label=f"clean (AUC {clean['auc']:.3f})")
+        worst = (attacks or {}).get("worst_case", {}).get("auc_attack")
+        if worst:
+            fpr, tpr, _ = roc_curve(y, collected.scores[worst])
+            axis.plot(fpr, tpr, label=f"{worst} (AUC {attacks['worst_case']['auc']:.3f})")
+        axis.plot([0, 1], [0, 1], color="grey", linestyle=":")
+        axis.set_xlabel("false-positive rate")
+        axis.set_ylabel("true-positive rate")
+        axis.set_title("ROC: clean vs worst attack")
+        axis.legend(fontsize=8, loc="lower right")
+        save(figure, "roc.png")
+
+    if report.get("corruptions"):
+        results = report["corruptions"]["results"]
+        figure, axis = plt.subplots(figsize=(8, 4))
+        positions = np.arange(len(results))
+        axis.bar(positions - 0.2, [r["accuracy"] for r in results], 0.4, label="accuracy")
+        axis.bar(positions + 0.2, [r["auc"] if r["auc"] is not None else 0 for r in results], 0.4, label="AUC")
+        axis.axhline(clean["accuracy"], color="C0", linestyle="--", linewidth=1, label="clean accuracy")
+        if clean["auc"] is not None:
+            axis.axhline(clean["auc"], color="C1", linestyle="--", linewidth=1, label="clean AUC")
+        axis.set_xticks(positions, [r["name"] for r in results], rotation=30, ha="right", fontsize=8)
+        axis.set_ylim(0, 1.3)
+        axis.set_title("Corruptions")
+        axis.legend(fontsize=8, loc="upper center", ncol=4)
+        save(figure, "corruptions.png")
+
+    figure, axis = plt.subplots(figsize=(6, 4))
+    bins = np.linspace(0, 1, 21)
+    for label, name in enumerate(CLASSES):
+        values = collected.scores["clean"][y == label]
+        if len(values):
+            axis.hist(values, bins=bins, alpha=0.6, label=f"{name} (n={len(values)})")
+    axis.axvline(THRESHOLD, color="black", linestyle="--", linewidth=1, label="threshold 0.5")
+    axis.set_xlabel("P(fake), clean")
+    axis.set_ylabel("crops")
+    axis.set_title("Score histograms per class")
+    axis.legend(fontsize=8)
+    save(figure, "score_histograms.png")
+
+    figure, axis = plt.subplots(figsize=(4, 4))
+    matrix = np.array(clean["confusion_matrix"]["matrix"])
+    axis.imshow(matrix, cmap="Blues")
+    for (row, col), value in np.ndenumerate(matrix):
+        axis.text(col, row, str(value), ha="center", va="center",
+                  color="white" if value > matrix.max() / 2 else "black", fontsize=14)
+    axis.set_xticks([0, 1], ["real", "fake"])
+    axis.set_yticks([0, 1], ["real", "fake"])
+    axis.set_xlabel("predicted (P(fake) >= 0.5)")
+    axis.set_ylabel("true")
+    axis.set_title("Confusion matrix (frames)")
+    save(figure, "confusion_matrix.png")
+    return written
+
+
+def fmt(value, digits: int = 4) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, bool):
+        return "passed" if value else "FAILED"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _table(headers: list[str], rows: list[list]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(fmt(c))}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _clean_rows(metrics: dict) -> list[list]:
+    ci = metrics["auc_ci95"]
+    cm = metrics["confusion_matrix"]
+    return [["n (real / fake)", f"{metrics['n']} ({metrics['counts']['real']} / {metrics['counts']['fake']})"],
+            ["accuracy (P(fake) >= 0.5)", metrics["accuracy"]], ["ROC-AUC", metrics["auc"]],
+            ["ROC-AUC 95% CI", f"{ci[0]:.4f} – {ci[1]:.4f}" if ci else None],
+            ["TPR at 1% FPR", metrics["tpr_at_1pct_fpr"]], ["EER", metrics["eer"]],
+            ["average precision", metrics["average_precision"]], ["log-loss", metrics["log_loss"]],
+            ["confusion (tn fp / fn tp)", f"{cm['tn']} {cm['fp']} / {cm['fn']} {cm['tp']}"]]
+
+
+def check_lines(masking: dict | None) -> list[tuple[str, bool | None, str]]:
+    """(check, passed, numbers) for printing and the HTML table."""
+    if not masking:
+        return []
+    lines = []
+    pairs = masking["more_steps"]["pairs"]
+    lines.append(("more PGD steps not weaker", masking["more_steps"]["passed"],
+                  "; ".join(f"{p['more']} {p['more_accuracy']:.3f} vs {p['fewer']} {p['fewer_accuracy']:.3f}" for p in pairs)
+                  or "no pairs"))
+    pairs = masking["pgd_vs_fgsm"]["pairs"]
+    lines.append(("PGD at least as strong as FGSM", masking["pgd_vs_fgsm"]["passed"],
+                  "; ".join(f"{p['pgd']} {p['pgd_accuracy']:.3f} vs {p['fgsm']} {p['fgsm_accuracy']:.3f}" for p in pairs)
+                  or "no pairs"))
+    gradient = masking["nonzero_gradients"]
+    lines.append(("non-zero input gradients", gradient["passed"],
+                  f"mean |grad| {gradient['mean_abs_gradient']:.3e}, crops with zero gradient "
+                  f"{gradient['zero_gradient_crop_fraction']:.2f}"))
+    black = masking["black_box"]
+    lines.append(("black-box no stronger than white-box", black["passed"],
+                  f"{black['black_box']} {black['black_box_accuracy']:.3f} vs {black['white_box']} "
+                  f"{black['white_box_accuracy']:.3f}" if "black_box_accuracy" in black else black.get("reason", "")))
+    return lines
+
+
+STYLE = """
+body{font-family:system-ui,sans-serif;margin:2em;max-width:1100px;color:#222}
+h1{font-size:1.4em} h2{font-size:1.1em;margin-top:1.6em}
+table{border-collapse:collapse;margin:.5em 0} td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}
+img{max-width:100%;margin:.5em 0;border:1px solid #eee} code{font-size:.85em}
+"""
+
+
+def render_html(report: dict, out: Path) -> str:
+    """index.html: the tables, and only the plots that exist in `out`."""
+    e = html.escape
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>trainer eval: {e(report['arch'])}</title>"
+             f"<style>{STYLE}</style></head><body>",
+             f"<h1>Evaluation of {e(str(report['run_dir']))} ({e(report['checkpoint'])}, epoch {report['epoch']})</h1>",
+             _table(["setting", "value"], [
+                 ["arch", report["arch"]], ["method", report["method"]], ["data", f"{report['data']} ({report['split']})"],
+                 ["crops (real / fake)", f"{report['counts']['crops']['real']} / {report['counts']['crops']['fake']}"],
+                 ["subset", report["subset"]], ["seed", report["seed"]], ["device", report["device"]],
+                 ["decision rule", report["threshold_rule"]], ["created", report["created"]]])]
+    clean = report["clean"]
+    parts.append("<h2>Clean</h2>")
+    video = clean.get("video")
+    headers = ["metric", "frame level"] + (["video level"] if video else [])
+    frame_rows = _clean_rows(clean["frame"])
+    rows = [row + ([_clean_rows(video)[i][1]] if video else []) for i, row in enumerate(frame_rows)]
+    parts.append(_table(headers, rows))
+    if clean.get("video_skipped"):
+        parts.append(f"<p>Video level not computed: {e(clean['video_skipped'])}</p>")
+    if report.get("attacks"):
+        attacks = report["attacks"]
+        parts.append("<h2>Attacks (frame level)</h2>")
+        parts.append(_table(["attack", "box", "accuracy", "AUC", "Δ accuracy", "Δ AUC", "success rate", "n"],
+                            [[r["name"], r["box"], r["accuracy"], r["auc"], r["accuracy_drop"], r["auc_drop"],
+                              r["success_rate"], r["n"]] for r in attacks["results"]]))
+        worst = attacks["worst_case"]
+        parts.append(f"<p>Worst case: accuracy {fmt(worst['accuracy'])} ({e(worst['accuracy_attack'])}), "
+                     f"AUC {fmt(worst['auc'])} ({e(str(worst['auc_attack']))}); correct clean and under every "
+                     f"attack: {fmt(worst['per_crop_accuracy'])}</p>")
+        parts.append("<h2>Gradient-masking checks</h2>")
+        parts.append(_table(["check", "result", "numbers"], [list(line) for line in check_lines(report["gradient_masking"])]))
+        parts.append(f"<p>Tolerance {fmt(report['gradient_masking']['tolerance'])} "
+                     f"({e(report['gradient_masking']['tolerance_rule'])}).</p>")
+    if report.get("corruptions"):
+        parts.append("<h2>Corruptions (frame level)</h2>")
+        parts.append(_table(["corruption", "accuracy", "AUC", "Δ accuracy", "Δ AUC", "n"],
+                            [[r["name"], r["accuracy"], r["auc"], r["accuracy_drop"], r["auc_drop"], r["n"]]
+                             for r in report["corruptions"]["results"]]))
+        parts.append(f"<p>{e(report['corruptions']['applied_to'])}.</p>")
+    plots = [name for name in report.get("plots", []) if (out / name).is_file()]
+    if plots:
+        parts.append("<h2>Plots</h2>")
+        parts.extend(f"<div><img src='{e(name)}' alt='{e(name)}'></div>" for name in plots)
+    links = [name for name in ("metrics.json", "metrics.csv", "scores.csv") if (out / name).is_file()]
+    if links:
+        parts.append("<p>Data: " + ", ".join(f"<a href='{e(n)}'>{e(n)}</a>" for n in links) + "</p>")
+    parts.append("<h2>Not done</h2><ul>" + "".join(f"<li>{e(item)}</li>" for item in report["not_done"]) + "</ul>")
+    parts.append("<h2>Versions</h2>" + _table(["library", "version"], [[k, v] for k, v in report["versions"].items()]))
+    parts.append("</body></html>\n")
+    return "\n".join(parts)
+
+
+# ------------------------------------------------------------------------------------ compare
+
+def load_report(path: Path) -> dict:
+    path = Path(path)
+    file = path / "metrics.json" if path.is_dir() else path
+    try:
+        report = json.loads(file.read_text())
+    except FileNotFoundError:
+        raise EvaluationError(f"{file}: no such report (run `trainer eval` first)") from None
+    except json.JSONDecodeError as exc:
+        raise EvaluationError(f"{file}: not valid JSON ({exc})") from None
+    if not isinstance(report, dict) or report.get("schema") != SCHEMA:
+        raise EvaluationError(f"{file}: not a `trainer eval` report (schema {SCHEMA})")
+    return report
+
+
+def compare_reports(paths: list[Path]) -> tuple[list[str], list[list]]:
+    """Column names (arch+method, made unique) and rows [label, value per report]."""
+    if len(paths) < 1:
+        raise EvaluationError("--compare needs at least one report folder")
+    reports = [load_report(p) for p in paths]
+    names = [f"{r['arch']}+{r.get('method') or '?'}" for r in reports]
+    columns = [f"{n} ({Path(p).name})" if names.count(n) > 1 else n for n, p in zip(names, paths)]
+
+    def attack(report: dict, name: str, key: str = "accuracy"):
+        for result in (report.get("attacks") or {}).get("results", []):
+            if result["name"] == name:
+                return result[key]
+        return None
+
+    def corruption(report: dict, name: str, key: str):
+        for result in (report.get("corruptions") or {}).get("results", []):
+            if result["name"] == name:
+                return result[key]
+        return None
+
+    def ordered(kind: str) -> list[str]:
+        seen: list[str] = []
+        for report in reports:
+            for result in (report.get(kind) or {}).get("results", []):
+                if result["name"] not in seen:
+                    seen.append(result["name"])
+        return seen
+
+    rows = [["clean accuracy"] + [r["clean"]["frame"]["accuracy"] for r in reports],
+            ["clean AUC"] + [r["clean"]["frame"]["auc"] for r in reports],
+            ["video AUC"] + [(r["clean"].get("video") or {}).get("auc") for r in reports]]
+    for name in ordered("attacks"):
+        rows.append([f"{name} acc"] + [attack(r, name) for r in reports])
+    rows.append(["worst-case acc"] + [(r.get("attacks") or {}).get("worst_case", {}).get("accuracy") for r in reports])
+    rows.append(["worst-case attack"] + [(r.get("attacks") or {}).get("worst_case", {}).get("accuracy_attack") for r in reports])
+    rows.append(["masking checks"] + [_checks_passed(r.get("gradient_masking")) for r in reports])
+    for name in ordered("corruptions"):
+        rows.append([f"{name} acc"] + [corruption(r, name, "accuracy") for r in reports])
+        rows.append([f"{name} AUC"] + [corruption(r, name, "auc") for r in reports])
+    return columns, rows
+
+
+def _checks_passed(masking: dict | None) -> str | None:
+    if not masking:
+        return None
+    verdicts = [masking[k]["passed"] for k in CHECK_NAMES if masking[k]["passed"] is not None]
+    return f"{sum(verdicts)}/{len(verdicts)} passed"
+
+
+def write_compare(columns: list[str], rows: list[list], out: Path) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "compare.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["metric", *columns])
+        writer.writerows([[row[0], *("" if v is None else v for v in row[1:])] for row in rows])
+    lines = ["| metric | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    lines += ["| " + " | ".join([row[0], *(fmt(v) for v in row[1:])]) + " |" for row in rows]
+    (out / "compare.md").write_text("\n".join(lines) + "\n")
+    return [out / "compare.csv", out / "compare.md"]
+
+
+# ----------------------------------------------------------------------------------- printing
+
+def summary_table(report: dict):
+    """A rich Table: one row per condition (accuracy, AUC, their drops, n)."""
+    from rich.table import Table
+
+    table = Table(title=f"{report['arch']}+{report.get('method')}, {report['split']}: "
+                        f"{report['counts']['crops']['real']} real / {report['counts']['crops']['fake']} fake crops")
+    for header in ("condition", "accuracy", "AUC", "Δ acc", "Δ AUC", "n"):
+        table.add_column(header, justify="left" if header == "condition" else "right", no_wrap=True)
+    clean = report["clean"]["frame"]
+    table.add_row("clean (frames)", fmt(clean["accuracy"]), fmt(clean["auc"]), "", "", str(clean["n"]))
+    if report["clean"].get("video"):
+        video = report["clean"]["video"]
+        table.add_row("clean (videos)", fmt(video["accuracy"]), fmt(video["auc"]), "", "", str(video["n"]))
+    for kind in ("attacks", "corruptions"):
+        results = (report.get(kind) or {}).get("results", [])
+        if results:
+            table.add_section()
+        for r in results:
+            table.add_row(r["name"], fmt(r["accuracy"]), fmt(r["auc"]), fmt(r["accuracy_drop"]), fmt(r["auc_drop"]),
+                          str(r["n"]))
+    return table
+
+
+def summary_lines(report: dict) -> list[str]:
+    """The headline numbers and the gradient-masking verdicts, one line each."""
+    clean = report["clean"]["frame"]
+    ci = clean["auc_ci95"]
+    lines = [f"accuracy: a crop or video is called fake when P(fake) >= {report['threshold']}",
+             f"clean frames: AUC {fmt(clean['auc'])}" + (f" (95% CI {ci[0]:.4f}-{ci[1]:.4f})" if ci else "")
+             + f", TPR@1%FPR {fmt(clean['tpr_at_1pct_fpr'])}, EER {fmt(clean['eer'])}, "
+               f"AP {fmt(clean['average_precision'])}, log-loss {fmt(clean['log_loss'])}"]
+    video = report["clean"].get("video")
+    if video:
+        lines.append(f"clean videos ({video['n']}): accuracy {fmt(video['accuracy'])}, AUC {fmt(video['auc'])}, "
+                     f"EER {fmt(video['eer'])}")
+    elif report["clean"].get("video_skipped"):
+        lines.append(f"video level skipped: {report['clean']['video_skipped']}")
+    if report.get("attacks"):
+        worst = report["attacks"]["worst_case"]
+        lines.append(f"worst case over attacks: accuracy {fmt(worst['accuracy'])} ({worst['accuracy_attack']}), "
+                     f"AUC {fmt(worst['auc'])} ({worst['auc_attack']})")
+        for name, passed, numbers in check_lines(report["gradient_masking"]):
+            verdict = "not checked" if passed is None else ("passed" if passed else "FAILED")
+            lines.append(f"gradient masking: {name}: {verdict} ({numbers})")
+    return lines
+
+
+def compare_table(columns: list[str], rows: list[list]):
+    from rich.table import Table
+
+    table = Table(title="trainer eval --compare")
+    table.add_column("metric", no_wrap=True)
+    for column in columns:
+        table.add_column(column, justify="right")
+    for row in rows:
+        table.add_row(row[0], *(fmt(v) for v in row[1:]))
+    return table
