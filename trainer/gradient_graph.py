@@ -16,15 +16,21 @@ How (neither exporter can differentiate by itself: `torch.autograd.grad` inside 
 with both, `torch.func.grad` fails under the dynamo exporter):
 
 1. `torch.func.grad` of the summed per-sample loss with respect to the pixels is traced into an
-   ATen graph with `make_fx` (symbolic shapes, core ATen decompositions) — the backward pass
-   becomes ordinary forward ops;
-2. three ops without an ONNX translation are decomposed on the way: `convolution_backward`
-   (its input gradient is a transposed convolution; weight and bias gradients are never
-   requested since parameters are frozen), `empty_permuted` (a fresh contiguous tensor serves:
-   every use overwrites it, see `_empty_permuted`) and the `as_strided` scatter that
-   strided-view backward emits (see `_as_strided_scatter`);
+   ATen graph with `make_fx` (core ATen decompositions) — the backward pass becomes ordinary
+   forward ops. Two tracing modes are tried in turn (TRACING_MODES): fake tensors with only the
+   batch dimension dynamic, whose graph exports fastest, then every dimension symbolic, which
+   some models need (at 224 px ConvNeXt's head and EffNet-ViT's attention guard on the batch
+   size, which an unbacked size cannot answer);
+2. what has no ONNX translation is removed on the way: `convolution_backward` (its input
+   gradient is a transposed convolution; weight and bias gradients are never requested since
+   parameters are frozen), `empty_permuted` (zeros serve) and `as_strided` patterns that are
+   plain reshapes (`_rewrite_strided_views`); eval-mode batch norm is traced as the affine map
+   it is, which shortens the graph and its export, and linear layers on token sequences as
+   matmuls, whose gradient keeps the batch dynamic (`_TraceableLayers`); attention is traced in
+   its composite form (matmul, softmax);
 3. that graph module is exported with the dynamo exporter, batch dimension dynamic, into one
-   self-contained file (weights inside) when it fits protobuf's 2 GB limit.
+   self-contained file (weights inside) when the weights fit protobuf's 2 GB limit, else with
+   the weights in `<file>.data` beside it.
 
 This leans on private PyTorch APIs (`make_fx`, the decomposition tables), so every export is
 checked before it is kept: `verify_gradient_graph` runs ONNX Runtime (CPU) and PyTorch
@@ -38,6 +44,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -49,6 +56,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.overrides import TorchFunctionMode
 
 INPUT_NAMES = ("pixels", "labels")
@@ -97,10 +105,10 @@ def _convolution_backward(grad_output, input, weight, bias_sizes, stride, paddin
 
 
 def _empty_permuted(size, physical_layout, *, dtype=None, layout=None, device=None, pin_memory=None):
-    """aten.empty_permuted (uninitialised memory in a permuted layout, which autograd allocates
-    for gradient buffers): a contiguous tensor of zeros. Its contents are never read before
-    being written; only its strides differ, which matters for `as_strided` alone, rewritten
-    by `_as_strided_scatter` in terms of sizes rather than strides."""
+    """aten.empty_permuted (uninitialised memory laid out in a permuted order, which some
+    backward formulas allocate for their result): a contiguous tensor of zeros. Its contents
+    are never read before being written, and only the strides differ, which ONNX tensors do not
+    have; ops traced after it see the contiguous strides, so they stay consistent."""
     return torch.zeros(size, dtype=dtype, device=device)
 
 
@@ -268,15 +276,19 @@ def _frozen_eval(model: nn.Module):
 _BATCH_NORM_SIGNATURE = inspect.signature(F.batch_norm)
 
 
-class _AffineBatchNorm(TorchFunctionMode):
-    """Eval-mode `F.batch_norm` (running statistics) as the per-channel affine map it is,
-    x * scale + shift, with scale and shift computed once, before tracing, as constants.
+class _TraceableLayers(TorchFunctionMode):
+    """Two layers rewritten, while tracing, into ops whose gradient traces well:
 
-    Its gradient is then one multiplication, where batch norm's own backward decomposes into
-    a few dozen ops per layer (about a third of EfficientNet-B0's gradient graph, and of its
-    export time). The first, eager pass (`recording`) computes the constants; the traced pass
-    looks them up (a call it has not seen is computed inline, correct but recorded in the graph).
-    Batch norm that uses batch statistics (training, or no running statistics) is left alone."""
+    * eval-mode `F.batch_norm` (running statistics) as the per-channel affine map it is,
+      x * scale + shift, with scale and shift computed once, before tracing, as constants. Its
+      gradient is then one multiplication, where batch norm's own backward decomposes into a few
+      dozen ops per layer (about a third of EfficientNet-B0's gradient graph, and of its export
+      time). The first, eager pass (`recording`) computes the constants; the traced pass looks
+      them up (a call it has not seen is computed inline: correct, but recorded in the graph).
+      Batch norm that uses batch statistics (training, or no running statistics) is left alone;
+    * `F.linear` on inputs of 3 or more dimensions (transformer tokens) as `x @ weight.T + bias`:
+      under `torch.func.grad` it goes through functorch's linear_hack, which reads the concrete
+      sizes and so fixes the batch size of the graph to the traced one."""
 
     def __init__(self):
         super().__init__()
@@ -285,8 +297,20 @@ class _AffineBatchNorm(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if func is not F.batch_norm:
-            return func(*args, **kwargs)
+        if func is F.linear:
+            return self._linear(func, *args, **kwargs)
+        if func is F.batch_norm:
+            return self._batch_norm(func, args, kwargs)
+        return func(*args, **kwargs)
+
+    @staticmethod
+    def _linear(func, input, weight, bias=None):
+        if input.dim() <= 2:
+            return func(input, weight, bias)
+        output = torch.matmul(input, weight.t())
+        return output if bias is None else output + bias
+
+    def _batch_norm(self, func, args, kwargs):
         bound = _BATCH_NORM_SIGNATURE.bind(*args, **kwargs)
         bound.apply_defaults()
         a = bound.arguments
@@ -303,24 +327,26 @@ class _AffineBatchNorm(TorchFunctionMode):
                 if bias is not None:
                     shift = shift + bias
             if not self.recording:
-                return self._apply(a["input"], scale, shift)
+                return self._affine(a["input"], scale, shift)
             self.constants[key] = (scale.detach().clone(), shift.detach().clone())
         scale, shift = self.constants[key]
-        return self._apply(a["input"], scale, shift)
+        return self._affine(a["input"], scale, shift)
 
     @staticmethod
-    def _apply(x, scale, shift):
+    def _affine(x, scale, shift):
         shape = (1, -1) + (1,) * (x.dim() - 2)
         return x * scale.reshape(shape) + shift.reshape(shape)
 
 
-def _loss_and_grad_function(model: nn.Module, batch_norm: _AffineBatchNorm | None = None):
+def _loss_and_grad_function(model: nn.Module, layers: _TraceableLayers | None = None):
     def summed_loss(pixels, labels):
         loss = F.cross_entropy(model(pixels), labels, reduction="none")
         return loss.sum(), loss
 
     def loss_and_grad(pixels, labels):
-        with batch_norm if batch_norm is not None else nullcontext():
+        # Attention in its composite "math" form (matmul, softmax): the fused CPU kernel's
+        # backward (_scaled_dot_product_flash_attention_for_cpu_backward) has no ONNX translation.
+        with sdpa_kernel(SDPBackend.MATH), layers if layers is not None else nullcontext():
             grad, loss = torch.func.grad(summed_loss, has_aux=True)(pixels, labels)
         return loss, grad
 
@@ -342,12 +368,11 @@ def _trace(model: nn.Module, size: int, mode: str) -> tuple[torch.fx.GraphModule
     `as_strided` patterns were rewritten in it."""
     from torch.fx.experimental.proxy_tensor import make_fx
 
-    batch_norm = _AffineBatchNorm()
-    with torch.no_grad():
-        with batch_norm:
-            model(torch.rand(1, 3, size, size))  # computes batch norm's constants
-    batch_norm.recording = False
-    function = _loss_and_grad_function(model, batch_norm)
+    layers = _TraceableLayers()
+    with torch.no_grad(), layers:
+        model(torch.rand(1, 3, size, size))  # computes batch norm's constants
+    layers.recording = False
+    function = _loss_and_grad_function(model, layers)
     if mode == "batch-dynamic":
         from torch.fx.experimental.dynamic_spec import ShapesSpec, ShapeVar, TensorSpec
 
@@ -418,10 +443,14 @@ def verify_gradient_graph(model: nn.Module, path, size: int, batch: int = 4, see
         cosine               gradient cosine similarity over the whole batch, flattened
         cosine_per_sample    the same per sample; min_cosine is their minimum
         loss_max_relative_difference   max |loss_onnx - loss_torch| / max(|loss_torch|, 1e-3)
+        alone_cosine, alone_loss_relative_difference   the first sample run alone (batch 1)
+                             in ONNX Runtime against its own result inside the batch
         grad_max_abs_difference, grad_max_abs, batch, seed, passed, reason
 
-    `passed` needs min_cosine >= 0.999 and the loss difference <= 1e-4. With `strict` (the
-    default) a failed check raises GradientGraphError instead of returning."""
+    `passed` needs both cosines >= 0.999 (MIN_COSINE), the loss difference <= 1e-4
+    (MAX_LOSS_RELATIVE_DIFFERENCE), and the lone sample to agree to the same bounds. With
+    `strict` (the default) a failed check raises GradientGraphError (its `.report` holds these
+    numbers) instead of returning."""
     import onnxruntime as ort
 
     generator = torch.Generator().manual_seed(seed)
@@ -432,9 +461,11 @@ def verify_gradient_graph(model: nn.Module, path, size: int, batch: int = 4, see
     try:
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         loss, grad = run_gradient_graph(session, pixels.numpy(), labels.numpy())
+        alone_loss, alone_grad = run_gradient_graph(session, pixels[:1].numpy(), labels[:1].numpy())
     except Exception as exc:  # onnxruntime raises its own several types
+        message = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())[:400]
         raise GradientGraphError(f"{path}: ONNX Runtime could not run the gradient graph "
-                                 f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+                                 f"({type(exc).__name__}: {message})") from None
     if loss.shape != expected_loss.shape or grad.shape != expected_grad.shape:
         raise GradientGraphError(f"{path}: output shapes loss {loss.shape}, grad {grad.shape}; expected "
                                  f"{expected_loss.shape} and {expected_grad.shape}")
@@ -448,6 +479,10 @@ def verify_gradient_graph(model: nn.Module, path, size: int, batch: int = 4, see
         "loss_max_relative_difference": loss_difference,
         "grad_max_abs_difference": float(np.abs(grad - expected_grad).max()),
         "grad_max_abs": float(np.abs(expected_grad).max()),
+        # the first sample run alone (batch 1) against its result inside the batch
+        "alone_cosine": _cosine(alone_grad[0], grad[0]),
+        "alone_loss_relative_difference": float(abs(float(alone_loss[0]) - float(loss[0]))
+                                                / max(abs(float(loss[0])), LOSS_FLOOR)),
         "batch": batch,
         "seed": seed,
     }
@@ -457,6 +492,11 @@ def verify_gradient_graph(model: nn.Module, path, size: int, batch: int = 4, see
                         f"{report['cosine']:.6f} (overall) < {MIN_COSINE}")
     if not loss_difference <= MAX_LOSS_RELATIVE_DIFFERENCE:
         problems.append(f"loss relative difference {loss_difference:.2e} > {MAX_LOSS_RELATIVE_DIFFERENCE:.0e}")
+    if not (report["alone_cosine"] >= MIN_COSINE
+            and report["alone_loss_relative_difference"] <= MAX_LOSS_RELATIVE_DIFFERENCE):
+        problems.append(f"a sample run alone differs from the same sample in the batch (gradient cosine "
+                        f"{report['alone_cosine']:.6f}, loss relative difference "
+                        f"{report['alone_loss_relative_difference']:.2e})")
     report["passed"] = not problems
     report["reason"] = "; ".join(problems) or None
     if problems and strict:
@@ -472,7 +512,8 @@ def verify_gradient_graph(model: nn.Module, path, size: int, batch: int = 4, see
 def _one_line(exc: BaseException) -> str:
     """The exception's first line, and its root cause's (the exporter wraps the real error)."""
     def first(e: BaseException) -> str:
-        lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
+        text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))  # the exporter colours its messages
+        lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
         return f"{type(e).__name__}: {lines[0][:300]}" if lines else type(e).__name__
 
     root, seen = exc, {id(exc)}
@@ -483,19 +524,20 @@ def _one_line(exc: BaseException) -> str:
 
 
 def export_gradient_graph(model: nn.Module, size: int, path, *, verify_batch: int = 4, seed: int = 0) -> dict:
-    """Write the gradient graph of `model` (a `Detector`: pixels in [0, 1] → (N, 2) logits) for
-    square inputs of `size` to `path`, verify it against PyTorch (see `verify_gradient_graph`)
+    """Write the gradient graph of `model` (a `Detector` on the CPU: pixels in [0, 1] → (N, 2)
+    logits) for square inputs of `size` to `path`, verify it against PyTorch (see `verify_gradient_graph`)
     and return what happened:
 
         path, files (path, plus `<path>.data` when the weights do not fit one file), single_file,
         bytes, size, inputs, outputs, tracing (the tracing mode that worked), attempts (why
-        earlier modes failed, if any), trace_seconds, export_seconds (tracing + ONNX export, the
+        earlier modes failed, if any), strided_rewrites (see _rewrite_strided_views), trace_seconds, export_seconds (tracing + ONNX export, the
         successful attempt), verify_seconds, total_seconds, opset, torch, verification
         (verify_gradient_graph's numbers)
 
     Each tracing mode in TRACING_MODES is tried in turn until one gives a graph that exports,
     is valid ONNX and matches PyTorch. When none does, GradientGraphError says why for each
-    (its `.attempts` lists them) and nothing is left at `path`. The model's train/eval modes
+    (its `.attempts` lists the reasons, `.reports` the verification numbers of the attempts
+    that were verified) and nothing is left at `path`. The model's train/eval modes
     and its parameters' requires_grad flags are restored afterwards."""
     import onnx
 
@@ -503,13 +545,21 @@ def export_gradient_graph(model: nn.Module, size: int, path, *, verify_batch: in
     size = int(size)
     if size < 1:
         raise GradientGraphError(f"size must be a positive number of pixels, got {size}")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    devices = {t.device.type for t in (*model.parameters(), *model.buffers())}
+    if devices - {"cpu"}:
+        raise GradientGraphError(f"the model must be on the CPU to export its gradient graph (found "
+                                 f"{', '.join(sorted(devices))}): call model.cpu() first")
     parameter_bytes = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
     single_file = parameter_bytes < SINGLE_FILE_LIMIT
     name = type(model).__name__
     started = time.perf_counter()
     attempts: list[str] = []
-    scratch = Path(tempfile.mkdtemp(prefix=".gradient-graph-", dir=path.parent))
+    reports: dict[str, dict] = {}  # verification numbers of the attempts that got that far
+    try:  # staged beside the destination, moved there only once verified
+        path.parent.mkdir(parents=True, exist_ok=True)
+        scratch = Path(tempfile.mkdtemp(prefix=".gradient-graph-", dir=path.parent))
+    except OSError as exc:
+        raise GradientGraphError(f"cannot write the gradient graph to {path} ({_one_line(exc)})") from exc
     try:
         for mode in TRACING_MODES:
             staged = scratch / mode / path.name
@@ -537,13 +587,19 @@ def export_gradient_graph(model: nn.Module, size: int, path, *, verify_batch: in
             except Exception as exc:
                 text = str(exc) if isinstance(exc, GradientGraphError) else f"{stage} failed ({_one_line(exc)})"
                 attempts.append(f"{mode}: {text}")
+                if getattr(exc, "report", None) is not None:
+                    reports[mode] = exc.report
         else:
             error = GradientGraphError(f"no gradient graph for {name} at size {size}: " + " | ".join(attempts))
             error.attempts = attempts
+            error.reports = reports
             raise error
         files = sorted(staged.parent.iterdir())
-        for file in files:
-            os.replace(file, path.parent / file.name)
+        try:
+            for file in files:
+                os.replace(file, path.parent / file.name)
+        except OSError as exc:
+            raise GradientGraphError(f"cannot write the gradient graph to {path} ({_one_line(exc)})") from exc
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
