@@ -125,6 +125,17 @@ def _load_state_dict_file(model: Detector, path: Path) -> str:
     return f"file {path}"
 
 
+def _small_linear_head(backbone: nn.Module) -> None:
+    """timm initialises classifiers uniformly in ±1/sqrt(fan_out): ±0.71 for 2 classes, which on
+    1280 pooled features gives initial logits in the tens and a loss of several nats. A new
+    2-class head starts near zero instead (as torchvision and DeepfakeBench do)."""
+    get_classifier = getattr(backbone, "get_classifier", None)
+    classifier = get_classifier() if get_classifier else None
+    if isinstance(classifier, nn.Linear):
+        nn.init.normal_(classifier.weight, std=0.01)
+        nn.init.zeros_(classifier.bias)
+
+
 def create_model(name: str, init: str | None = None) -> Detector:
     """Build architecture `name` initialised by `init`: 'random'; 'imagenet' (timm's hub
     weights: fails fast when the hub is unreachable); a name the architecture registers
@@ -142,8 +153,11 @@ def create_model(name: str, init: str | None = None) -> Detector:
             raise InitError(f"--init imagenet: timm could not fetch {name}'s weights ({type(exc).__name__}); "
                             f"the hub is unreachable from here: use --init random, a registered init "
                             f"({', '.join(spec.inits) or 'none'}) or a state-dict file") from None
+        _small_linear_head(backbone)
         return Detector(backbone, spec.mean, spec.std, spec.shallow_layer)
-    model = Detector(spec.build(imagenet=False), spec.mean, spec.std, spec.shallow_layer)
+    backbone = spec.build(imagenet=False)
+    _small_linear_head(backbone)
+    model = Detector(backbone, spec.mean, spec.std, spec.shallow_layer)
     if init == "random":
         return model
     if init in spec.inits:
