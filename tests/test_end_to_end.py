@@ -48,6 +48,11 @@ def test_fit_writes_config_metrics_and_checkpoints(run_dir):
     assert [e["epoch"] for e in epochs] == [1]
     assert 0.0 <= epochs[0]["val_accuracy"] <= 1.0 and 0.0 <= epochs[0]["val_auc"] <= 1.0
     assert (run_dir / "best.pt").is_file() and (run_dir / "last.pt").is_file()
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    assert [e.value for e in events.Scalars("val_accuracy")] == pytest.approx([epochs[0]["val_accuracy"]])
 
 
 def test_fit_resume_continues_and_refuses_to_overwrite(run_dir, face_dataset):

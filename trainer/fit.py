@@ -4,7 +4,8 @@ A run directory holds:
     config.json     "fit": the resolved settings (every FitConfig field); the normalisation, the
                     dataset's class counts and library versions. `trainer fit --config
                     RUN/config.json --out NEW` repeats the run
-    metrics.jsonl   one JSON line per epoch; metrics.csv the same as a table
+    metrics.jsonl   one JSON line per epoch; metrics.csv the same as a table; tensorboard/ the
+                    same scalars as TensorBoard events
     last.pt         everything needed to resume: model, optimizer, scheduler, method state, RNG
                     states, history (plain tensors and values: loads with weights_only=True)
     best.pt         the model at the epoch with the best validation ROC-AUC
@@ -286,6 +287,9 @@ def fit(config: FitConfig, resume: bool = False,
                              "validation": class_counts(val_samples)},
                   "versions": library_versions()}
     (out / "config.json").write_text(json.dumps(run_config, indent=2) + "\n")
+    from torch.utils.tensorboard import SummaryWriter
+
+    tensorboard = SummaryWriter(log_dir=str(out / "tensorboard"), purge_step=start_epoch)
     autocast = torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=config.amp and device.type == "cuda")
 
     for epoch in range(start_epoch, config.epochs + 1):
@@ -319,6 +323,10 @@ def fit(config: FitConfig, resume: bool = False,
                                round(time.perf_counter() - started, 2))
         history.append(asdict(metrics))
         _write_metrics(out, history)
+        for key, value in asdict(metrics).items():
+            if key != "epoch" and value is not None:
+                tensorboard.add_scalar(key, value, epoch)
+        tensorboard.flush()
         if _auc_key(asdict(metrics)) > _auc_key(best):
             best, stale = asdict(metrics), 0
             _save_atomically({"model": model.state_dict(), "epoch": epoch, "config": run_config}, out / "best.pt")
@@ -334,6 +342,7 @@ def fit(config: FitConfig, resume: bool = False,
                          last_path)
         if on_epoch:
             on_epoch(metrics)
+    tensorboard.close()
     if best is None:
         raise RunError(f"{out}: already trained for {config.epochs} epochs; raise --epochs to train more")
     _save_atomically({"model": model.state_dict(), "epoch": history[-1]["epoch"], "config": run_config}, out / "final.pt")
