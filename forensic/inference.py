@@ -29,10 +29,13 @@ def _make_session(model_path: str, device: Device) -> ort.InferenceSession:
     options.log_severity_level = 3
     if device == "cpu" or (device == "auto" and not _cuda_usable()):
         return ort.InferenceSession(model_path, options, providers=[CPU])
+    # ONNX Runtime's own multi-line load errors would bury ours; the check below reports it.
+    ort.set_default_logger_severity(3)
     if hasattr(ort, "preload_dlls"):
         # Loads the CUDA/cuDNN libraries that torch's nvidia-* wheels bring.
         ort.preload_dlls()
-    session = ort.InferenceSession(model_path, options, providers=[CUDA, CPU])
+    # HEURISTIC: exhaustive cuDNN algorithm search costs seconds per new input shape.
+    session = ort.InferenceSession(model_path, options, providers=[(CUDA, {"cudnn_conv_algo_search": "HEURISTIC"}), CPU])
     if session.get_providers()[0] != CUDA and device == "cuda":
         raise ForensicError(
             f"{model_path}: --device cuda was asked for but ONNX Runtime could not load "

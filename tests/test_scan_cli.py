@@ -88,3 +88,15 @@ def test_usage_errors_are_one_line(tmp_path):
         result = runner.invoke(app, args)
         assert result.exit_code == 2, (args, result.output)
         assert result.output.startswith("error: ") and result.output.count("\n") == 1, result.output
+
+
+def test_device_cuda_refuses_to_fall_back_to_the_cpu(sample_media):
+    import torch
+
+    if torch.cuda.is_available():
+        import pytest
+
+        pytest.skip("this machine has CUDA")
+    result = runner.invoke(app, ["scan", str(sample_media["astronaut.png"]), "--device", "cuda"])
+    assert result.exit_code == 2
+    assert "could not load CUDAExecutionProvider" in result.output
