@@ -100,3 +100,34 @@ def test_device_cuda_refuses_to_fall_back_to_the_cpu(sample_media):
     result = runner.invoke(app, ["scan", str(sample_media["astronaut.png"]), "--device", "cuda"])
     assert result.exit_code == 2
     assert "could not load CUDAExecutionProvider" in result.output
+
+
+def set_display_rotation(path: Path) -> Path:
+    """Rewrite the mp4 track header's matrix to one that players show rotated 90° clockwise
+    (FFmpeg reports a display rotation of -90): what phones write for portrait video."""
+    import struct
+
+    data = bytearray(path.read_bytes())
+    header = data.find(b"tkhd")
+    assert header > 0 and data[header + 4] == 0  # version 0 layout
+    matrix = header + 4 + 40
+    one, minus_one = 0x00010000, (-0x00010000) & 0xFFFFFFFF
+    data[matrix:matrix + 36] = struct.pack(">9I", 0, one, 0, minus_one, 0, 0, 0, 0, 0x40000000)
+    path.write_bytes(data)
+    return path
+
+
+def test_rotated_video_is_analysed_upright(tmp_path):
+    from trainer.synthetic import astronaut, panning_frames, write_video
+
+    image, _ = astronaut()
+    upright = panning_frames(image, count=3)
+    # stored sideways (rotated a quarter turn counter-clockwise), displayed upright
+    path = tmp_path / "portrait.mp4"
+    write_video(path, [np.ascontiguousarray(np.rot90(frame)) for frame in upright])
+    set_display_rotation(path)
+    frames = list(sample_video_frames(path, count=3))
+    assert frames[0].image.shape == upright[0].shape
+    assert np.abs(frames[0].image.astype(int) - upright[0].astype(int)).mean() < 8  # H.264 noise only
+    report = json.loads(runner.invoke(app, ["scan", str(path), "--frames", "3", "--json", "-"]).stdout)
+    assert report["files"][0]["faces"] == 1 and report["files"][0]["verdict"] != "no-face"
