@@ -18,7 +18,6 @@ from forensic.bundle import DEFAULT_BUNDLE, load_bundle
 from forensic.errors import ForensicError
 from forensic.selftest import SelfTestSettings
 from forensic.html_report import write_html
-from forensic.inference import Device
 from forensic.media import collect_inputs, read_path_list
 from forensic.report import build_report, write_csv, write_report
 from forensic.scan import DEFAULT_FRAMES, FileResult, Scanner

@@ -6,7 +6,8 @@ import platform
 from importlib.metadata import PackageNotFoundError, version
 
 PACKAGES = ("deepfake-forensics", "torch", "torchvision", "timm", "onnx", "onnxruntime-gpu", "onnxruntime",
-            "facenet-pytorch", "numpy", "opencv-python-headless")
+            "facenet-pytorch", "numpy", "opencv-python-headless", "av", "pillow", "scikit-learn", "scipy",
+            "matplotlib")
 
 
 def library_versions() -> dict[str, str]:

@@ -52,7 +52,6 @@ import time
 import zlib
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -69,6 +68,7 @@ from forensic.versions import library_versions
 from trainer.attacks import eval_mode, fgsm, pgd
 from trainer.corruptions import DEFAULT_CORRUPTIONS, Corruption
 from trainer.data import CLASSES, Sample, list_split, read_rgb
+from trainer.fit import resolve_device
 
 SCHEMA = "trainer-eval/1"
 THRESHOLD = 0.5
@@ -604,26 +604,6 @@ class _Crops(Dataset):
         return self.transform(read_rgb(sample.path)).as_subclass(torch.Tensor), sample.label
 
 
-def _versions() -> dict[str, str]:
-    found = library_versions()
-    for package in ("scikit-learn", "scipy", "av", "pillow", "matplotlib"):
-        try:
-            found[package] = version(package)
-        except PackageNotFoundError:
-            continue
-    return found
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise EvaluationError("--device cuda was asked for but torch sees no CUDA device")
-    if name not in ("cpu", "cuda"):
-        raise EvaluationError(f"--device must be auto, cpu or cuda, not {name!r}")
-    return torch.device(name)
-
-
 def evaluate_run(run_dir: Path, data: Path, out: Path, *, split: str = "test", checkpoint: str = "best",
                  limit: int | None = None, batch_size: int = 32, seed: int = 0, attacks: bool = True,
                  corruptions: bool = True, device: str = "auto", on_progress: Progress | None = None) -> dict:
@@ -638,7 +618,10 @@ def evaluate_run(run_dir: Path, data: Path, out: Path, *, split: str = "test", c
     available = list_split(Path(data), split)
     samples = stratified_subset(available, limit, seed)
     size = int(run.config["size"])
-    torch_device = resolve_device(device)
+    try:
+        torch_device = resolve_device(device)
+    except ValueError as exc:
+        raise EvaluationError(str(exc)) from None
     loader = DataLoader(_Crops(samples, size), batch_size=batch_size, shuffle=False, num_workers=0)
     collected = collect(run.model, ((images, torch.as_tensor(labels)) for images, labels in loader),
                         n_batches=len(loader), names=[s.path.name for s in samples],
@@ -671,7 +654,7 @@ def evaluate_run(run_dir: Path, data: Path, out: Path, *, split: str = "test", c
             "square": {"queries": SQUARE_QUERIES, "p_init": SQUARE_P_INIT, "loss": "margin"},
             "seeds": "per batch and condition: numpy SeedSequence([seed, batch index, crc32(condition name)])"},
         "not_done": NOT_DONE,
-        "versions": _versions(),
+        "versions": library_versions(),
         "seconds": {"total": round(time.perf_counter() - started, 2), **collected.seconds},
     }
     write_report(report, collected, Path(out))

@@ -129,13 +129,14 @@ class EpochMetrics:
     seconds: float
 
 
-def _device(name: str) -> torch.device:
+def resolve_device(name: str) -> torch.device:
+    """auto (CUDA when torch sees it, else CPU), cpu or cuda; ValueError for the impossible."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise RunError("--device cuda was asked for but torch sees no CUDA device")
+        raise ValueError("--device cuda was asked for but torch sees no CUDA device")
     if name not in ("cpu", "cuda"):
-        raise RunError(f"--device must be auto, cpu or cuda, not {name!r}")
+        raise ValueError(f"--device must be auto, cpu or cuda, not {name!r}")
     return torch.device(name)
 
 
@@ -244,7 +245,10 @@ def fit(config: FitConfig, resume: bool = False,
     train_samples = list_split(Path(config.data), "train")
     val_samples = list_split(Path(config.data), "validation")
     verify_images(train_samples + val_samples)
-    device = _device(config.device)
+    try:
+        device = resolve_device(config.device)
+    except ValueError as exc:
+        raise RunError(str(exc)) from None
     torch.manual_seed(config.seed)
     np.random.seed(config.seed)
     random.seed(config.seed)
