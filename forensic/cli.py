@@ -137,7 +137,8 @@ def scan(
         task = progress.add_task("scanning", total=len(inputs))
         for path in inputs:
             progress.update(task, description=f"scanning {path.name}")
-            result = scanner.scan_file(path)
+            result = scanner.scan_file(path, on_frames=lambda n, name=path.name: progress.update(
+                task, description=f"scanning {name}: {n} frames analysed"))
             results.append(result)
             if result.error:
                 errors.print(f"error: {result.error}", markup=False, highlight=False, soft_wrap=True)

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import Callable, Iterator, Literal
 
 import numpy as np
 
@@ -211,7 +211,8 @@ class Scanner:
         name = f"{Path(result.path).stem}_{result.sha256[:8]}_identity{identity}.png"
         return write_png(overlay(crop, cam), self.heatmap_dir / name)
 
-    def scan_file(self, path: Path) -> FileResult:
+    def scan_file(self, path: Path, on_frames: Callable[[int], None] | None = None) -> FileResult:
+        """Scan one file; `on_frames(n)` is told how many frames are analysed so far."""
         path = Path(path)
         kind = media_kind(path)
         result = FileResult(path=str(path), kind=kind, sha256=None, verdict="error", score=None, threshold=self.threshold)
@@ -233,6 +234,8 @@ class Scanner:
                 if not chunk:
                     break
                 result.frames.extend(self._analyse(chunk, timings, result))
+                if on_frames:
+                    on_frames(len(result.frames))
         except MediaError as exc:
             return self._failed(result, str(exc), timings)
         except Exception as exc:  # one broken file must not stop the batch

@@ -109,3 +109,15 @@ def test_scans_are_deterministic(placeholder_scanner, tmp_path):
     for entry in (first, second):
         entry.pop("timings")
     assert json.dumps(first, sort_keys=True) == json.dumps(second, sort_keys=True)
+
+
+def test_progress_is_reported_per_batch_of_frames(placeholder_scanner, tmp_path):
+    path = _two_person_clip(tmp_path / "two.mp4", frames=8)
+    seen: list[int] = []
+    batch = placeholder_scanner.detector.batch_size
+    placeholder_scanner.detector.batch_size = 3
+    try:
+        result = placeholder_scanner.scan_file(path, on_frames=seen.append)
+    finally:
+        placeholder_scanner.detector.batch_size = batch
+    assert seen == [3, 6, 8] and result.frames_analyzed == 8
