@@ -58,8 +58,7 @@ from typing import Callable, Iterable
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy.stats import rankdata
-from sklearn.metrics import average_precision_score, confusion_matrix, log_loss, roc_curve
+from sklearn.metrics import average_precision_score, confusion_matrix, log_loss, roc_auc_score, roc_curve
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
@@ -91,14 +90,11 @@ def _two_classes(y_true: np.ndarray) -> bool:
 
 
 def auc_score(y_true: np.ndarray, y_score: np.ndarray) -> float | None:
-    """ROC-AUC as the Mann–Whitney statistic (ties count one half); None with one class."""
+    """ROC-AUC (scikit-learn); None with one class."""
     y_true, y_score = np.asarray(y_true), np.asarray(y_score, dtype=np.float64)
     if not _two_classes(y_true):
         return None
-    ranks = rankdata(y_score)
-    n_fake = int((y_true == 1).sum())
-    n_real = len(y_true) - n_fake
-    return float((ranks[y_true == 1].sum() - n_fake * (n_fake + 1) / 2) / (n_fake * n_real))
+    return float(roc_auc_score(y_true, y_score))
 
 
 def bootstrap_auc_ci(y_true: np.ndarray, y_score: np.ndarray, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0,
@@ -110,14 +106,10 @@ def bootstrap_auc_ci(y_true: np.ndarray, y_score: np.ndarray, resamples: int = B
         return None
     rng = np.random.default_rng(seed)
     fake, real = y_score[y_true == 1], y_score[y_true == 0]
-    values = []
-    for start in range(0, resamples, 200):  # chunks: bounded memory for large sets
-        count = min(200, resamples - start)
-        f = fake[rng.integers(0, len(fake), size=(count, len(fake)))]
-        r = real[rng.integers(0, len(real), size=(count, len(real)))]
-        ranks = rankdata(np.concatenate([f, r], axis=1), axis=1)
-        values.append((ranks[:, :len(fake)].sum(1) - len(fake) * (len(fake) + 1) / 2) / (len(fake) * len(real)))
-    values = np.concatenate(values)
+    labels = np.r_[np.ones(len(fake)), np.zeros(len(real))]
+    values = [roc_auc_score(labels, np.r_[fake[rng.integers(0, len(fake), len(fake))],
+                                           real[rng.integers(0, len(real), len(real))]])
+              for _ in range(resamples)]
     alpha = (1 - level) / 2
     return float(np.quantile(values, alpha)), float(np.quantile(values, 1 - alpha))
 
