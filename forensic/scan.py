@@ -83,6 +83,11 @@ class FileResult:
     crops: dict[tuple[int, int], tuple[np.ndarray, dict[str, np.ndarray]]] = field(default_factory=dict, repr=False)
 
 
+def deciding_identities(identities: list[IdentityResult]) -> list[IdentityResult]:
+    """Identities seen too rarely do not decide, unless no identity is seen often enough."""
+    return [identity for identity in identities if identity.counts] or identities
+
+
 def verdict_for(score: float, threshold: float, uncertain_band: float) -> Verdict:
     """fake at or above the threshold, real below, uncertain within ±band of it."""
     if uncertain_band > 0 and abs(score - threshold) < uncertain_band:
@@ -244,8 +249,7 @@ class Scanner:
         result.frames_analyzed = len(result.frames)
         result.identities = self._identities(result)
         result.faces = len(result.identities)
-        # Identities seen too rarely do not decide, unless no identity is seen often enough.
-        deciding = [i.score for i in result.identities if i.counts] or [i.score for i in result.identities]
+        deciding = [identity.score for identity in deciding_identities(result.identities)]
         if not deciding:
             result.verdict = "no-face"
             return result
@@ -262,8 +266,8 @@ class Scanner:
         per_identity: dict[int, list[float]] = {}
         for (position, index), score in face_scores.items():
             per_identity.setdefault(result.frames[position].faces[index].identity, []).append(score)
-        deciding = [i.identity for i in result.identities if i.counts] or [i.identity for i in result.identities]
-        return max(aggregate(per_identity[identity], self.aggregation) for identity in deciding)
+        return max(aggregate(per_identity[identity.identity], self.aggregation)
+                   for identity in deciding_identities(result.identities))
 
     def _self_test(self, result: FileResult) -> dict:
         keys = sorted(result.crops)
