@@ -17,8 +17,8 @@ from PIL import Image
 from skimage import data
 
 from forensic.faces import FaceDetector, crop_face
+from trainer.sbi import BLEND_RATIOS
 
-BLEND_RATIOS = (0.25, 0.5, 0.75, 1.0, 1.0, 1.0)  # Self-Blended Images' choice
 
 
 def astronaut() -> tuple[np.ndarray, tuple[float, float, float, float]]:
