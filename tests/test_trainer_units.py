@@ -315,3 +315,33 @@ def test_self_blend_does_not_modify_its_input(scene):
 def test_self_blend_ratio_zero_is_the_identity(scene):
     out = self_blend(scene, BOX, np.random.default_rng(0), ratio=0.0)
     np.testing.assert_array_equal(out, scene)
+
+
+# --------------------------------------------------------------------------------------------
+# trainer.fit: --freeze
+
+
+def test_freeze_keeps_weights_and_batch_norm_statistics_and_trains_the_rest(face_dataset, tmp_path):
+    from trainer.fit import FitConfig, fit
+
+    frozen = ["conv_stem", "bn1", "blocks.0"]
+    config = FitConfig(data=str(face_dataset), out=str(tmp_path / "run"), arch="efficientnet_lite0", epochs=1,
+                       batch_size=8, size=64, workers=0, freeze=frozen, augment="none")
+    initial = create_model("efficientnet_lite0").state_dict()
+    fit(config)
+    trained = torch.load(tmp_path / "run" / "final.pt", weights_only=True)["model"]
+
+    in_frozen = [k for k in initial if any(k.startswith(f"backbone.{p}.") for p in frozen)]
+    assert any("running_mean" in k for k in in_frozen)  # batch-norm statistics are among them
+    assert all(torch.equal(initial[k], trained[k]) for k in in_frozen)
+    assert not torch.equal(initial["backbone.blocks.6.0.bn2.running_mean"], trained["backbone.blocks.6.0.bn2.running_mean"])
+    assert not torch.equal(initial["backbone.classifier.weight"], trained["backbone.classifier.weight"])
+
+
+def test_freeze_names_an_unknown_module(face_dataset, tmp_path):
+    from trainer.fit import FitConfig, RunError, fit
+
+    config = FitConfig(data=str(face_dataset), out=str(tmp_path / "run"), epochs=1, size=64, workers=0,
+                       freeze=["blocks.99"])
+    with pytest.raises(RunError, match="blocks.99"):
+        fit(config)

@@ -92,6 +92,7 @@ def fit_command(
     size: Optional[int] = typer.Option(None, "--size", min=16, help="Input size (default: the architecture's)."),
     augment: Optional[str] = typer.Option(None, "--augment", help="standard (default) or none."),
     sbi: Optional[bool] = typer.Option(None, "--sbi/--no-sbi", help="Add self-blended fakes made on the fly from real training crops."),
+    freeze: Optional[str] = typer.Option(None, "--freeze", metavar="PATH,...", help="Backbone modules kept as initialised, comma-separated (e.g. conv_stem,bn1,blocks.0,blocks.1)."),
     checkpoint_every: Optional[int] = typer.Option(None, "--checkpoint-every", min=0, help="Save model_epoch_N.pt every N epochs (default: the method's, else off)."),
     workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Data-loading processes (default 2)."),
     seed: Optional[int] = typer.Option(None, "--seed"),
@@ -103,7 +104,7 @@ def fit_command(
         values = load_config_file(config_file) if config_file else {}
         given = {"data": data, "out": out, "arch": arch, "method": method, "init": init, "epochs": epochs,
                  "batch_size": batch_size, "optimizer": optimizer, "lr": lr, "schedule": schedule, "patience": patience,
-                 "size": size, "augment": augment, "sbi": sbi, "checkpoint_every": checkpoint_every, "workers": workers,
+                 "size": size, "augment": augment, "sbi": sbi, "freeze": freeze.split(",") if freeze else None, "checkpoint_every": checkpoint_every, "workers": workers,
                  "seed": seed, "device": device}
         values.update({key: value for key, value in given.items() if value is not None})
         if option:

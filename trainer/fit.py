@@ -21,6 +21,7 @@ import math
 import random
 import time
 import tomllib
+import types
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
@@ -29,11 +30,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
+from torch import nn
 from torch.utils.data import ConcatDataset, DataLoader, WeightedRandomSampler
 
 from trainer.data import FaceCrops, class_counts, eval_transform, list_split, train_transform, verify_images
 from trainer.methods import create_method, method_class
-from trainer.models import create_model, model_spec
+from trainer.models import Detector, create_model, model_spec
 from forensic.versions import library_versions
 
 
@@ -60,6 +62,10 @@ class FitConfig:
     size: int | None = None  # None: the architecture's input size
     augment: str = "standard"  # standard (flip, rotation, colour, JPEG, blur) or none
     sbi: bool = False  # add self-blended fakes made on the fly from the real training crops
+    # Backbone module paths (e.g. conv_stem, bn1, blocks.0) whose weights and batch-norm
+    # statistics stay as initialised: with a few dozen training videos, pretrained early and
+    # middle features generalise better than fine-tuned ones.
+    freeze: list[str] = field(default_factory=list)
     amp: bool = True  # bfloat16 autocast, on CUDA only
     checkpoint_every: int | None = None  # None: the method's default, else 0 (off)
     workers: int = 2
@@ -168,11 +174,32 @@ def _auc_key(metrics: dict | None) -> tuple[float, float]:
     return (metrics["val_auc"] if metrics["val_auc"] is not None else -1.0, -metrics["val_loss"])
 
 
+def _eval_mode_only(module: nn.Module, mode: bool = True) -> nn.Module:
+    return nn.Module.train(module, False)
+
+
+def freeze_modules(model: Detector, paths: list[str]) -> int:
+    """Fix the parameters of these backbone modules and keep them in eval mode (batch norm uses
+    its running statistics, drop-path is off) whatever `model.train()` asks; return how many
+    parameters stay trainable."""
+    for path in paths:
+        try:
+            module = model.backbone.get_submodule(path)
+        except AttributeError:
+            raise RunError(f"--freeze {path}: the backbone has no module {path!r}") from None
+        module.requires_grad_(False)
+        # An instance attribute wins over nn.Module.train, which calls child.train(mode) recursively.
+        module.train = types.MethodType(_eval_mode_only, module)
+        module.eval()
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
 def _optimizer(config: FitConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+    parameters = [p for p in model.parameters() if p.requires_grad]
     if config.optimizer == "adamw":
-        return torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        return torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
     if config.optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+        return torch.optim.SGD(parameters, lr=config.lr, momentum=config.momentum,
                                weight_decay=config.weight_decay)
     raise RunError(f"unknown optimizer {config.optimizer!r}: use adamw or sgd")
 
@@ -258,6 +285,9 @@ def fit(config: FitConfig, resume: bool = False,
         method = create_method(config.method, **config.options)
     except TypeError as exc:
         raise RunError(f"--method {config.method}: {exc}") from None
+    trainable = freeze_modules(model, config.freeze)
+    if trainable == 0:
+        raise RunError(f"--freeze {','.join(config.freeze)}: leaves no parameter to train")
     method.setup(model, device)
     optimizer = _optimizer(config, model)
 
