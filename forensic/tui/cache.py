@@ -1,0 +1,140 @@
+"""Finished results on disk, so that reopening a folder does not rescan it.
+
+An entry is keyed by the bundle's SHA-256 and the input file's SHA-256:
+`ROOT/<bundle sha256>/<file sha256>.json` holds the file's report entry (as in the JSON report)
+and the settings it was made with; `<file sha256>.npz` beside it holds each identity's most
+fake face crop and its class activation maps, for thumbnails, heatmaps and HTML exports.
+An entry made with other settings (frames, threshold, execution provider, tool version…) is
+not reused. The cache lives outside the scanned folder: inputs are never written to.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from forensic.bundle import sha256_file
+from forensic.report import build_report, file_entry
+from forensic.scan import FaceResult, FileResult, FrameResult, IdentityResult, Scanner
+
+CACHE_ENV = "FORENSIC_CACHE_DIR"
+
+
+def default_cache_dir() -> Path:
+    """$FORENSIC_CACHE_DIR, else $XDG_CACHE_HOME/deepfake-forensics, else ~/.cache/deepfake-forensics."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base).expanduser() / "deepfake-forensics"
+
+
+def identity_face_keys(result: FileResult) -> dict[int, tuple[int, int]]:
+    """Each identity's most fake face, as a key of `result.crops`: (frame position, face index)."""
+    keys = {}
+    for identity in result.identities:
+        for position, frame in enumerate(result.frames):
+            if frame.index != identity.most_fake_frame:
+                continue
+            for index, face in enumerate(frame.faces):
+                if face.identity == identity.identity:
+                    keys[identity.identity] = (position, index)
+    return keys
+
+
+def keep_identity_crops(result: FileResult) -> None:
+    """Drop all face crops but each identity's most fake one (a long video has hundreds)."""
+    wanted = set(identity_face_keys(result).values())
+    result.crops = {key: value for key, value in result.crops.items() if key in wanted}
+
+
+def result_from_entry(entry: dict) -> FileResult:
+    """The inverse of `forensic.report.file_entry` (crops aside)."""
+    frames = [
+        FrameResult(index=frame["index"], time=frame["time"], faces=[
+            FaceResult(**{**face, "box": tuple(face["box"])}) for face in frame["faces"]])
+        for frame in entry["frames"]
+    ]
+    identities = [IdentityResult(**{**identity, "first_box": tuple(identity["first_box"])})
+                  for identity in entry["identities"]]
+    fields = {key: entry[key] for key in ("path", "kind", "sha256", "verdict", "score", "threshold",
+                                          "frames_analyzed", "faces", "error", "timings", "self_test")}
+    return FileResult(**fields, identities=identities, frames=frames)
+
+
+def self_test_matches(self_test: dict | None, steps: int, epsilons: tuple[float, ...]) -> bool:
+    return (self_test is not None and self_test.get("steps") == steps
+            and tuple(trial["epsilon"] for trial in self_test["trials"]) == tuple(epsilons))
+
+
+class ResultCache:
+    """The results of one bundle with one scanner's settings."""
+
+    def __init__(self, root: Path, scanner: Scanner):
+        report = build_report([], scanner)
+        self.folder = Path(root) / scanner.bundle.sha256
+        # What else changes a result: reused only when all of it is the same.
+        self.settings = {"tool_version": report["tool_version"], "provider": report["provider"],
+                         "settings": report["settings"]}
+
+    def _paths(self, file_sha256: str) -> tuple[Path, Path]:
+        return self.folder / f"{file_sha256}.json", self.folder / f"{file_sha256}.npz"
+
+    def get(self, path: Path, self_test: tuple[int, tuple[float, ...]] | None = None) -> FileResult | None:
+        """The cached result for the file now at `path`, or None. With `self_test` (steps,
+        epsilons), only an entry that holds a self-test made with those settings."""
+        try:
+            digest = sha256_file(path)
+            entry_path, crops_path = self._paths(digest)
+            stored = json.loads(entry_path.read_text("utf-8"))
+        except (OSError, ValueError):
+            return None  # unreadable input, no entry, or a damaged one: scan again
+        if stored.get("settings") != self.settings or stored["entry"].get("sha256") != digest:
+            return None
+        if self_test is not None and not self_test_matches(stored["entry"].get("self_test"), *self_test):
+            return None
+        try:
+            result = result_from_entry(stored["entry"])
+            result.crops = _load_crops(crops_path, stored.get("crops", []))
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        result.path = str(path)  # the same content may have been scanned under another name
+        return result
+
+    def put(self, result: FileResult) -> None:
+        """Store a finished result (raises OSError when the cache cannot be written)."""
+        entry_path, crops_path = self._paths(result.sha256)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        arrays, listing = {}, []
+        for number, ((position, index), (crop, cams)) in enumerate(sorted(result.crops.items())):
+            arrays[f"crop{number}"] = crop
+            for model_number, (model, cam) in enumerate(cams.items()):
+                arrays[f"cam{number}_{model_number}"] = cam
+            listing.append({"frame": position, "face": index, "models": list(cams)})
+        _atomic_write(crops_path, lambda handle: np.savez_compressed(handle, **arrays))
+        stored = {"settings": self.settings, "entry": file_entry(result), "crops": listing}
+        _atomic_write(entry_path, lambda handle: handle.write(json.dumps(stored).encode("utf-8")))
+
+
+def _load_crops(path: Path, listing: list[dict]) -> dict:
+    if not listing:
+        return {}
+    with np.load(path) as arrays:
+        return {(item["frame"], item["face"]): (arrays[f"crop{number}"],
+                                                {model: arrays[f"cam{number}_{m}"] for m, model in enumerate(item["models"])})
+                for number, item in enumerate(listing)}
+
+
+def _atomic_write(destination: Path, write) -> None:
+    """Write through a temporary file, so that a reader never sees half an entry."""
+    handle = tempfile.NamedTemporaryFile(dir=destination.parent, prefix=".", suffix=destination.suffix, delete=False)
+    try:
+        with handle:
+            write(handle)
+        os.replace(handle.name, destination)
+    except BaseException:
+        Path(handle.name).unlink(missing_ok=True)
+        raise
