@@ -182,3 +182,20 @@ def _self_test_settings(errors: Console, epsilons: str, steps: int) -> SelfTestS
 def _usage_error(errors: Console, message: str) -> NoReturn:
     errors.print(f"error: {message}", markup=False, highlight=False, soft_wrap=True)
     raise typer.Exit(EXIT_USAGE)
+
+
+@app.command()
+def tui(
+    folder: Path = typer.Argument(..., help="Folder of images and videos (searched recursively)."),
+    bundle: Path = typer.Option(DEFAULT_BUNDLE, "--bundle", "-b", help="Detector bundle folder (has manifest.json)."),
+    self_test: bool = typer.Option(False, "--self-test", help="Self-test every verdict (PGD), not only the files you press s on."),
+    cache: Optional[Path] = typer.Option(None, "--cache", help="Results cache folder (default: $FORENSIC_CACHE_DIR, else $XDG_CACHE_HOME/deepfake-forensics, else ~/.cache/deepfake-forensics)."),
+) -> None:
+    """Triage a folder in a terminal UI: a table that fills while it scans, details per file, filters, self-tests and exports (? for keys)."""
+    from forensic.tui.app import ForensicApp  # Textual is loaded only for this command
+
+    try:
+        tui_app = ForensicApp.for_folder(folder, bundle, self_test_every_file=self_test, cache_dir=cache)
+    except ForensicError as exc:
+        _usage_error(Console(stderr=True), str(exc))
+    tui_app.run()

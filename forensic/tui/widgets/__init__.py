@@ -1,0 +1,1 @@
+"""The terminal UI's widgets and screens, one per module."""

@@ -1,0 +1,407 @@
+"""forensic tui: Pilot tests that drive the app with keys on a folder the tests make, scanned by
+the real detector (MTCNN, ONNX Runtime, the default bundle), and snapshots of its screens."""
+
+from __future__ import annotations
+
+import csv
+import html
+import json
+import shutil
+import threading
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import jsonschema
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from forensic.bundle import DEFAULT_BUNDLE, load_bundle, sha256_file
+from forensic.cli import app as cli_app
+from forensic.errors import ForensicError
+from forensic.media import collect_inputs
+from forensic.report import file_entry, report_schema
+from forensic.scan import FileResult
+from forensic.selftest import SelfTestSettings
+from forensic.tui.app import ForensicApp
+from forensic.tui.cache import ResultCache, default_cache_dir, keep_identity_crops
+from forensic.tui.export import default_export_path, export_results
+from forensic.tui.jobs import ScanJob, ScanQueue, ScanService, ScanSettings
+from forensic.tui.messages import FileProgress, FileRequeued, FileStarted, ScannerReady
+from forensic.tui.state import FileRecord, Throughput, format_fragility, format_size, shorten, visible_records
+from forensic.tui.widgets import face_image
+from forensic.tui.widgets.detail_screen import DetailScreen
+from forensic.tui.widgets.export_dialog import ExportDialog
+from forensic.tui.widgets.timeline import ScoreTimeline
+
+MEDIA = ("astronaut.png", "astronaut_blended.jpg", "astronaut_blended_pan.mp4", "coffee_no_face.jpg", "corrupt.jpg")
+EXPECTED_VERDICTS = {"astronaut.png": "real", "astronaut_blended.jpg": "fake", "astronaut_blended_pan.mp4": "fake",
+                     "coffee_no_face.jpg": "no-face", "corrupt.jpg": "error"}
+SIZE = (80, 24)
+# textual-image 0.12 reads pixels with Pillow's deprecated getdata(); nothing for this project to change.
+pytestmark = pytest.mark.filterwarnings("ignore:Image.Image.getdata is deprecated:DeprecationWarning")
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    # MTCNN on these small files is several times quicker single-threaded on a shared 2-core
+    # machine, where its threads contend with ONNX Runtime's.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def half_block_images(monkeypatch):
+    # Faces are drawn with half blocks, whatever graphics the terminal running pytest has, so
+    # that snapshots are the same everywhere.
+    monkeypatch.setattr(face_image, "SHOWS_GRAPHICS", False)
+
+
+@pytest.fixture(scope="module")
+def settings() -> ScanSettings:
+    # Fewer frames and a two-ε, two-step self-test keep the tests quick; CPU keeps snapshots equal everywhere.
+    return ScanSettings(load_bundle(DEFAULT_BUNDLE), frames=4, device="cpu",
+                        self_test=SelfTestSettings(epsilons=(1 / 255, 2 / 255), steps=2))
+
+
+@pytest.fixture
+def media(sample_media, tmp_path, monkeypatch) -> Path:
+    """A folder of real, fake, faceless and junk files; a relative path, so that the paths on
+    screen (and in snapshots) do not depend on where pytest puts tmp_path."""
+    monkeypatch.chdir(tmp_path)
+    folder = Path("media")
+    folder.mkdir()
+    for name in MEDIA:
+        shutil.copy(sample_media[name], folder / name)
+    return folder
+
+
+def make_app(folder: Path, settings: ScanSettings, cache: Path) -> ForensicApp:
+    return ForensicApp(folder, collect_inputs([folder]), settings, cache)
+
+
+async def wait_for(pilot, condition, what: str, pauses: int = 6000) -> None:
+    """Let the app run until `condition()` holds (a guard against a hang, not a timing test)."""
+    for _ in range(pauses):
+        if condition():
+            return
+        await pilot.pause(0.05)
+    pytest.fail(f"gave up waiting for {what}")
+
+
+@asynccontextmanager
+async def scanned_app(folder: Path, settings: ScanSettings, cache: Path):
+    """The app running on `folder`, its scan finished, and its Pilot."""
+    app = make_app(folder, settings, cache)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: app.scan_finished, "the scan")
+        yield app, pilot
+
+
+def shown_names(app: ForensicApp) -> list[str]:
+    return [app.records[key].name for key in app.table.shown_keys]
+
+
+def cell(app: ForensicApp, name: str, column: str) -> str:
+    value = app.table.get_cell(str(app.folder / name), column)
+    return getattr(value, "plain", value)
+
+
+def screen_text(app: ForensicApp) -> str:
+    """The screen's text as its SVG screenshot holds it (spaces are non-breaking there)."""
+    return html.unescape(app.export_screenshot()).replace("\xa0", " ")
+
+
+async def move_to(pilot, name: str) -> None:
+    app = pilot.app
+    target = shown_names(app).index(name)
+    await pilot.press(*(["down"] * (target - app.table.cursor_row) if target > app.table.cursor_row
+                        else ["up"] * (app.table.cursor_row - target)))
+    assert app.records[app.table.highlighted_key].name == name
+
+
+@pytest.mark.asyncio
+async def test_scan_fills_the_table_while_browsing_and_a_junk_file_is_an_error_row(media, settings, tmp_path):
+    app = make_app(media, settings, tmp_path / "cache")
+    async with app.run_test(size=SIZE) as pilot:
+        second = app.table.shown_keys[1]
+        await pilot.press("down")  # browsing while the scan runs (key presses wait for an idle app)
+        assert app.table.highlighted_key == second
+        await wait_for(pilot, lambda: app.scan_finished, "the scan")
+        assert {name: cell(app, name, "verdict") for name in MEDIA} == EXPECTED_VERDICTS
+        assert {name: cell(app, name, "status") for name in MEDIA} == {
+            name: "error" if name == "corrupt.jpg" else "done" for name in MEDIA}
+        assert "cannot decode image" in app.records[str(media / "corrupt.jpg")].result.error
+        assert float(cell(app, "astronaut_blended.jpg", "score")) > settings.bundle.threshold
+        assert "5 files: 2 fake, 1 real, 1 no-face, 1 error" in screen_text(app)
+        assert app.table.highlighted_key == second  # the cursor stayed on its file as rows reordered
+
+
+@pytest.mark.asyncio
+async def test_sorting_filtering_and_search_change_the_rows(media, settings, tmp_path):
+    async with scanned_app(media, settings, tmp_path / "cache") as (app, pilot):
+        by_score = shown_names(app)
+        assert by_score[:2] == ["astronaut_blended.jpg", "astronaut_blended_pan.mp4"]  # most fake first
+        assert by_score[2:] == ["astronaut.png", "coffee_no_face.jpg", "corrupt.jpg"]
+        await pilot.press("o")
+        assert app.sort == "verdict"
+        assert [EXPECTED_VERDICTS[name] for name in shown_names(app)] == ["fake", "fake", "real", "no-face", "error"]
+        await pilot.press("o")
+        assert shown_names(app) == sorted(MEDIA)
+
+        await pilot.press("f", "down", "down", "enter")  # all → suspicious → fake
+        assert app.filter == "fake"
+        assert shown_names(app) == ["astronaut_blended.jpg", "astronaut_blended_pan.mp4"]
+        await pilot.press("f", "end", "enter")
+        assert app.filter == "error" and shown_names(app) == ["corrupt.jpg"]
+        await pilot.press("f", "home", "enter")
+        assert shown_names(app) == sorted(MEDIA)
+
+        await pilot.press("slash", "p", "a", "n")
+        assert shown_names(app) == ["astronaut_blended_pan.mp4"]  # narrows as it is typed
+        await pilot.press("enter")
+        assert app.search == "pan" and app.focused is app.table
+        await pilot.press("slash", "escape")
+        assert app.search == "" and shown_names(app) == sorted(MEDIA)
+
+
+@pytest.mark.asyncio
+async def test_details_show_the_selected_file(media, settings, tmp_path):
+    async with scanned_app(media, settings, tmp_path / "cache") as (app, pilot):
+        await move_to(pilot, "astronaut_blended.jpg")
+        await pilot.press("enter")
+        assert isinstance(app.screen, DetailScreen)
+        assert app.screen.record.name == "astronaut_blended.jpg"
+        text = screen_text(app)
+        assert "FAKE" in text and sha256_file(media / "astronaut_blended.jpg") in text
+        assert "efficientnet_lite0" in text  # its vote
+        await pilot.press("escape")
+        assert not isinstance(app.screen, DetailScreen)
+
+        await move_to(pilot, "astronaut_blended_pan.mp4")
+        await pilot.press("enter")
+        assert len(app.screen.query(ScoreTimeline)) == 1  # a video has a timeline
+        assert len(app.screen.query(".thumbnail")) == 2  # the identity's face and its heatmap
+
+
+@pytest.mark.asyncio
+async def test_self_test_of_the_selected_file(media, settings, tmp_path):
+    async with scanned_app(media, settings, tmp_path / "cache") as (app, pilot):
+        await move_to(pilot, "astronaut_blended.jpg")
+        record = app.records[app.table.highlighted_key]
+        assert record.self_test is None and cell(app, record.name, "fragility") == ""
+        await pilot.press("s")
+        await wait_for(pilot, lambda: record.finished and record.self_test is not None, "the self-test")
+        assert [trial["epsilon"] for trial in record.self_test["trials"]] == [1 / 255, 2 / 255]
+        assert cell(app, record.name, "fragility") == format_fragility(record.self_test) != ""
+        await pilot.press("enter")
+        assert "self-test: PGD, 2 steps" in screen_text(app)
+
+
+@pytest.mark.asyncio
+async def test_export_writes_reports_that_validate(media, settings, tmp_path):
+    async with scanned_app(media, settings, tmp_path / "cache") as (app, pilot):
+        await move_to(pilot, "astronaut_blended.jpg")
+        await pilot.press("space", "space")  # marks it and the next row
+        marked = sorted(record.name for record in app.records.values() if record.marked)
+        assert len(marked) == 2
+
+        await pilot.press("e")
+        assert isinstance(app.screen, ExportDialog)
+        destination = app.screen.query_one("#destination")
+        destination.value = str(media / "inside.json")
+        await pilot.press("enter")
+        assert isinstance(app.screen, ExportDialog)  # refused: never written into the folder
+        assert not (media / "inside.json").exists()
+
+        report_path = tmp_path / "out" / "marked.json"
+        destination.value = str(report_path)
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: app.last_export == report_path, "the JSON export")
+        report = json.loads(report_path.read_text())
+        jsonschema.validate(report, report_schema())
+        assert sorted(Path(entry["path"]).name for entry in report["files"]) == marked
+
+        await pilot.press("e", "shift+tab", "right", "enter", "shift+tab", "right", "right", "enter")  # all, CSV
+        csv_path = tmp_path / "all.csv"
+        app.screen.query_one("#destination").value = str(csv_path)
+        await pilot.press("tab", "tab", "enter")
+        await wait_for(pilot, lambda: app.last_export == csv_path, "the CSV export")
+        rows = list(csv.DictReader(csv_path.open()))
+        assert {Path(row["path"]).name: row["verdict"] for row in rows} == EXPECTED_VERDICTS
+
+        await pilot.press("e", "shift+tab", "shift+tab", "right", "enter")  # HTML of the selection
+        html_path = tmp_path / "marked.html"
+        app.screen.query_one("#destination").value = str(html_path)
+        await pilot.press("tab", "tab", "enter")
+        await wait_for(pilot, lambda: app.last_export == html_path, "the HTML export")
+        page = html_path.read_text()
+        assert page.count("<h2>") == 2 and "data:image/png;base64," in page  # faces embedded
+
+
+@pytest.mark.asyncio
+async def test_reopening_reuses_cached_results_and_r_rescans(media, settings, tmp_path):
+    cache = tmp_path / "cache"
+    async with scanned_app(media, settings, cache) as (first, _):
+        entries = {record.name: file_entry(record.result) for record in first.records.values()
+                   if record.status == "done"}
+
+    async with scanned_app(media, settings, cache) as (second, pilot):
+        assert {name: cell(second, name, "status") for name in MEDIA} == {
+            name: "error" if name == "corrupt.jpg" else "cached" for name in MEDIA}
+        assert second.throughput.files == 1  # only the junk file (errors are not cached) was scanned again
+        assert {name: file_entry(second.records[str(media / name)].result) for name in entries} == entries
+        await move_to(pilot, "astronaut_blended_pan.mp4")
+        assert second.records[second.table.highlighted_key].result.crops  # thumbnails come back too
+        await pilot.press("r")
+        await wait_for(pilot, lambda: cell(second, "astronaut_blended_pan.mp4", "status") == "done", "the rescan")
+
+
+@pytest.mark.asyncio
+async def test_stop_holds_the_folder_scan_and_c_resumes_it(media, settings, tmp_path):
+    app = make_app(media, settings, tmp_path / "cache")
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("c")
+        assert app.service.queue.stopped
+        await wait_for(pilot, lambda: app.provider is not None and app.scanning is None, "the stop")
+        assert not app.scan_finished and "stopped: c resumes" in screen_text(app)
+        waiting = next(record for record in app.records.values() if record.status == "queued")
+        await move_to(pilot, waiting.name)
+        await pilot.press("enter")
+        assert "queued: no result yet" in screen_text(app)
+        await pilot.press("escape")
+        await pilot.press("c")
+        await wait_for(pilot, lambda: app.scan_finished, "the resumed scan")
+
+
+def test_snapshot_main_screen(media, settings, tmp_path, snap_compare):
+    app = make_app(media, settings, tmp_path / "cache")
+
+    async def scanned(pilot):
+        await wait_for(pilot, lambda: app.scan_finished, "the scan")
+
+    assert snap_compare(app, terminal_size=SIZE, run_before=scanned)
+
+
+def test_snapshot_detail_pane(media, settings, tmp_path, snap_compare):
+    app = make_app(media, settings, tmp_path / "cache")
+
+    async def details(pilot):
+        await wait_for(pilot, lambda: app.scan_finished, "the scan")
+        await move_to(pilot, "astronaut_blended.jpg")
+        await pilot.press("enter")
+
+    assert snap_compare(app, terminal_size=SIZE, run_before=details)
+
+
+# The parts without the UI.
+
+def test_view_filters_and_sorts_records(tmp_path):
+    def record(name: str, verdict: str | None, score: float | None) -> FileRecord:
+        made = FileRecord(path=tmp_path / name, name=name, kind="image", size=1)
+        if verdict:
+            made.status = "error" if verdict == "error" else "done"
+            made.result = FileResult(path=name, kind="image", sha256=None, verdict=verdict, score=score, threshold=0.5)
+        return made
+
+    records = [record("b.jpg", "real", 0.1), record("a.jpg", "fake", 0.9), record("c.jpg", None, None),
+               record("d.jpg", "uncertain", 0.3), record("e.jpg", "error", None)]
+    names = lambda rows: [r.name for r in rows]  # noqa: E731
+    assert names(visible_records(records, sort="score")) == ["a.jpg", "d.jpg", "b.jpg", "e.jpg", "c.jpg"]
+    assert names(visible_records(records, sort="name")) == ["a.jpg", "b.jpg", "c.jpg", "d.jpg", "e.jpg"]
+    assert names(visible_records(records, "suspicious")) == ["a.jpg", "d.jpg"]
+    assert names(visible_records(records, "error")) == ["e.jpg"]
+    assert names(visible_records(records, search="B.J")) == ["b.jpg"]
+
+
+def test_formats_and_throughput():
+    assert [format_size(n) for n in (286, 98578, 5 * 1024 ** 3)] == ["286B", "96K", "5.0G"]
+    assert shorten("folder/astronaut_blended.jpg", 12) == "…blended.jpg"
+    assert format_fragility({"trials": [{"epsilon": 2 / 255}], "fragility": None}) == ">2/255"
+    throughput = Throughput()
+    assert throughput.rate is None
+    throughput.add(2.0)
+    throughput.add(2.0)
+    assert throughput.rate == 0.5 and throughput.seconds_left(3) == 6.0
+
+
+def test_queue_runs_requests_first_and_stop_holds_only_the_folder():
+    queue = ScanQueue()
+    queue.add([ScanJob(Path("a")), ScanJob(Path("b"))])
+    queue.add([ScanJob(Path("b"), force=True, urgent=True)])  # replaces b's waiting job
+    assert queue.take(0) == ScanJob(Path("b"), force=True, urgent=True)
+    queue.set_stopped(True)
+    assert queue.take(0) is None and len(queue) == 1
+    queue.add([ScanJob(Path("c"), urgent=True)])
+    assert queue.take(0).path == Path("c")  # the user's request runs even when stopped
+    queue.set_stopped(False)
+    assert queue.take(0).path == Path("a") and queue.take(0) is None
+
+
+def test_stopping_mid_file_puts_the_file_back_in_the_queue(sample_media, settings, tmp_path):
+    messages = []
+
+    def post(message):
+        messages.append(message)
+        if isinstance(message, FileProgress):
+            service.stop_folder_scan(True)  # after the first batch of frames: the second is not analysed
+        if isinstance(message, FileRequeued):
+            service.shutdown()
+
+    # 20 frames are two batches for the face detector (16 + 4): the stop lands between them.
+    service = ScanService(ScanSettings(settings.bundle, frames=20, device="cpu"), tmp_path, post)
+    service.queue.add([ScanJob(sample_media["astronaut_blended_pan.mp4"])])
+    thread = threading.Thread(target=service.run)
+    thread.start()
+    thread.join(timeout=600)
+    assert not thread.is_alive()
+    assert [type(m) for m in messages] == [ScannerReady, FileStarted, FileProgress, FileRequeued]
+    assert messages[2].frames == 16
+    assert service.queue.stopped and len(service.queue) == 1
+
+
+def test_cache_round_trip_and_what_invalidates_it(sample_media, settings, tmp_path, monkeypatch):
+    scanner = settings.build_scanner()
+    result = scanner.scan_file(sample_media["astronaut_blended_pan.mp4"])
+    keep_identity_crops(result)
+    assert len(result.crops) == len(result.identities) == 1
+    cache = ResultCache(tmp_path, scanner)
+    cache.put(result)
+    assert next((tmp_path / settings.bundle.sha256).glob("*.json")).stem == result.sha256
+    cached = cache.get(sample_media["astronaut_blended_pan.mp4"])
+    assert file_entry(cached) == file_entry(result)
+    ((key, (crop, cams)),) = cached.crops.items()
+    assert (crop == result.crops[key][0]).all() and cams.keys() == result.crops[key][1].keys()
+    assert cache.get(sample_media["astronaut.png"]) is None  # another file
+    assert cache.get(sample_media["astronaut_blended_pan.mp4"], self_test=(2, (1 / 255,))) is None  # no self-test
+    other_settings = ResultCache(tmp_path, ScanSettings(settings.bundle, frames=5, device="cpu").build_scanner())
+    assert other_settings.get(sample_media["astronaut_blended_pan.mp4"]) is None
+
+    monkeypatch.setenv("FORENSIC_CACHE_DIR", str(tmp_path / "elsewhere"))
+    assert default_cache_dir() == tmp_path / "elsewhere"
+    monkeypatch.delenv("FORENSIC_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert default_cache_dir() == tmp_path / "xdg" / "deepfake-forensics"
+
+
+def test_exports_never_go_into_the_scanned_folder(media, settings, tmp_path):
+    inside = media / "sub"
+    inside.mkdir()
+    assert default_export_path(media, "json", working_dir=inside) == tmp_path / "media-report.json"
+    assert default_export_path(media, "csv", working_dir=tmp_path / "x") == tmp_path / "x" / "media-report.csv"
+    (tmp_path / "media-report.json").write_text("{}")
+    assert default_export_path(media, "json", working_dir=tmp_path).name == "media-report-2.json"
+    with pytest.raises(ForensicError, match="inside the scanned folder"):
+        export_results([], settings.build_scanner(), "json", inside / "report.json", media)
+
+
+def test_cli_tui_refuses_in_one_line(tmp_path):
+    runner = CliRunner()
+    missing = runner.invoke(cli_app, ["tui", str(tmp_path / "missing")])
+    assert missing.exit_code == 2 and missing.output.strip() == f"error: {tmp_path / 'missing'}: not a folder"
+    empty = runner.invoke(cli_app, ["tui", str(tmp_path)])
+    assert empty.exit_code == 2 and "no images or videos" in empty.output
+    bad_bundle = runner.invoke(cli_app, ["tui", str(tmp_path), "--bundle", str(tmp_path)])
+    assert bad_bundle.exit_code == 2 and "not a bundle" in bad_bundle.output
