@@ -14,6 +14,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 import torch
+from textual.app import App
 from typer.testing import CliRunner
 
 from forensic.bundle import DEFAULT_BUNDLE, load_bundle, sha256_file
@@ -27,10 +28,11 @@ from forensic.tui.app import ForensicApp
 from forensic.tui.cache import ResultCache, default_cache_dir, keep_identity_crops
 from forensic.tui.export import default_export_path, export_results
 from forensic.tui.jobs import ScanJob, ScanQueue, ScanService, ScanSettings
-from forensic.tui.messages import FileProgress, FileRequeued, FileStarted, ScannerReady
+from forensic.tui.messages import FileChosen, FileProgress, FileRequeued, FileStarted, ScannerReady, SortChosen
 from forensic.tui.state import FileRecord, Throughput, format_fragility, format_size, shorten, visible_records
 from forensic.tui.widgets import face_image
 from forensic.tui.widgets.detail_screen import DetailScreen
+from forensic.tui.widgets.file_table import FileTable, row_cells
 from forensic.tui.widgets.export_dialog import ExportDialog
 from forensic.tui.widgets.timeline import ScoreTimeline
 
@@ -92,10 +94,10 @@ async def wait_for(pilot, condition, what: str, pauses: int = 6000) -> None:
 
 
 @asynccontextmanager
-async def scanned_app(folder: Path, settings: ScanSettings, cache: Path):
+async def scanned_app(folder: Path, settings: ScanSettings, cache: Path, notifications: bool = False):
     """The app running on `folder`, its scan finished, and its Pilot."""
     app = make_app(folder, settings, cache)
-    async with app.run_test(size=SIZE) as pilot:
+    async with app.run_test(size=SIZE, notifications=notifications) as pilot:
         await wait_for(pilot, lambda: app.scan_finished, "the scan")
         yield app, pilot
 
@@ -105,8 +107,8 @@ def shown_names(app: ForensicApp) -> list[str]:
 
 
 def cell(app: ForensicApp, name: str, column: str) -> str:
-    value = app.table.get_cell(str(app.folder / name), column)
-    return getattr(value, "plain", value)
+    """What the file's row shows in `column`."""
+    return row_cells(app.records[str(app.folder / name)], name_width=40)[column].plain
 
 
 def screen_text(app: ForensicApp) -> str:
@@ -276,6 +278,15 @@ async def test_stop_holds_the_folder_scan_and_c_resumes_it(media, settings, tmp_
         await wait_for(pilot, lambda: app.scan_finished, "the resumed scan")
 
 
+@pytest.mark.asyncio
+async def test_an_unwritable_cache_is_said_once_and_the_scan_goes_on(media, settings, tmp_path):
+    not_a_folder = tmp_path / "cache"
+    not_a_folder.write_text("a file where the cache would go")
+    async with scanned_app(media, settings, not_a_folder, notifications=True) as (app, pilot):
+        assert {name: cell(app, name, "verdict") for name in MEDIA} == EXPECTED_VERDICTS
+        assert screen_text(app).count("results are not cached") == 1
+
+
 def test_snapshot_main_screen(media, settings, tmp_path, snap_compare):
     app = make_app(media, settings, tmp_path / "cache")
 
@@ -294,6 +305,50 @@ def test_snapshot_detail_pane(media, settings, tmp_path, snap_compare):
         await pilot.press("enter")
 
     assert snap_compare(app, terminal_size=SIZE, run_before=details)
+
+
+class TableOnly(App):
+    """A FileTable alone, recording what it asks the app to do."""
+
+    def __init__(self, records: list[FileRecord]) -> None:
+        super().__init__()
+        self.records, self.requests = records, []
+
+    def compose(self):
+        yield FileTable()
+
+    def on_mount(self) -> None:
+        self.query_one(FileTable).show(self.records)
+
+    def on_file_chosen(self, message: FileChosen) -> None:
+        self.requests.append(("open", message.key))
+
+    def on_sort_chosen(self, message: SortChosen) -> None:
+        self.requests.append(("sort", message.sort))
+
+
+@pytest.mark.asyncio
+async def test_file_table_scrolls_with_its_cursor_and_answers_the_mouse(tmp_path):
+    records = [FileRecord(path=tmp_path / f"{i:04d}.jpg", name=f"{i:04d}.jpg", kind="image", size=i)
+               for i in range(3000)]
+    app = TableOnly(records)
+    async with app.run_test(size=SIZE) as pilot:
+        table = app.query_one(FileTable)
+        rows_on_screen = SIZE[1] - 1  # all but the header line
+        await pilot.press("end")
+        assert table.highlighted_key == records[-1].key
+        assert table.scroll_offset.y == len(records) - rows_on_screen  # the last row at the bottom
+        await pilot.press("pageup", "up")
+        assert table.cursor_row == len(records) - 1 - rows_on_screen - 1
+        table.show(list(reversed(records)))  # reordered: the cursor stays on its file
+        assert table.highlighted_key == records[len(records) - 1 - rows_on_screen - 1].key
+        await pilot.press("home")
+        assert table.cursor_row == 0 and table.scroll_offset.y == 0
+        await pilot.click(FileTable, offset=(2, 3))  # the third row
+        assert table.cursor_row == 2 and not app.requests
+        await pilot.click(FileTable, offset=(2, 3))
+        await pilot.click(FileTable, offset=(62, 0))  # the score column's header
+        assert app.requests == [("open", records[-3].key), ("sort", "score")]
 
 
 # The parts without the UI.

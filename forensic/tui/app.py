@@ -11,7 +11,7 @@ from pathlib import Path
 
 from textual.app import App, ComposeResult
 from textual.binding import Binding
-from textual.widgets import DataTable, Footer, Input
+from textual.widgets import Footer, Input
 
 from forensic.bundle import load_bundle
 from forensic.errors import ForensicError
@@ -20,8 +20,9 @@ from forensic.scan import FileResult, Scanner
 from forensic.tui.cache import default_cache_dir
 from forensic.tui.export import default_export_path, export_results
 from forensic.tui.jobs import ScanJob, ScanService, ScanSettings
-from forensic.tui.messages import (ExportFailed, ExportFinished, FileFinished, FileProgress, FileRequeued,
-                                   FileStarted, ScanNotice, ScannerFailed, ScannerReady, SearchClosed)
+from forensic.tui.messages import (ExportFailed, ExportFinished, FileChosen, FileFinished, FileProgress,
+                                   FileRequeued, FileStarted, ScanNotice, ScannerFailed, ScannerReady,
+                                   SearchClosed, SortChosen)
 from forensic.tui.state import (FILTERS, SORTS, FileRecord, Throughput, verdict_counts, visible_records)
 from forensic.tui.widgets.detail_screen import DetailScreen
 from forensic.tui.widgets.export_dialog import ExportDialog, ExportRequest
@@ -229,13 +230,12 @@ class ForensicApp(App[None]):
 
     # Table events.
 
-    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
-        self.push_screen(DetailScreen(self.records[event.row_key.value], self.settings.bundle))
+    def on_file_chosen(self, message: FileChosen) -> None:
+        self.push_screen(DetailScreen(self.records[message.key], self.settings.bundle))
 
-    def on_data_table_header_selected(self, event: DataTable.HeaderSelected) -> None:
-        if event.column_key.value in SORTS:
-            self.sort = event.column_key.value
-            self.refresh_view()
+    def on_sort_chosen(self, message: SortChosen) -> None:
+        self.sort = message.sort
+        self.refresh_view()
 
     # Keys.
 
@@ -245,7 +245,7 @@ class ForensicApp(App[None]):
             record = self.records[key]
             record.marked = not record.marked
             self.table.update(record)
-            self.table.action_cursor_down()
+            self.table.action_move(1)
             self.update_status()
 
     def action_sort(self) -> None:

@@ -84,3 +84,19 @@ class SearchClosed(Message):
     def __init__(self, text: str) -> None:
         super().__init__()
         self.text = text
+
+
+class FileChosen(Message):
+    """Enter (or a click) on a file's row: show its details."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__()
+        self.key = key
+
+
+class SortChosen(Message):
+    """A click on a sortable column's header."""
+
+    def __init__(self, sort: str) -> None:
+        super().__init__()
+        self.sort = sort
