@@ -13,6 +13,7 @@ from textual.message import Message
 
 from forensic.bundle import Bundle
 from forensic.inference import Device
+from forensic.media import media_kind
 from forensic.scan import DEFAULT_FRAMES, FileResult, Scanner
 from forensic.selftest import SelfTestSettings
 from forensic.tui.cache import ResultCache, keep_identity_crops
@@ -154,6 +155,10 @@ class ScanService:
             self.queue.put_back(job)
             self._post(FileRequeued(job.path))
             return
+        except Exception as exc:  # the thread's boundary: one file's failure must not end the scan
+            result = FileResult(path=str(job.path), kind=media_kind(job.path), sha256=None, verdict="error", score=None,
+                                threshold=self.scanner.threshold, error=f"{job.path}: unexpected {type(exc).__name__}: {exc}")
+            from_cache = False
         finally:
             with self._lock:
                 self._current = None

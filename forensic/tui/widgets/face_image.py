@@ -4,12 +4,19 @@ takes the terminal), coloured half blocks elsewhere."""
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 from PIL import Image
 from textual.widget import Widget
-from textual_image import renderable
-from textual_image.widget import HalfcellImage
-from textual_image.widget import Image as GraphicsImage
+
+# textual-image logs a warning with a traceback when the terminal does not answer its cell-size
+# query, and then assumes a usual size: nothing for the user to act on, so it is not printed.
+logging.getLogger("textual_image").addHandler(logging.NullHandler())
+
+from textual_image import renderable  # noqa: E402 (after the logger is quieted: importing queries the terminal)
+from textual_image.widget import HalfcellImage  # noqa: E402
+from textual_image.widget import Image as GraphicsImage  # noqa: E402
 
 SHOWS_GRAPHICS = renderable.Image in (renderable.SixelImage, renderable.TGPImage)
 
