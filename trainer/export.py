@@ -1,9 +1,11 @@
 """`trainer export`: one or more runs' checkpoints → an ONNX bundle that forensic can load.
 
 Each ONNX model takes RGB pixels in [0, 1] (N, 3, size, size) and returns logits [real, fake]
-(normalisation is inside the graph) and, for architectures with a global-pool + linear head,
-a second output `cam`: the class activation map of the fake-vs-real margin. Before anything
-is written, ONNX Runtime's outputs are checked against PyTorch's on a random batch.
+(normalisation is inside the graph) and a second output `cam`, the class activation map of
+the fake-vs-real margin: exact for a global-pool + linear head, Grad-CAM traced into the graph
+for other heads (trainer.cam_graph; the manifest's `cam` entry says which, or why there is
+none). Before anything is written, ONNX Runtime's outputs are checked against PyTorch's on a
+random batch.
 
 Several runs make an ensemble, weighted by validation accuracy (the ensemble seed's rule).
 Calibration (on the validation split): one temperature for the ensemble, fitted by minimising
@@ -100,8 +102,13 @@ def max_logit_difference(model: torch.nn.Module, onnx_path: Path, size: int, bat
     pixels = torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(seed))
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     actual = session.run(None, {session.get_inputs()[0].name: pixels.numpy()})
-    with torch.no_grad():
-        expected = DetectorWithCAM(model).eval()(pixels) if len(actual) == 2 else (model.eval()(pixels),)
+    if len(actual) == 2:
+        from trainer.cam_graph import reference_cam  # the CAM for linear heads, Grad-CAM for others
+
+        expected = reference_cam(model, pixels)
+    else:
+        with torch.no_grad():
+            expected = (model.eval()(pixels),)
     differences = [float(np.abs(actual[0] - expected[0].numpy()).max())]
     if len(actual) == 2:
         cam = expected[1].numpy()
@@ -197,6 +204,24 @@ def _gradient_graph(run: RunModel, size: int, scratch: Path, model_file: str, fi
             "loss_max_relative_difference": verification["loss_max_relative_difference"]}
 
 
+def _export_model(run: RunModel, size: int, path: Path) -> tuple[bool, dict]:
+    """Write the run's model to `path` with a CAM output when one can be had: exact for a
+    global-pool + linear head (plain exporter, about a second), else Grad-CAM traced into the
+    graph (trainer.cam_graph, minutes); when that fails, logits only and the reason."""
+    from trainer.cam_graph import export_cam_onnx
+    from trainer.gradient_graph import GradientGraphError
+
+    if model_spec(run.arch).cam:
+        export_onnx(run.model, size, path, with_cam=True)
+        return True, {"method": "class activation map (linear head)"}
+    try:
+        info = export_cam_onnx(run.model, size, path)
+    except GradientGraphError as exc:
+        export_onnx(run.model, size, path, with_cam=False)
+        return False, {"unavailable": str(exc)}
+    return True, {"method": "Grad-CAM of the logit margin (traced head gradient)", "cosine": info["cam_cosine"]}
+
+
 def export_bundle(run_dirs: list[Path], out_dir: Path, name: str | None = None, checkpoint: str = "best",
                   calibrate: bool = True, data: Path | None = None, operating_point: str = "eer",
                   uncertain_band: float = DEFAULT_UNCERTAIN_BAND, margin: float = DEFAULT_MARGIN,
@@ -233,8 +258,7 @@ def export_bundle(run_dirs: list[Path], out_dir: Path, name: str | None = None, 
         for index, run in enumerate(runs):
             file = "model.onnx" if len(runs) == 1 else f"model_{index}_{run.arch}.onnx"
             path = Path(scratch) / file
-            with_cam = model_spec(run.arch).cam
-            export_onnx(run.model, size, path, with_cam=with_cam)
+            with_cam, cam = _export_model(run, size, path)
             difference = max_logit_difference(run.model, path, size)
             if not difference <= MAX_LOGIT_DIFFERENCE:
                 raise ExportError(
@@ -245,6 +269,7 @@ def export_bundle(run_dirs: list[Path], out_dir: Path, name: str | None = None, 
                 else {"unavailable": "not exported (--no-gradient-graph)"}
             entries.append({"name": model_name, "file": file, "arch": run.arch, "weight": float(weight_array[index]),
                             "outputs": ["logits", "cam"] if with_cam else ["logits"],
+                            "cam": cam,
                             "onnx_max_difference": difference, "gradient_graph": graph,
                             "training": {"run": str(run.run_dir), "checkpoint": checkpoint, "epoch": run.epoch,
                                          "method": run.config["method"], "init": run.config["init"],

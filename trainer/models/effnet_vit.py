@@ -68,8 +68,15 @@ class EffNetViT(nn.Module):
         grid = F.interpolate(grid, size=size, mode="bilinear", align_corners=False)
         return grid.flatten(2).transpose(1, 2)
 
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """EfficientNet's final feature map (N, 1280, h, w): where Grad-CAM looks."""
+        return self.effnet.forward_features(x)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        features = self.proj(self.effnet.forward_features(x))  # (N, dim, h, w)
+        return self.forward_head(self.forward_features(x))
+
+    def forward_head(self, feature_map: torch.Tensor) -> torch.Tensor:
+        features = self.proj(feature_map)  # (N, dim, h, w)
         tokens = features.flatten(2).transpose(1, 2) + self.position_embedding(features.shape[-2:])
         cls = (self.cls_token + self.cls_pos_embed).expand(tokens.shape[0], -1, -1)
         tokens = self.encoder(torch.cat([cls, tokens], dim=1))

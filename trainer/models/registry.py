@@ -79,6 +79,14 @@ class Detector(nn.Module):
     def shallow_module(self) -> nn.Module:
         return self.backbone.get_submodule(self.shallow_layer)
 
+    def features(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The backbone's final spatial feature map (N, C, h, w), where class activation maps live."""
+        return self.backbone.forward_features((pixels - self.mean) / self.std)
+
+    def head(self, features: torch.Tensor) -> torch.Tensor:
+        """Logits from `features(pixels)`: `head(features(x))` is `forward(x)`."""
+        return self.backbone.forward_head(features)
+
 
 class DetectorWithCAM(nn.Module):
     """Logits plus the class activation map of the fake-vs-real margin, (N, h, w): the final

@@ -90,9 +90,14 @@ class ResNetSE(nn.Module):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
 
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.stage3(self.stage2(self.stage1(self.stem(x))))
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.flatten(self.pool(features), 1))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.stage3(self.stage2(self.stage1(self.stem(x))))
-        return self.head(torch.flatten(self.pool(x), 1))
+        return self.forward_head(self.forward_features(x))
 
 
 @register_model("resnet_se", shallow_layer="stage1", imagenet=False)
