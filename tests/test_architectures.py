@@ -18,7 +18,8 @@ ARCHITECTURES = list_models()
 SIZE = 64  # small enough for 2 CPU cores; every architecture reduces it to a >= 2x2 final grid
 # (channels, side) of the shallow feature map at SIZE: stride 4 for the timm nets, 2 for resnet_se.
 SHALLOW_SHAPES = {"convnext_tiny": (96, SIZE // 4), "effnet_vit": (24, SIZE // 4), "efficientnet_b0": (24, SIZE // 4),
-                  "efficientnet_lite0": (24, SIZE // 4), "resnet_se": (128, SIZE // 2)}
+                  "efficientnet_lite0": (24, SIZE // 4), "efficientnet_lite0_mid": (24, SIZE // 4),
+                  "resnet_se": (128, SIZE // 2)}
 
 
 @pytest.fixture(autouse=True, scope="module")

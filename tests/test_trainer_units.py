@@ -345,3 +345,15 @@ def test_freeze_names_an_unknown_module(face_dataset, tmp_path):
                        freeze=["blocks.99"])
     with pytest.raises(RunError, match="blocks.99"):
         fit(config)
+
+
+def test_lite0_mid_is_lite0_up_to_its_fifth_block_with_imagenet_weights():
+    full, mid = create_model("efficientnet_lite0").eval(), create_model("efficientnet_lite0_mid").eval()
+    pixels = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        features = full.backbone.bn1(full.backbone.conv_stem((pixels - 0.5) / 0.5))
+        for block in full.backbone.blocks[:5]:
+            features = block(features)
+        assert torch.allclose(mid.features(pixels), features, atol=1e-6)
+        assert mid(pixels).shape == (2, 2)
+    assert mid.backbone.get_classifier().in_features == features.shape[1] == 112
