@@ -195,11 +195,16 @@ async def test_self_test_of_the_selected_file(media, settings, tmp_path):
         record = app.records[app.table.highlighted_key]
         assert record.self_test is None and cell(app, record.name, "fragility") == ""
         await pilot.press("s")
+        assert shown_names(app)[0] == record.name  # keeps its place (its last score) while it is redone
         await wait_for(pilot, lambda: record.finished and record.self_test is not None, "the self-test")
         assert [trial["epsilon"] for trial in record.self_test["trials"]] == [1 / 255, 2 / 255]
         assert cell(app, record.name, "fragility") == format_fragility(record.self_test) != ""
         await pilot.press("enter")
         assert "self-test: PGD, 2 steps" in screen_text(app)
+        await pilot.press("escape")
+        await move_to(pilot, "coffee_no_face.jpg")
+        await pilot.press("s")  # no verdict to attack: nothing is queued
+        assert cell(app, "coffee_no_face.jpg", "status") == "done" and not len(app.service.queue)
 
 
 @pytest.mark.asyncio

@@ -277,7 +277,11 @@ class ForensicApp(App[None]):
         self.table.focus()
 
     def action_self_test(self) -> None:
-        self._queue_urgent([ScanJob(record.path, self_test=True, urgent=True) for record in self.selected_records()])
+        # A no-face or error file has no verdict to attack.
+        testable = [record for record in self.selected_records() if record.verdict not in ("no-face", "error")]
+        if not testable:
+            self.notify("nothing to self-test: no verdict", severity="warning")
+        self._queue_urgent([ScanJob(record.path, self_test=True, urgent=True) for record in testable])
 
     def action_rescan(self) -> None:
         self._queue_urgent([ScanJob(record.path, force=True, urgent=True) for record in self.selected_records()])

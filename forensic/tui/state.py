@@ -59,13 +59,15 @@ class FileRecord:
     def key(self) -> str:
         return str(self.path)
 
+    # While a file is rescanned or self-tested, its last result still shows (its status says it
+    # is being redone), so that it keeps its place in the table instead of dropping to the end.
     @property
     def verdict(self) -> str | None:
-        return self.result.verdict if self.result and self.status in FINAL_STATUSES else None
+        return self.result.verdict if self.result else None
 
     @property
     def score(self) -> float | None:
-        return self.result.score if self.result and self.status in FINAL_STATUSES else None
+        return self.result.score if self.result else None
 
     @property
     def self_test(self) -> dict | None:

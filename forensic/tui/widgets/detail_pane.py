@@ -126,9 +126,11 @@ class DetailPane(VerticalScroll):
     def compose(self) -> ComposeResult:
         record, result = self.record, self.record.result
         yield Static(record.name, id="title")
-        if result is None or not record.finished:
-            yield Static(f"{record.status}: no result yet" + (f" ({record.frames_done} frames analysed so far)"
-                                                              if record.frames_done else ""))
+        if not record.finished:
+            frames = f" ({record.frames_done} frames analysed so far)" if record.frames_done else ""
+            yield Static(Text(f"{record.status}{frames}: " + ("no result yet" if result is None else
+                                                              "the result below is being replaced"), style="bold"))
+        if result is None:
             return
         yield Static(verdict_line(result, self.bundle.uncertain_band))
         yield Static(facts_table(record, self.bundle))
