@@ -1,7 +1,9 @@
-"""`trainer eval` (trainer.evaluate, trainer.corruptions): metrics against scikit-learn and their
-definitions, video grouping, attacks, gradient-masking checks, corruptions, the report folder
-and --compare. No mocks: toy arrays, a tiny conv detector trained here, a deliberately
-gradient-masked toy model, and one real `trainer fit` run at 32 px."""
+"""`trainer eval` (trainer.evaluate, trainer.scorers, trainer.gradcam, trainer.corruptions):
+metrics against scikit-learn and their definitions, video grouping, attacks, gradient-masking
+checks, corruptions, Grad-CAM, bundles (scored as forensic scores them, white-box through their
+gradient graphs, black-box only without), the U-Net attack, --save-adv, the report folder and
+--compare. No mocks: toy arrays, a tiny conv detector trained here, a deliberately
+gradient-masked toy model, real `trainer fit` runs at 32 px and bundles exported here."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import json
 import re
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -21,10 +24,13 @@ from typer.testing import CliRunner
 from trainer.cli import app
 from trainer.corruptions import DEFAULT_CORRUPTIONS, h264
 from trainer.data import Sample
-from trainer.evaluate import (DEFAULT_ATTACKS, AttackSpec, EvaluationError, auc_score, binary_metrics,
-                              bootstrap_auc_ci, collect, equal_error_rate, run_attack, square_attack,
-                              stratified_subset, summarise, tpr_at_fpr, video_id, video_scores)
+from trainer.evaluate import (CHECK_NAMES, DEFAULT_ATTACKS, AttackSpec, EvalSettings, EvaluationError, auc_score,
+                              binary_metrics, bootstrap_auc_ci, collect, equal_error_rate, evaluate_run, fgsm,
+                              masking_table_html, pgd, run_attack, square_attack, stratified_subset, summarise,
+                              tpr_at_fpr, video_id, video_scores)
+from trainer.gradcam import feature_layer, grad_cam
 from trainer.models.registry import Detector
+from trainer.scorers import BundleScorer, TorchScorer
 
 SIZE = 32
 runner = CliRunner()
@@ -158,9 +164,9 @@ def trained() -> Detector:
 def test_eps_zero_attacks_leave_inputs_and_accuracy_unchanged(trained):
     pixels, labels = make_batch(24, seed=500)
     for spec in (AttackSpec("fgsm", 0.0), AttackSpec("pgd", 0.0, 5), AttackSpec("square", 0.0, 50)):
-        assert torch.equal(run_attack(trained, spec, pixels, labels, seed=3), pixels)
+        assert torch.equal(run_attack(TorchScorer(trained), spec, pixels, labels, seed=3), pixels)
     specs = [AttackSpec("fgsm", 0.0), AttackSpec("pgd", 0.0, 10)]
-    collected = collect(trained, [(as_uint8(pixels), labels)], attacks=specs,
+    collected = collect(TorchScorer(trained), [(as_uint8(pixels), labels)], attacks=specs,
                         black_box=AttackSpec("square", 0.0, 20), corruptions=())
     for spec in specs + [collected.black_box]:
         assert np.array_equal(collected.scores[spec.name], collected.scores["clean"])
@@ -169,7 +175,7 @@ def test_eps_zero_attacks_leave_inputs_and_accuracy_unchanged(trained):
 def test_robust_accuracy_is_at_most_clean_and_an_honest_model_passes_the_checks(trained):
     pixels, labels = make_batch(48, seed=1000)
     batches = [(as_uint8(pixels[:24]), labels[:24]), (as_uint8(pixels[24:]), labels[24:])]
-    collected = collect(trained, batches, n_batches=2, corruptions=(), seed=0)
+    collected = collect(TorchScorer(trained), batches, n_batches=2, corruptions=(), seed=0)
     summary = summarise(collected, bootstrap=100)
     clean = summary["clean"]["frame"]["accuracy"]
     assert clean >= 0.8
@@ -188,7 +194,7 @@ def test_robust_accuracy_is_at_most_clean_and_an_honest_model_passes_the_checks(
     assert masking["pgd_vs_fgsm"]["passed"] and masking["pgd_vs_fgsm"]["not_checked"] == ["fgsm eps=0.02"]
     assert masking["black_box"]["passed"] and masking["passed"]
     # Same seed, same numbers.
-    again = collect(trained, batches, attacks=DEFAULT_ATTACKS[-1:], corruptions=(), seed=0)
+    again = collect(TorchScorer(trained), batches, attacks=DEFAULT_ATTACKS[-1:], corruptions=(), seed=0)
     assert np.array_equal(again.scores["pgd20 eps=4/255"], collected.scores["pgd20 eps=4/255"])
     assert np.array_equal(again.scores["square eps=4/255"], collected.scores["square eps=4/255"])
 
@@ -214,7 +220,7 @@ def test_a_gradient_masked_model_trips_the_checks():
     with torch.no_grad():
         labels = model(pixels).argmax(1)  # the model is right on every clean crop
     specs = [AttackSpec("pgd", 4 / 255, 10, "4/255"), AttackSpec("pgd", 4 / 255, 20, "4/255")]
-    collected = collect(model, [(as_uint8(pixels), labels)], attacks=specs, corruptions=(), seed=0)
+    collected = collect(TorchScorer(model), [(as_uint8(pixels), labels)], attacks=specs, corruptions=(), seed=0)
     summary = summarise(collected, bootstrap=100)
     masking = summary["gradient_masking"]
     assert summary["clean"]["frame"]["accuracy"] == 1.0
@@ -225,11 +231,45 @@ def test_a_gradient_masked_model_trips_the_checks():
     assert masking["black_box"]["passed"] is False
     assert masking["black_box"]["black_box_accuracy"] < masking["black_box"]["white_box_accuracy"] - masking["tolerance"]
     assert masking["passed"] is False
+    # index.html shows each failed check's row in red, and only those.
+    failed = [name for name in CHECK_NAMES if masking[name]["passed"] is False]
+    table = masking_table_html(masking)
+    rows = re.findall(r"<tr( class='fail')?><td>[^<]*</td><td>([^<]*)</td>", table)
+    assert len(failed) >= 2 and len(rows) == 4
+    assert [bool(css) for css, _ in rows] == [result == "FAILED" for _, result in rows]
+    assert sum(bool(css) for css, _ in rows) == len(failed)
+
+
+def test_scorer_attacks_are_trainer_attacks_for_a_torch_model(trained):
+    """The attack loops written on the scorer interface give exactly trainer.attacks' examples
+    (8 crops: the mean and the summed loss differ by a power of two, so signs are bit-equal)."""
+    from trainer import attacks
+
+    pixels, labels = make_batch(8, seed=3)
+    scorer = TorchScorer(trained)
+    assert torch.equal(fgsm(scorer, pixels, labels, 0.01), attacks.fgsm(trained, pixels, labels, 0.01))
+    ours = pgd(scorer, pixels, labels, 4 / 255, 5, torch.Generator().manual_seed(7))
+    theirs = attacks.pgd(trained, pixels, labels, 4 / 255, 5, generator=torch.Generator().manual_seed(7))
+    assert torch.equal(ours, theirs)
+
+
+def test_grad_cam_at_the_final_features_is_the_class_activation_map(trained):
+    """With global average pooling and a linear head, Grad-CAM of the logit margin at the final
+    feature map is the class activation map (w_fake − w_real) · A divided by h · w."""
+    pixels, _ = make_batch(3, seed=11)
+    assert feature_layer(trained, pixels) == "backbone.4"  # the ReLU after the last conv; pooling is 1 x 1
+    cams = grad_cam(trained, pixels, "backbone.4")
+    with torch.no_grad():
+        features = trained.backbone[:5]((pixels - trained.mean) / trained.std)
+        weight = trained.backbone[7].weight
+        expected = torch.einsum("nchw,c->nhw", features, weight[1] - weight[0]) / (features.shape[2] * features.shape[3])
+    assert cams.shape == (3, SIZE // 2, SIZE // 2)
+    assert np.allclose(cams, expected.numpy(), atol=1e-6)
 
 
 def test_square_attack_stays_in_the_ball_and_lowers_the_margin(trained):
     pixels, labels = make_batch(16, seed=7)
-    adv = square_attack(trained, pixels, labels, 0.05, queries=60, generator=torch.Generator().manual_seed(1))
+    adv = square_attack(TorchScorer(trained), pixels, labels, 0.05, queries=60, generator=torch.Generator().manual_seed(1))
     assert (adv - pixels).abs().max() <= 0.05 + 1e-6 and adv.min() >= 0 and adv.max() <= 1
     with torch.no_grad():
         before = F.cross_entropy(trained(pixels), labels, reduction="none")
@@ -288,7 +328,10 @@ def test_eval_writes_the_report_and_compare_prints_both(tiny_run, tmp_path):
     assert report["clean"]["video"] is not None and report["clean"]["video"]["n"] <= 4
     assert {"more_steps", "pgd_vs_fgsm", "nonzero_gradients", "black_box"} <= set(report["gradient_masking"])
     assert len(report["attacks"]["results"]) == 14 and len(report["corruptions"]["results"]) == 9
-    assert any("Grad-CAM" in item for item in report["not_done"])
+    assert report["not_done"] == [] and report["white_box"]["available"]
+    heatmaps = report["heatmaps"]
+    assert heatmaps["method"].startswith("Grad-CAM") and heatmaps["skipped"] is None
+    assert 1 <= len(heatmaps["files"]) <= 16 and {f["cell"] for f in heatmaps["files"]} <= {"tp", "fp", "tn", "fn"}
     with open(full / "metrics.csv") as handle:
         rows = list(csv.DictReader(handle))
     assert rows[0]["condition"] == "clean" and len(rows) == 1 + 1 + 14 + 9
@@ -298,6 +341,7 @@ def test_eval_writes_the_report_and_compare_prints_both(tiny_run, tmp_path):
     page = (full / "index.html").read_text()
     referenced = re.findall(r"(?:src|href)='([^']+)'", page)
     assert set(report["plots"]) <= set(referenced) and "metrics.json" in referenced
+    assert {f["file"] for f in heatmaps["files"]} <= set(referenced)
     assert all((full / name).is_file() for name in referenced)
 
     # A second report (no attacks, no corruptions, another seed), then both side by side.
@@ -329,7 +373,165 @@ def test_eval_usage_errors_are_one_line(tiny_run, tmp_path):
     run, data = tiny_run
     for args in (["eval", str(run)], ["eval", "--compare", str(tmp_path)],
                  ["eval", str(tmp_path / "nope"), "--data", str(data), "--out", str(tmp_path / "r")],
-                 ["eval", "--compare", str(tmp_path), str(tmp_path)]):
+                 ["eval", "--compare", str(tmp_path), str(tmp_path)],
+                 ["eval", str(run), "--bundle", str(tmp_path), "--data", str(data), "--out", str(tmp_path / "r")],
+                 ["eval", "--bundle", str(tmp_path / "nope"), "--data", str(data), "--out", str(tmp_path / "r")]):
         result = runner.invoke(app, args)
         assert result.exit_code == 2, args
         assert result.output.startswith("error: ") and result.output.count("\n") == 1, result.output
+
+
+# ------------------------------------------------------------------------------------ bundles
+
+def l_inf_to_clean(adversarial: Path, clean: Path) -> float:
+    """L∞ in [0, 1] between a saved 16-bit adversarial PNG and its 8-bit clean crop."""
+    adv = cv2.imread(str(adversarial), cv2.IMREAD_UNCHANGED)
+    original = cv2.imread(str(clean), cv2.IMREAD_UNCHANGED)
+    assert adv.dtype == np.uint16 and original.dtype == np.uint8 and adv.shape == original.shape
+    return float(np.abs(adv / 65535.0 - original / 255.0).max())
+
+
+@pytest.fixture(scope="module")
+def white_box_bundle(trained, tmp_path_factory) -> Path:
+    """The trained toy detector as a bundle with its verified gradient graph, temperature 2 and
+    threshold 0.4."""
+    from forensic.bundle import write_bundle
+    from trainer.export import export_onnx
+    from trainer.gradient_graph import export_gradient_graph
+
+    scratch = tmp_path_factory.mktemp("white-box")
+    export_onnx(trained, SIZE, scratch / "model.onnx")
+    export_gradient_graph(trained, SIZE, scratch / "model.grad.onnx")
+    manifest = {"name": "toy", "models": [{"name": "toy", "file": "model.onnx", "arch": "toy", "weight": 1.0,
+                                           "gradient_graph": {"file": "model.grad.onnx"}}],
+                "input": {"size": SIZE, "mean": [0.5] * 3, "std": [0.25] * 3, "normalize_in_graph": True},
+                "face_crop": {"margin": 1.3}, "class_order": ["real", "fake"], "decision_threshold": 0.4,
+                "temperature": 2.0}
+    out = scratch / "bundle"
+    write_bundle(out, manifest, {"model.onnx": scratch / "model.onnx", "model.grad.onnx": scratch / "model.grad.onnx"})
+    return out
+
+
+def test_bundle_white_box_attacks_go_through_its_gradient_graph(trained, white_box_bundle):
+    from forensic.bundle import load_bundle
+
+    scorer = BundleScorer(load_bundle(white_box_bundle), device="cpu")
+    assert scorer.white_box and scorer.threshold == 0.4
+    pixels, labels = make_batch(16, seed=1000)
+    with torch.no_grad():
+        logits = trained(pixels)
+    # P(fake) is the calibrated one (temperature 2).
+    assert np.allclose(scorer.p_fake(pixels), (logits / 2).softmax(1)[:, 1].numpy(), atol=1e-6)
+    # The gradient is that of the members' cross-entropy at temperature 1 (as documented) ...
+    gradient = scorer.loss_gradient(pixels, labels)
+    expected = TorchScorer(trained).loss_gradient(pixels, labels)
+    assert F.cosine_similarity(gradient.flatten(), expected.flatten(), dim=0) > 0.999
+    # ... whose signs, for one member, are those of the calibrated cross-entropy's gradient.
+    x = pixels.clone().requires_grad_(True)
+    (calibrated,) = torch.autograd.grad(F.cross_entropy(trained(x) / 2, labels, reduction="sum"), x)
+    clear = calibrated.abs() > 1e-6 * calibrated.abs().max()
+    assert (gradient.sign() == calibrated.sign())[clear].float().mean() > 0.999
+
+    specs = [AttackSpec("fgsm", 0.02), AttackSpec("pgd", 4 / 255, 10, "4/255")]
+    collected = collect(scorer, [(as_uint8(pixels), labels)], attacks=specs, black_box=None, corruptions=(), seed=0)
+    summary = summarise(collected, bootstrap=50)
+    clean = summary["clean"]["frame"]
+    assert clean["threshold"] == 0.4 and clean["accuracy"] >= 0.8
+    results = {r["name"]: r for r in summary["attacks"]["results"]}
+    assert results["pgd10 eps=4/255"]["accuracy"] < clean["accuracy"]
+    assert summary["gradient_masking"]["nonzero_gradients"]["passed"]
+
+
+@pytest.fixture(scope="module")
+def black_box_bundle(tiny_run, tmp_path_factory) -> tuple[Path, Path]:
+    """The tiny run exported without a gradient graph (it has a CAM output), and a 48 px test
+    split, so the crops are shrunk to the bundle's 32 px."""
+    from trainer.export import export_bundle
+    from trainer.synthetic import make_face_dataset
+
+    run, data = tiny_run
+    root = tmp_path_factory.mktemp("black-box")
+    export_bundle([run], root / "bundle", data=data, gradient_graphs=False)
+    make_face_dataset(root / "data48", {"test": 4}, size=48, seed=1)
+    return root / "bundle", root / "data48"
+
+
+def test_bundle_eval_scores_as_forensic_and_is_black_box_only_without_gradient_graph(black_box_bundle, tmp_path):
+    from forensic.bundle import load_bundle
+    from forensic.inference import EnsembleRunner
+    from trainer.data import list_split, read_rgb
+
+    bundle_dir, data = black_box_bundle
+    out = tmp_path / "report"
+    result = runner.invoke(app, ["eval", "--bundle", str(bundle_dir), "--data", str(data), "--out", str(out),
+                                 "--no-corruptions", "--save-adv", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert "black-box only" in result.output
+    report = json.loads((out / "metrics.json").read_text())
+    bundle = load_bundle(bundle_dir)
+    assert report["threshold"] == bundle.threshold and report["bundle"]["sha256"] == bundle.sha256
+
+    # Clean scores: forensic's EnsembleRunner on the crops shrunk as forensic scan shrinks its crops.
+    samples = list_split(data, "test")
+    crops = np.stack([cv2.resize(read_rgb(s.path), (SIZE, SIZE), interpolation=cv2.INTER_AREA) for s in samples])
+    expected = EnsembleRunner(bundle, device="cpu").predict(crops).ensemble
+    with open(out / "scores.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [int(r["label"]) for r in rows] == [s.label for s in samples]
+    assert np.allclose([float(r["clean"]) for r in rows], expected, atol=1e-6)
+    labels = np.array([s.label for s in samples])
+    assert report["clean"]["frame"]["accuracy"] == pytest.approx(((expected >= bundle.threshold) == labels).mean())
+
+    # No gradient graph: no white-box attack, the black-box one, and the report says so.
+    white_box = report["white_box"]
+    assert white_box["available"] is False and "has no gradient graph" in white_box["missing"]
+    assert white_box["skipped_attacks"] == [spec.name for spec in DEFAULT_ATTACKS]
+    assert [r["name"] for r in report["attacks"]["results"]] == ["square eps=4/255"]
+    assert report["gradient_masking"]["nonzero_gradients"]["passed"] is None
+    page = (out / "index.html").read_text()
+    assert "<p class='fail'>Black-box only" in page and "has no gradient graph" in page
+
+    # Heatmaps from the bundle's CAM output; every referenced file exists.
+    assert "class activation maps" in report["heatmaps"]["method"] and report["heatmaps"]["files"]
+    referenced = re.findall(r"(?:src|href)='([^']+)'", page)
+    assert {f["file"] for f in report["heatmaps"]["files"]} <= set(referenced)
+    assert all((out / name).is_file() for name in referenced)
+
+    # --save-adv: REPORT/adversarial/, within eps of the clean crops.
+    saved = sorted((out / "adversarial" / "square_eps=4-255").glob("*.png"))
+    assert len(saved) == report["adversarial_examples"]["files"] // 2 == 8
+    for path in saved:
+        assert l_inf_to_clean(path, out / "adversarial" / "clean" / path.name) <= 4 / 255 + 1e-6
+
+
+@pytest.fixture(scope="module")
+def dual_attacker_run(tiny_run, tmp_path_factory) -> Path:
+    """A 1-epoch dual-attacker run (it saves unet_attacker.pt) on the tiny run's data."""
+    from trainer.fit import FitConfig, fit
+
+    _, data = tiny_run
+    run = tmp_path_factory.mktemp("dual") / "run"
+    fit(FitConfig(data=str(data), out=str(run), arch="efficientnet_b0", method="dual-attacker", init="random",
+                  epochs=1, size=SIZE, batch_size=8, workers=0, device="cpu", options={"pgd_steps": 1}))
+    return run
+
+
+def test_unet_attack_of_a_dual_attacker_run_and_saved_examples_within_eps(dual_attacker_run, tiny_run, tmp_path):
+    _, data = tiny_run
+    adversarial = tmp_path / "adversarial"
+    settings = EvalSettings(limit=6, batch_size=6, attacks=[AttackSpec("fgsm", 0.01)], black_box=None, corruptions=(),
+                            heatmaps_per_cell=0, save_adv=adversarial, device="cpu", bootstrap=100)
+    report = evaluate_run(dual_attacker_run, data, tmp_path / "report", settings)
+    results = {r["name"]: r for r in report["attacks"]["results"]}
+    assert set(results) == {"fgsm eps=0.01", "unet eps=4/255"}
+    assert results["unet eps=4/255"]["box"] == "learned" and results["unet eps=4/255"]["accuracy"] is not None
+    with open(tmp_path / "report" / "metrics.csv") as handle:
+        kinds = {row["condition"]: row["kind"] for row in csv.DictReader(handle)}
+    assert kinds["unet eps=4/255"] == "attack-learned"
+    # The first 4 crops of each class (3 each here), per attack, within that attack's eps.
+    clean = sorted(p.name for p in (adversarial / "clean").glob("*.png"))
+    assert len(clean) == 6 and report["adversarial_examples"]["files"] == 18
+    for folder, eps, least in (("fgsm_eps=0.01", 0.01, 0.005), ("unet_eps=4-255", 4 / 255, 0.0)):
+        assert sorted(p.name for p in (adversarial / folder).glob("*.png")) == clean
+        distances = [l_inf_to_clean(adversarial / folder / name, adversarial / "clean" / name) for name in clean]
+        assert least < max(distances) <= eps + 1e-6, folder

@@ -243,21 +243,26 @@ def prepare_command(
 
 @app.command(name="eval")
 def eval_command(
-    paths: Optional[list[Path]] = typer.Argument(None, metavar="RUN_DIR | REPORT_DIR...", help="A `trainer fit` run folder; with --compare, two or more report folders."),
+    paths: Optional[list[Path]] = typer.Argument(None, metavar="RUN_DIR | REPORT_DIR...", help="A `trainer fit` run folder (or give --bundle); with --compare, two or more report folders."),
+    bundle: Optional[Path] = typer.Option(None, "--bundle", metavar="DIR", help="Evaluate an exported bundle, scored as `forensic scan` scores face crops, instead of a run."),
     data: Optional[Path] = typer.Option(None, "--data", metavar="DATASET_DIR", help="Dataset folder: DIR/{train,validation,test}/{real,fake}/*.png"),
     out: Optional[Path] = typer.Option(None, "--out", metavar="DIR", help="Report folder to write (with --compare: where compare.csv and compare.md go)."),
     split: str = typer.Option("test", "--split", help="train, validation or test."),
-    checkpoint: str = typer.Option("best", "--checkpoint", help="best, last, final or model_epoch_N."),
+    checkpoint: str = typer.Option("best", "--checkpoint", help="A run's best, last, final or model_epoch_N."),
     limit: Optional[int] = typer.Option(None, "--limit", min=2, help="Evaluate a seeded class-stratified random subset of N crops (for CPU runs)."),
     batch_size: int = typer.Option(32, "--batch-size", min=1),
-    seed: int = typer.Option(0, "--seed", help="Seeds the subset, the bootstrap, the attacks' random starts and the noise."),
-    attacks: bool = typer.Option(True, "--attacks/--no-attacks", help="FGSM, PGD-5/10/20 and a black-box random search, with gradient-masking checks."),
+    seed: int = typer.Option(0, "--seed", help="Seeds the subset, the bootstrap, the attacks' random starts, the noise and the heatmap sample."),
+    attacks: bool = typer.Option(True, "--attacks/--no-attacks", help="FGSM, PGD-5/10/20 (white-box), a black-box random search and a dual-attacker run's U-Net, with gradient-masking checks."),
     corruptions: bool = typer.Option(True, "--corruptions/--no-corruptions", help="Noise, blur, JPEG, downscaling and H.264 re-encoding."),
+    heatmaps: int = typer.Option(4, "--heatmaps", min=0, help="Grad-CAM (run) or CAM (bundle) overlays for up to N crops per confusion-matrix cell; 0: none."),
+    save_adv: bool = typer.Option(False, "--save-adv", help="Keep adversarial examples (the first 4 crops of each class per attack) in REPORT_DIR/adversarial/."),
+    save_adv_dir: Optional[Path] = typer.Option(None, "--save-adv-dir", metavar="DIR", help="Keep them in DIR instead (implies --save-adv)."),
     device: str = typer.Option("auto", "--device", help="auto (CUDA when available), cpu or cuda."),
     compare: bool = typer.Option(False, "--compare", help="Compare report folders side by side instead of evaluating."),
 ) -> None:
-    """Evaluate a run on a split: clean metrics (frames and videos), attacks, gradient-masking checks, corruptions."""
-    from trainer.evaluate import (EvaluationError, compare_reports, compare_table, evaluate_run, summary_lines,
+    """Evaluate a run or a bundle on a split: clean metrics (frames and videos), attacks, gradient-masking checks, corruptions, heatmaps."""
+    from trainer.evaluate import (BLACK_BOX, DEFAULT_ATTACKS, DEFAULT_CORRUPTIONS, EvalSettings, EvaluationError,
+                                  compare_reports, compare_table, evaluate_bundle, evaluate_run, summary_lines,
                                   summary_table, write_compare)
 
     stdout = Console(highlight=False)
@@ -276,10 +281,15 @@ def eval_command(
         except (EvaluationError, OSError) as exc:
             _fail(exc)
         return
-    if len(paths) != 1:
-        _fail(ValueError("give exactly one RUN_DIR (or --compare REPORT_DIR REPORT_DIR...)"))
+    if len(paths) + (bundle is not None) != 1:
+        _fail(ValueError("give exactly one RUN_DIR or --bundle DIR (or --compare REPORT_DIR REPORT_DIR...)"))
     if data is None or out is None:
         _fail(ValueError("--data DATASET_DIR and --out REPORT_DIR are required"))
+    settings = EvalSettings(split=split, limit=limit, batch_size=batch_size, seed=seed,
+                            attacks=DEFAULT_ATTACKS if attacks else (), black_box=BLACK_BOX if attacks else None,
+                            learned_attacks=attacks, corruptions=DEFAULT_CORRUPTIONS if corruptions else (),
+                            heatmaps_per_cell=heatmaps,
+                            save_adv=save_adv_dir or (out / "adversarial" if save_adv else None), device=device)
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                         console=console, transient=True)
     task = progress.add_task("starting", total=None)
@@ -291,10 +301,11 @@ def eval_command(
 
     error = None
     try:
-        report = evaluate_run(paths[0], data, out, split=split, checkpoint=checkpoint, limit=limit,
-                              batch_size=batch_size, seed=seed, attacks=attacks, corruptions=corruptions,
-                              device=device, on_progress=on_progress)
-    except (EvaluationError, DatasetError, ExportError, OSError, ValueError) as exc:
+        if bundle is not None:
+            report = evaluate_bundle(bundle, data, out, settings, on_progress=on_progress)
+        else:
+            report = evaluate_run(paths[0], data, out, settings, checkpoint=checkpoint, on_progress=on_progress)
+    except (EvaluationError, DatasetError, ExportError, ForensicError, OSError, ValueError) as exc:
         error = exc
     finally:
         if progress.live.is_started:
@@ -304,5 +315,6 @@ def eval_command(
     stdout.print(summary_table(report))
     for line in summary_lines(report):
         stdout.print(line, markup=False, soft_wrap=True)
-    console.print(f"report written to {out} (metrics.json, metrics.csv, index.html; {len(report['plots'])} plots) "
-                  f"in {report['seconds']['total']:.1f}s", highlight=False, soft_wrap=True)
+    shown = len((report.get("heatmaps") or {}).get("files", []))
+    console.print(f"report written to {out} (metrics.json, metrics.csv, index.html; {len(report['plots'])} plots, "
+                  f"{shown} heatmaps) in {report['seconds']['total']:.1f}s", highlight=False, soft_wrap=True)

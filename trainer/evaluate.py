@@ -1,45 +1,71 @@
-"""`trainer eval`: a trained run on a dataset split → clean metrics, adversarial robustness,
-gradient-masking checks and common corruptions, written as a report folder.
+"""`trainer eval`: a trained run or an exported bundle on a dataset split → clean metrics,
+adversarial robustness, gradient-masking checks, common corruptions and heatmaps, written as a
+report folder.
 
-Decision rule: a crop (or a video) is called fake when P(fake) >= 0.5 (THRESHOLD); accuracy and
-the confusion matrix use it, the ranking metrics (ROC-AUC, average precision, EER, TPR at 1 %
-FPR) do not depend on it.
+What is scored (trainer.scorers): a `trainer fit` run's PyTorch model (P(fake) = softmax of its
+logits), or a bundle exactly as `forensic scan` scores face crops (forensic.inference's
+EnsembleRunner: the calibrated weighted ensemble). The attacks and the collection loop work on
+either through the same small scorer interface.
 
-Clean metrics, at frame level (each crop) and video level (the mean P(fake) of a video's crops;
-a crop's video is its file name up to the last two `_`-separated fields, as `trainer prepare`
-names crops `{video}_{frame:04d}_{face}.png`; every crop of a video must carry the same label):
-accuracy, ROC-AUC with a stratified bootstrap 95 % percentile interval (1000 resamples of each
-class with replacement, seeded), TPR at 1 % FPR (the highest TPR of a ROC point whose FPR is
-<= 1 %), EER (the ROC point where FPR and FNR = 1 − TPR are closest; their mean), average
-precision, log-loss (P clipped to [1e-7, 1 − 1e-7]), the confusion matrix and the counts per class.
-When a video's crops disagree in label, the video level is skipped with the reason recorded.
+Input crops: the dataset's crops (face crops made by `trainer prepare` with forensic.faces'
+crop_face) brought to the input size. A run: its evaluation transform (torchvision Resize,
+antialiased), as in training. A bundle: as `forensic scan` makes its crops, i.e. crop_face with
+the whole crop as the box and margin 1 (same square, cv2.resize with INTER_AREA when shrinking,
+else INTER_LINEAR), at the manifest's input size; normalisation is the bundle's (in its graph
+or by EnsembleRunner, per the manifest).
 
-Attacks (white-box, L∞, pixel space [0, 1], true labels, seeded per batch; frame level):
-FGSM at ε ∈ {0.001, 0.005, 0.01, 0.02}; PGD-5 at ε ∈ {0.0001, 0.0005, 0.001}; PGD-10 and PGD-20
-at ε ∈ {1/255, 2/255, 4/255} (random start, step 2.5·ε/steps), and one black-box attack: a
-Square-attack-like random search (Andriushchenko et al., ECCV 2020; margin loss, at most
-SQUARE_QUERIES model queries per crop) at ε = 4/255. Robust accuracy and AUC per attack, and the
-worst case over attacks.
+Decision rule: a crop (or a video) is called fake when P(fake) >= the threshold: 0.5 for a run,
+the manifest's decision_threshold for a bundle (its uncertain band is not used: every crop is
+called real or fake). Accuracy, the confusion matrix and attack success rates use it; the
+ranking metrics (ROC-AUC, average precision, EER, TPR at 1 % FPR) do not depend on it.
+
+Clean metrics, at frame level (each crop) and video level (the mean P(fake) of a video's crops,
+not forensic scan's per-identity aggregation; a crop's video is its file name up to the last two
+`_`-separated fields, as `trainer prepare` names crops `{video}_{frame:04d}_{face}.png`; every
+crop of a video must carry the same label): accuracy, ROC-AUC with a stratified bootstrap 95 %
+percentile interval (1000 resamples of each class with replacement, seeded), TPR at 1 % FPR (the
+highest TPR of a ROC point whose FPR is <= 1 %), EER (the ROC point where FPR and FNR = 1 − TPR
+are closest; their mean), average precision, log-loss (P clipped to [1e-7, 1 − 1e-7]), the
+confusion matrix and the counts per class. When a video's crops disagree in label, the video
+level is skipped with the reason recorded.
+
+Attacks (L∞, pixel space [0, 1] before normalisation, true labels, seeded per batch; frame
+level). White-box, on the scorer's loss gradient (a run: cross-entropy by autograd; a bundle:
+its gradient graphs, see trainer.scorers for exactly which loss): FGSM at ε ∈ {0.001, 0.005,
+0.01, 0.02}; PGD-5 at ε ∈ {0.0001, 0.0005, 0.001}; PGD-10 and PGD-20 at ε ∈ {1/255, 2/255,
+4/255} (random start, step 2.5·ε/steps). A bundle with a model that lacks a gradient graph gets
+no white-box attack, and the report says so. Black-box: a Square-attack-like random search
+(Andriushchenko et al., ECCV 2020; margin loss, at most SQUARE_QUERIES queries per crop) at
+ε = 4/255. Learned: a dual-attacker run's U-Net (unet_attacker.pt, saved at the run's last
+epoch; its ε from the run's eps_unet option) applied once to each crop. Robust accuracy and AUC
+per attack, and the worst case over attacks. `--save-adv` keeps, per attack, the adversarial
+versions of the first SAVE_ADV_PER_CLASS crops of each class (the same crops for every attack)
+as 16-bit PNGs whose perturbation is rounded toward zero, so they stay within ε of the clean
+crops saved beside them.
 
 Gradient-masking checks (Athalye et al., ICML 2018; Carlini et al., "On Evaluating Adversarial
 Robustness", 2019), each passed/failed with its numbers, with a tolerance of
-max(0.01, 1/n) in accuracy (one crop of n):
+max(0.01, 1/n) in accuracy (one crop of n); a failed check is shown in red in index.html:
   more_steps        PGD-20 accuracy <= PGD-10 accuracy + tol, at each ε both ran at
   pgd_vs_fgsm       PGD at ε' >= ε (the nearest such ε') accuracy <= FGSM at ε + tol
                     (FGSM 0.001 ↔ PGD-5 0.001; 0.005 ↔ PGD-10/20 2/255; 0.01 ↔ PGD-10/20 4/255;
                     FGSM 0.02 has no PGD at ε' >= 0.02 and is not checked)
-  nonzero_gradients mean |∇ₓ cross-entropy| over the clean crops > 0
+  nonzero_gradients mean |∇ₓ attacked loss| over the clean crops > 0 (not checked without a
+                    gradient)
   black_box         black-box accuracy >= the white-box accuracy at the same ε − tol
 
 Corruptions (trainer.corruptions) are applied to the crops at the model's input size; AUC and
 accuracy and their drop from clean.
 
+Heatmaps: for up to HEATMAPS_PER_CELL crops of each confusion-matrix cell (true/false
+positives/negatives), drawn at random with the seed, a PNG of the crop beside its heatmap
+overlay (forensic.heatmaps: the positive part, evidence for "fake"): Grad-CAM for a run
+(trainer.gradcam), the bundle's class activation maps for a bundle.
+
 `--limit N` evaluates a seeded, class-stratified random subset of N crops (each class keeps its
 share of the split, at least one crop each): crops are drawn, not videos, so a video may keep
 only some of its crops. Results are reproducible for a given seed, subset and batch size (the
 per-batch attack and noise seeds derive from the seed and the batch index).
-
-Not done: Grad-CAM or other saliency maps (out of scope here).
 """
 
 from __future__ import annotations
@@ -48,33 +74,41 @@ import csv
 import html
 import json
 import math
+import re
+import shutil
 import time
 import zlib
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Sequence
 
+import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
 from sklearn.metrics import average_precision_score, confusion_matrix, log_loss, roc_auc_score, roc_curve
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
+from forensic.bundle import load_bundle
+from forensic.faces import crop_face
+from forensic.heatmaps import overlay, write_png
 from forensic.versions import library_versions
-from trainer.attacks import eval_mode, fgsm, pgd
 from trainer.corruptions import DEFAULT_CORRUPTIONS, Corruption
 from trainer.data import CLASSES, Sample, list_split, read_rgb
 from trainer.fit import resolve_device
+from trainer.scorers import RUN_THRESHOLD, BundleScorer, Scorer, TorchScorer
+from trainer.unet_attacker import DEFAULT_EPS as UNET_DEFAULT_EPS
+from trainer.unet_attacker import UNetAttacker
 
 SCHEMA = "trainer-eval/1"
-THRESHOLD = 0.5
 BOOTSTRAP_RESAMPLES = 1000
 SQUARE_QUERIES = 100
 SQUARE_P_INIT = 0.05
-NOT_DONE = ["Grad-CAM / saliency maps: out of scope for `trainer eval` (not computed)"]
+SAVE_ADV_PER_CLASS = 4
+HEATMAPS_PER_CELL = 4
+UNET_FILE = "unet_attacker.pt"
 
 Progress = Callable[[str, int, int], None]
 
@@ -133,7 +167,7 @@ def equal_error_rate(y_true: np.ndarray, y_score: np.ndarray) -> tuple[float, fl
     return float((fpr[index] + fnr[index]) / 2), float(min(thresholds[index], 1.0))
 
 
-def binary_metrics(y_true: np.ndarray, y_score: np.ndarray, threshold: float = THRESHOLD,
+def binary_metrics(y_true: np.ndarray, y_score: np.ndarray, threshold: float = RUN_THRESHOLD,
                    bootstrap: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> dict:
     """Every clean metric for labels (0 real, 1 fake) and scores P(fake)."""
     y_true = np.asarray(y_true).astype(int)
@@ -162,10 +196,11 @@ def binary_metrics(y_true: np.ndarray, y_score: np.ndarray, threshold: float = T
     }
 
 
-def condition_metrics(y_true: np.ndarray, y_score: np.ndarray, clean: dict | None = None) -> dict:
+def condition_metrics(y_true: np.ndarray, y_score: np.ndarray, clean: dict | None = None,
+                      threshold: float = RUN_THRESHOLD) -> dict:
     """Accuracy and AUC under one condition, and their drop from clean when given."""
     y_true = np.asarray(y_true).astype(int)
-    accuracy = float(((np.asarray(y_score) >= THRESHOLD).astype(int) == y_true).mean())
+    accuracy = float(((np.asarray(y_score) >= threshold).astype(int) == y_true).mean())
     auc = auc_score(y_true, y_score)
     result = {"accuracy": accuracy, "auc": auc, "n": int(len(y_true))}
     if clean is not None:
@@ -227,10 +262,11 @@ def stratified_subset(samples: list[Sample], limit: int | None, seed: int = 0) -
 
 @dataclass(frozen=True)
 class AttackSpec:
-    family: str  # fgsm, pgd or square (black-box)
+    family: str  # fgsm, pgd (white-box), square (black-box) or unet (learned)
     eps: float
     steps: int = 0  # PGD steps; square: query budget
     eps_text: str = ""
+    network: nn.Module | None = field(default=None, compare=False, repr=False)  # unet: the attacker
 
     @property
     def name(self) -> str:
@@ -242,6 +278,10 @@ class AttackSpec:
     def group(self) -> str:
         return f"pgd{self.steps}" if self.family == "pgd" else self.family
 
+    @property
+    def box(self) -> str:
+        return {"square": "black", "unet": "learned"}.get(self.family, "white")
+
 
 DEFAULT_ATTACKS: tuple[AttackSpec, ...] = (
     *(AttackSpec("fgsm", eps) for eps in (0.001, 0.005, 0.01, 0.02)),
@@ -251,12 +291,41 @@ DEFAULT_ATTACKS: tuple[AttackSpec, ...] = (
 BLACK_BOX = AttackSpec("square", 4 / 255, SQUARE_QUERIES, "4/255")
 
 
-def _margin(model: nn.Module, pixels: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """logit of the true class minus the best other logit (> 0: classified correctly)."""
-    logits = model(pixels).float()
-    true = logits.gather(1, labels[:, None]).squeeze(1)
-    other = logits.masked_fill(F.one_hot(labels, logits.shape[1]).bool(), -math.inf).amax(1)
-    return true - other
+def _check_eps(eps: float) -> float:
+    eps = float(eps)
+    if eps < 0:
+        raise ValueError(f"eps must be >= 0, got {eps}")
+    return eps
+
+
+# FGSM and PGD are written here on a scorer's gradient, not taken from trainer.attacks, whose
+# functions differentiate an nn.Module with autograd: a bundle's gradient comes from its ONNX
+# gradient graphs. For a PyTorch model both give the same examples (tests check it).
+
+def fgsm(scorer: Scorer, pixels: torch.Tensor, labels: torch.Tensor, eps: float) -> torch.Tensor:
+    """One signed-gradient step (Goodfellow et al., ICLR 2015): clamp(x + eps · sign(∇ₓ loss), 0, 1)."""
+    eps = _check_eps(eps)
+    if eps == 0:
+        return pixels.detach().clone()
+    return (pixels.detach() + eps * scorer.loss_gradient(pixels, labels).sign()).clamp_(0.0, 1.0)
+
+
+def pgd(scorer: Scorer, pixels: torch.Tensor, labels: torch.Tensor, eps: float, steps: int,
+        generator: torch.Generator) -> torch.Tensor:
+    """PGD (Madry et al., ICLR 2018): from a uniform random point of the L∞ ball (drawn from
+    `generator`), `steps` signed-gradient steps of 2.5 · eps / steps, each projected onto the
+    ball and [0, 1]."""
+    eps = _check_eps(eps)
+    if eps == 0:
+        return pixels.detach().clone()
+    step_size = 2.5 * eps / max(steps, 1)
+    x = pixels.detach()
+    lower, upper = (x - eps).clamp(min=0.0), (x + eps).clamp(max=1.0)
+    noise = torch.rand(x.shape, generator=generator, device=generator.device, dtype=x.dtype)
+    adv = torch.max(torch.min(x + (2.0 * noise.to(x.device) - 1.0) * eps, upper), lower)
+    for _ in range(steps):
+        adv = torch.max(torch.min(adv + step_size * scorer.loss_gradient(adv, labels).sign(), upper), lower)
+    return adv.detach()
 
 
 def _square_fraction(p_init: float, iteration: int, queries: int) -> float:
@@ -270,17 +339,15 @@ def _square_fraction(p_init: float, iteration: int, queries: int) -> float:
 
 
 @torch.no_grad()
-def square_attack(model: nn.Module, pixels: torch.Tensor, labels: torch.Tensor, eps: float,
+def square_attack(scorer: Scorer, pixels: torch.Tensor, labels: torch.Tensor, eps: float,
                   queries: int = SQUARE_QUERIES, p_init: float = SQUARE_P_INIT,
                   generator: torch.Generator | None = None) -> torch.Tensor:
     """A black-box L∞ random search after the Square attack: start from random vertical stripes
     of ±eps (or the clean crop, when its margin is lower), then each query redraws a random
-    square window to ±eps per channel and keeps it when the margin loss falls. At most `queries`
-    model calls per crop (two for the start); crops already misclassified stop. Uses only the model's outputs (no gradients). Seeded by `generator`
-    (CPU; default seed 0)."""
-    eps = float(eps)
-    if eps < 0:
-        raise ValueError(f"eps must be >= 0, got {eps}")
+    square window to ±eps per channel and keeps it when the scorer's margin falls. At most
+    `queries` scorer calls per crop (two for the start); crops already misclassified stop. Uses
+    only the scorer's outputs (no gradients). Seeded by `generator` (CPU; default seed 0)."""
+    eps = _check_eps(eps)
     x = pixels.detach()
     if eps == 0 or queries < 2:
         return x.clone()
@@ -291,54 +358,127 @@ def square_attack(model: nn.Module, pixels: torch.Tensor, labels: torch.Tensor, 
     def signs(*shape: int) -> torch.Tensor:
         return (torch.randint(0, 2, shape, generator=generator).float() * 2 - 1).to(device, x.dtype) * eps
 
-    with eval_mode(model):
-        # The clean point is in the ball too: start from whichever of it and the stripes is worse
-        # for the model, so the search never ends above the clean loss (one of the queries).
-        adv = (x + signs(n, c, 1, w)).clamp(0.0, 1.0)
-        margin = _margin(model, adv, labels)
-        clean_margin = _margin(model, x, labels)
-        keep_clean = clean_margin < margin
-        adv[keep_clean] = x[keep_clean]
-        margin = torch.minimum(margin, clean_margin)
-        rows, cols = torch.arange(h, device=device), torch.arange(w, device=device)
-        for iteration in range(2, queries):
-            # Draws for every crop each time, so the stream does not depend on which are done.
-            side = max(1, min(h, w, round(math.sqrt(_square_fraction(p_init, iteration, queries) * h * w))))
-            top = torch.randint(0, h - side + 1, (n,), generator=generator).to(device)
-            left = torch.randint(0, w - side + 1, (n,), generator=generator).to(device)
-            window_signs = signs(n, c, 1, 1)
-            active = (margin > 0).nonzero().squeeze(1)
-            if len(active) == 0:
-                break
-            in_rows = (rows[None] >= top[:, None]) & (rows[None] < top[:, None] + side)
-            in_cols = (cols[None] >= left[:, None]) & (cols[None] < left[:, None] + side)
-            window = (in_rows[:, None, :, None] & in_cols[:, None, None, :])[active]
-            delta = torch.where(window, window_signs[active].expand(-1, -1, h, w), adv[active] - x[active])
-            candidate = (x[active] + delta).clamp(0.0, 1.0)
-            new_margin = _margin(model, candidate, labels[active])
-            better = new_margin < margin[active]
-            adv[active[better]] = candidate[better]
-            margin[active[better]] = new_margin[better]
+    # The clean point is in the ball too: start from whichever of it and the stripes is worse
+    # for the model, so the search never ends above the clean loss (one of the queries).
+    adv = (x + signs(n, c, 1, w)).clamp(0.0, 1.0)
+    margin = scorer.margin(adv, labels)
+    clean_margin = scorer.margin(x, labels)
+    keep_clean = clean_margin < margin
+    adv[keep_clean] = x[keep_clean]
+    margin = torch.minimum(margin, clean_margin)
+    rows, cols = torch.arange(h, device=device), torch.arange(w, device=device)
+    for iteration in range(2, queries):
+        # Draws for every crop each time, so the stream does not depend on which are done.
+        side = max(1, min(h, w, round(math.sqrt(_square_fraction(p_init, iteration, queries) * h * w))))
+        top = torch.randint(0, h - side + 1, (n,), generator=generator).to(device)
+        left = torch.randint(0, w - side + 1, (n,), generator=generator).to(device)
+        window_signs = signs(n, c, 1, 1)
+        active = (margin > 0).nonzero().squeeze(1)
+        if len(active) == 0:
+            break
+        in_rows = (rows[None] >= top[:, None]) & (rows[None] < top[:, None] + side)
+        in_cols = (cols[None] >= left[:, None]) & (cols[None] < left[:, None] + side)
+        window = (in_rows[:, None, :, None] & in_cols[:, None, None, :])[active]
+        delta = torch.where(window, window_signs[active].expand(-1, -1, h, w), adv[active] - x[active])
+        candidate = (x[active] + delta).clamp(0.0, 1.0)
+        new_margin = scorer.margin(candidate, labels[active])
+        better = new_margin < margin[active]
+        adv[active[better]] = candidate[better]
+        margin[active[better]] = new_margin[better]
     return adv.detach()
 
 
-def run_attack(model: nn.Module, spec: AttackSpec, pixels: torch.Tensor, labels: torch.Tensor,
+def run_attack(scorer: Scorer, spec: AttackSpec, pixels: torch.Tensor, labels: torch.Tensor,
                seed: int = 0) -> torch.Tensor:
     """Adversarial pixels for one attack spec; `seed` seeds the random start / search."""
     if spec.family == "fgsm":
-        return fgsm(model, pixels, labels, spec.eps)
+        return fgsm(scorer, pixels, labels, spec.eps)
     if spec.family == "pgd":
-        generator = torch.Generator(device=pixels.device).manual_seed(seed)
-        return pgd(model, pixels, labels, spec.eps, spec.steps, generator=generator)
+        return pgd(scorer, pixels, labels, spec.eps, spec.steps, torch.Generator(device=pixels.device).manual_seed(seed))
     if spec.family == "square":
-        return square_attack(model, pixels, labels, spec.eps, queries=spec.steps,
+        return square_attack(scorer, pixels, labels, spec.eps, queries=spec.steps,
                              generator=torch.Generator().manual_seed(seed))
+    if spec.family == "unet":
+        with torch.no_grad():
+            return spec.network.to(pixels.device)(pixels).detach()
     raise EvaluationError(f"unknown attack family {spec.family!r}")
+
+
+def load_unet_attack(run_dir: Path, config: dict) -> AttackSpec | None:
+    """The dual-attacker's U-Net saved in the run (None when there is none), as an attack at the
+    run's eps_unet."""
+    path = Path(run_dir) / UNET_FILE
+    if not path.is_file():
+        return None
+    eps = float((config.get("options") or {}).get("eps_unet", UNET_DEFAULT_EPS))
+    network = UNetAttacker(eps=eps)
+    try:
+        network.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    except (RuntimeError, OSError, ValueError) as exc:
+        raise EvaluationError(f"{path}: not a U-Net attacker state dict ({str(exc).splitlines()[0]})") from None
+    eps_text = f"{round(eps * 255)}/255" if abs(eps * 255 - round(eps * 255)) < 1e-9 else ""
+    return AttackSpec("unet", eps, eps_text=eps_text, network=network.eval())
 
 
 def _seed(seed: int, batch: int, condition: str) -> int:
     """A condition's seed for one batch: independent of which other conditions run."""
     return int(np.random.SeedSequence([int(seed), int(batch), zlib.crc32(condition.encode())]).generate_state(1)[0])
+
+
+# ------------------------------------------------------------------------ adversarial examples
+
+def file_slug(text: str) -> str:
+    """A file-name-safe form of an attack or crop name ("pgd20 eps=4/255" → "pgd20_eps=4-255")."""
+    return re.sub(r"[^A-Za-z0-9.=-]+", "_", text.replace("/", "-")).strip("_")
+
+
+def _write_image(path: Path, rgb: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(path), np.ascontiguousarray(rgb[..., ::-1])):
+        raise EvaluationError(f"{path}: could not write the image")
+
+
+@dataclass
+class AdversarialSaver:
+    """`--save-adv`: for each attack, the adversarial versions of the first `per_class` crops of
+    each class in evaluation order (the same crops for every attack), in folder/<attack>/ as
+    16-bit RGB PNGs, and those crops as the model saw them (8-bit) in folder/clean/, named
+    {class}-{crop}.png. 16 bits hold the 8-bit clean values exactly (v · 257), and the
+    perturbation is rounded toward zero onto the 16-bit grid, so every saved example is within ε
+    (L∞, in [0, 1]) of its clean crop. Files of the same name are replaced; nothing else in the
+    folder is touched (it may be a folder of the user's)."""
+
+    folder: Path
+    per_class: int = SAVE_ADV_PER_CLASS
+    files: int = 0
+    taken: dict[int, int] = field(default_factory=dict)
+
+    def select(self, labels: np.ndarray) -> list[int]:
+        """The rows of this batch to keep (advances the per-class counts)."""
+        rows = []
+        for row, label in enumerate(labels.tolist()):
+            if self.taken.get(label, 0) < self.per_class:
+                self.taken[label] = self.taken.get(label, 0) + 1
+                rows.append(row)
+        return rows
+
+    @staticmethod
+    def file_name(name: str, label: int) -> str:
+        return f"{CLASSES[label]}-{file_slug(Path(name).stem)}.png"
+
+    def write_clean(self, names: list[str], labels: np.ndarray, images: torch.Tensor) -> None:
+        for name, label, image in zip(names, labels.tolist(), images):
+            _write_image(self.folder / "clean" / self.file_name(name, label), image.permute(1, 2, 0).cpu().numpy())
+            self.files += 1
+
+    def write(self, attack: str, names: list[str], labels: np.ndarray, images: torch.Tensor,
+              adversarial: torch.Tensor) -> None:
+        clean16 = images.cpu().to(torch.float64) * 257
+        delta16 = torch.trunc(adversarial.detach().cpu().to(torch.float64) * 65535 - clean16)
+        encoded = (clean16 + delta16).clamp(0, 65535).to(torch.int32).numpy().astype(np.uint16)
+        for name, label, image in zip(names, labels.tolist(), encoded):
+            _write_image(self.folder / file_slug(attack) / self.file_name(name, label), image.transpose(1, 2, 0))
+            self.files += 1
 
 
 # ------------------------------------------------------------------------------- collection
@@ -349,34 +489,39 @@ class Collected:
     labels: np.ndarray
     names: list[str]
     scores: dict[str, np.ndarray]  # "clean", attack names, corruption names
-    attacks: list[AttackSpec]
+    attacks: list[AttackSpec]  # white-box
     black_box: AttackSpec | None
     corruptions: list[str]
-    gradient_mean_abs: float
-    gradient_zero_fraction: float
+    gradient_mean_abs: float | None  # None: the scorer has no gradient
+    gradient_zero_fraction: float | None
+    threshold: float = RUN_THRESHOLD
+    learned: list[AttackSpec] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def all_attacks(self) -> list[AttackSpec]:
+        return self.attacks + self.learned + ([self.black_box] if self.black_box else [])
 
 
 Batch = tuple[torch.Tensor, torch.Tensor]  # uint8 (N, 3, H, W) images, int64 labels
 
 
-@torch.no_grad()
-def _p_fake(model: nn.Module, pixels: torch.Tensor) -> np.ndarray:
-    return model(pixels).float().softmax(1)[:, 1].cpu().numpy()
-
-
-def collect(model: nn.Module, batches: Iterable[Batch], *, n_batches: int | None = None, names: list[str] | None = None,
+def collect(scorer: Scorer, batches: Iterable[Batch], *, n_batches: int | None = None, names: list[str] | None = None,
             attacks: Iterable[AttackSpec] = DEFAULT_ATTACKS, black_box: AttackSpec | None = BLACK_BOX,
-            corruptions: Iterable[Corruption] = DEFAULT_CORRUPTIONS, seed: int = 0,
-            device: torch.device | str = "cpu", on_progress: Progress | None = None) -> Collected:
+            learned: Iterable[AttackSpec] = (), corruptions: Iterable[Corruption] = DEFAULT_CORRUPTIONS,
+            seed: int = 0, save_adv: AdversarialSaver | None = None,
+            on_progress: Progress | None = None) -> Collected:
     """Score every batch clean, under each attack and each corruption (one pass over the data)."""
-    device = torch.device(device)
-    attacks, corruptions = list(attacks), list(corruptions)
-    model = model.to(device).eval()
-    steps_per_batch = 1 + len(attacks) + (black_box is not None) + len(corruptions)
+    attacks, learned, corruptions = list(attacks), list(learned), list(corruptions)
+    if attacks and not scorer.white_box:
+        raise EvaluationError(f"white-box attacks need an input gradient: {scorer.white_box_missing}")
+    conditions = attacks + learned + ([black_box] if black_box else [])
+    device = scorer.device
+    steps_per_batch = 1 + len(conditions) + len(corruptions)
     total = None if n_batches is None else n_batches * steps_per_batch
     scores: dict[str, list[np.ndarray]] = {"clean": []}
     labels_all: list[np.ndarray] = []
+    batch_names: list[str] = []
     seconds: dict[str, float] = {}
     gradient_sum, gradient_count, zero_crops, crops = 0.0, 0, 0, 0
     done = 0
@@ -387,27 +532,37 @@ def collect(model: nn.Module, batches: Iterable[Batch], *, n_batches: int | None
         if on_progress:
             on_progress(description, done, total or done)
 
+    def timed(condition: str, started: float) -> None:
+        seconds[condition] = seconds.get(condition, 0.0) + time.perf_counter() - started
+
     for index, (images, labels) in enumerate(batches):
         started = time.perf_counter()
+        offset = len(batch_names)
+        batch_names.extend(names[offset:offset + len(labels)] if names is not None
+                           else [str(i) for i in range(offset, offset + len(labels))])
         labels = labels.to(device)
         pixels = images.to(device).float().div_(255.0)
-        x = pixels.clone().requires_grad_(True)
-        with torch.enable_grad():
-            logits = model(x).float()
-            (gradient,) = torch.autograd.grad(F.cross_entropy(logits, labels, reduction="sum"), x)
-        scores["clean"].append(logits.detach().softmax(1)[:, 1].cpu().numpy())
+        scores["clean"].append(scorer.p_fake(pixels))
         labels_all.append(labels.cpu().numpy())
-        gradient_sum += float(gradient.abs().sum())
-        gradient_count += gradient.numel()
-        zero_crops += int((gradient.flatten(1).abs().amax(1) == 0).sum())
+        if scorer.white_box:
+            gradient = scorer.loss_gradient(pixels, labels)
+            gradient_sum += float(gradient.abs().sum())
+            gradient_count += gradient.numel()
+            zero_crops += int((gradient.flatten(1).abs().amax(1) == 0).sum())
         crops += len(labels)
-        seconds["clean"] = seconds.get("clean", 0.0) + time.perf_counter() - started
+        keep = save_adv.select(labels_all[-1]) if save_adv else []
+        kept_names, kept_labels = [batch_names[offset + row] for row in keep], labels_all[-1][keep]
+        if keep:
+            save_adv.write_clean(kept_names, kept_labels, images[keep])
+        timed("clean", started)
         step(f"batch {index + 1}: clean")
-        for spec in attacks + ([black_box] if black_box else []):
+        for spec in conditions:
             started = time.perf_counter()
-            adv = run_attack(model, spec, pixels, labels, seed=_seed(seed, index, spec.name))
-            scores.setdefault(spec.name, []).append(_p_fake(model, adv))
-            seconds[spec.name] = seconds.get(spec.name, 0.0) + time.perf_counter() - started
+            adv = run_attack(scorer, spec, pixels, labels, seed=_seed(seed, index, spec.name))
+            scores.setdefault(spec.name, []).append(scorer.p_fake(adv))
+            if keep:
+                save_adv.write(spec.name, kept_names, kept_labels, images[keep], adv[keep])
+            timed(spec.name, started)
             step(f"batch {index + 1}: {spec.name}")
         if corruptions:
             array = images.permute(0, 2, 3, 1).contiguous().numpy()
@@ -415,17 +570,18 @@ def collect(model: nn.Module, batches: Iterable[Batch], *, n_batches: int | None
                 started = time.perf_counter()
                 corrupted = corruption.apply(array, _seed(seed, index, corruption.name))
                 tensor = torch.from_numpy(corrupted).permute(0, 3, 1, 2).to(device).float().div_(255.0)
-                scores.setdefault(corruption.name, []).append(_p_fake(model, tensor))
-                seconds[corruption.name] = seconds.get(corruption.name, 0.0) + time.perf_counter() - started
+                scores.setdefault(corruption.name, []).append(scorer.p_fake(tensor))
+                timed(corruption.name, started)
                 step(f"batch {index + 1}: {corruption.name}")
     if not labels_all:
         raise EvaluationError("no crops to evaluate")
     labels_array = np.concatenate(labels_all).astype(int)
-    return Collected(labels=labels_array, names=list(names) if names is not None else [str(i) for i in range(len(labels_array))],
+    return Collected(labels=labels_array, names=batch_names,
                      scores={key: np.concatenate(value) for key, value in scores.items()}, attacks=attacks,
                      black_box=black_box, corruptions=[c.name for c in corruptions],
-                     gradient_mean_abs=gradient_sum / max(gradient_count, 1),
-                     gradient_zero_fraction=zero_crops / max(crops, 1),
+                     gradient_mean_abs=gradient_sum / max(gradient_count, 1) if scorer.white_box else None,
+                     gradient_zero_fraction=zero_crops / max(crops, 1) if scorer.white_box else None,
+                     threshold=scorer.threshold, learned=learned,
                      seconds={k: round(v, 3) for k, v in seconds.items()})
 
 
@@ -471,14 +627,18 @@ def gradient_masking_checks(collected: Collected, results: dict[str, dict]) -> d
     black = None
     if collected.black_box is not None:
         bb = collected.black_box
-        white = [s for s in collected.attacks if s.family in ("pgd", "fgsm") and same(s.eps, bb.eps)]
+        white = [s for s in collected.attacks if same(s.eps, bb.eps)]
         if white:
             strongest = min(white, key=lambda s: results[s.name]["accuracy"])
             a_black, a_white = results[bb.name]["accuracy"], results[strongest.name]["accuracy"]
             black = {"passed": a_black >= a_white - tol, "black_box": bb.name, "black_box_accuracy": a_black,
                      "white_box": strongest.name, "white_box_accuracy": a_white}
 
-    nonzero = collected.gradient_mean_abs > 0
+    if collected.gradient_mean_abs is None:
+        nonzero = {"passed": None, "reason": "no input gradient (black-box only)"}
+    else:
+        nonzero = {"passed": bool(collected.gradient_mean_abs > 0), "mean_abs_gradient": collected.gradient_mean_abs,
+                   "zero_gradient_crop_fraction": collected.gradient_zero_fraction}
     return {
         "tolerance": tol,
         "tolerance_rule": "max(0.01, 1/n) in accuracy",
@@ -487,9 +647,7 @@ def gradient_masking_checks(collected: Collected, results: dict[str, dict]) -> d
         "pgd_vs_fgsm": {"rule": "PGD at the nearest eps' >= eps is at least as strong as FGSM at eps: "
                                 "acc(PGD) <= acc(FGSM) + tol",
                         "passed": verdict(fgsm_pairs), "pairs": fgsm_pairs, "not_checked": unchecked},
-        "nonzero_gradients": {"rule": "mean |d cross-entropy / d input| over the clean crops > 0",
-                              "passed": bool(nonzero), "mean_abs_gradient": collected.gradient_mean_abs,
-                              "zero_gradient_crop_fraction": collected.gradient_zero_fraction},
+        "nonzero_gradients": {"rule": "mean |d attacked loss / d input| over the clean crops > 0", **nonzero},
         "black_box": {"rule": "black-box (Square-like random search) accuracy >= white-box accuracy at the same eps - tol",
                       **(black or {"passed": None, "reason": "no black-box attack or no white-box attack at its eps"})},
     }
@@ -501,39 +659,43 @@ CHECK_NAMES = ("more_steps", "pgd_vs_fgsm", "nonzero_gradients", "black_box")
 def summarise(collected: Collected, *, seed: int = 0, bootstrap: int = BOOTSTRAP_RESAMPLES) -> dict:
     """Clean (frame and video level), attacks, masking checks and corruptions from the scores."""
     y = collected.labels
-    clean = binary_metrics(y, collected.scores["clean"], bootstrap=bootstrap, seed=seed)
+    threshold = collected.threshold
+    clean = binary_metrics(y, collected.scores["clean"], threshold=threshold, bootstrap=bootstrap, seed=seed)
     summary: dict = {"clean": {"frame": clean, "video": None, "video_skipped": None}}
     try:
         videos = video_scores(collected.names, y, collected.scores["clean"])
-        summary["clean"]["video"] = binary_metrics(videos["labels"], videos["scores"], bootstrap=bootstrap, seed=seed)
+        summary["clean"]["video"] = binary_metrics(videos["labels"], videos["scores"], threshold=threshold,
+                                                   bootstrap=bootstrap, seed=seed)
         summary["clean"]["video"]["crops_per_video"] = {"min": int(videos["crops"].min()), "mean": float(videos["crops"].mean()),
                                                         "max": int(videos["crops"].max())}
         summary["clean"]["video"]["aggregation"] = "mean P(fake) of the video's crops"
     except EvaluationError as exc:
         summary["clean"]["video_skipped"] = str(exc)
 
-    all_attacks = collected.attacks + ([collected.black_box] if collected.black_box else [])
+    all_attacks = collected.all_attacks
     if all_attacks:
+        correct_clean = (collected.scores["clean"] >= threshold).astype(int) == y
         results = {}
         for spec in all_attacks:
             scores = collected.scores[spec.name]
             entry = {"name": spec.name, "family": spec.group, "eps": spec.eps, "eps_text": spec.eps_text or f"{spec.eps:g}",
-                     "box": "black" if spec.family == "square" else "white"}
+                     "box": spec.box}
             if spec.family == "pgd":
                 entry["steps"] = spec.steps
             if spec.family == "square":
                 entry["queries"] = spec.steps
-            entry.update(condition_metrics(y, scores, clean))
-            correct_clean = (collected.scores["clean"] >= THRESHOLD).astype(int) == y
-            flipped = correct_clean & ((scores >= THRESHOLD).astype(int) != y)
+            if spec.family == "unet":
+                entry["source"] = f"the run's {UNET_FILE} (the dual-attacker's U-Net from its last epoch)"
+            entry.update(condition_metrics(y, scores, clean, threshold))
+            flipped = correct_clean & ((scores >= threshold).astype(int) != y)
             entry["success_rate"] = float(flipped.sum() / max(correct_clean.sum(), 1))
             results[spec.name] = entry
         worst_acc = min(results.values(), key=lambda r: r["accuracy"])
         with_auc = [r for r in results.values() if r["auc"] is not None]
         worst_auc = min(with_auc, key=lambda r: r["auc"]) if with_auc else None
-        robust_everywhere = (collected.scores["clean"] >= THRESHOLD).astype(int) == y
+        robust_everywhere = correct_clean.copy()
         for spec in all_attacks:
-            robust_everywhere &= (collected.scores[spec.name] >= THRESHOLD).astype(int) == y
+            robust_everywhere &= (collected.scores[spec.name] >= threshold).astype(int) == y
         summary["attacks"] = {
             "space": "pixels in [0, 1], L-infinity, true labels",
             "results": list(results.values()),
@@ -553,7 +715,8 @@ def summarise(collected: Collected, *, seed: int = 0, bootstrap: int = BOOTSTRAP
         summary["corruptions"] = {
             "applied_to": "crops at the model's input size (uint8), per batch; h264: per-crop re-encoding of the "
                           "batch's crops as frames of one clip, not the original video",
-            "results": [{"name": name, **condition_metrics(y, collected.scores[name], clean)} for name in collected.corruptions],
+            "results": [{"name": name, **condition_metrics(y, collected.scores[name], clean, threshold)}
+                        for name in collected.corruptions],
         }
     else:
         summary["corruptions"] = None
@@ -568,89 +731,241 @@ def condition_rows(summary: dict) -> list[dict]:
         video = summary["clean"]["video"]
         rows.append({"condition": "clean (video level)", "kind": "clean-video", "accuracy": video["accuracy"],
                      "auc": video["auc"], "n": video["n"]})
+    kinds = {"white": "attack", "black": "attack-black-box", "learned": "attack-learned"}
     for kind in ("attacks", "corruptions"):
         for result in (summary.get(kind) or {}).get("results", []):
-            label = "attack" if kind == "attacks" else "corruption"
-            if result.get("box") == "black":
-                label = "attack-black-box"
-            rows.append({"condition": result["name"], "kind": label, "accuracy": result["accuracy"],
-                         "auc": result["auc"], "n": result["n"]})
+            rows.append({"condition": result["name"], "kind": kinds[result["box"]] if kind == "attacks" else "corruption",
+                         "accuracy": result["accuracy"], "auc": result["auc"], "n": result["n"]})
     return rows
+
+
+# --------------------------------------------------------------------------------- heatmaps
+
+CELLS = (("tp", "true positives", 1, True), ("fp", "false positives", 0, True),
+         ("tn", "true negatives", 0, False), ("fn", "false negatives", 1, False))
+
+
+def heatmap_sample(labels: np.ndarray, scores: np.ndarray, threshold: float, per_cell: int,
+                   seed: int = 0) -> dict[str, list[int]]:
+    """Up to `per_cell` crop indices of each confusion-matrix cell, drawn at random (seeded)."""
+    rng = np.random.default_rng(seed)
+    predicted_fake = np.asarray(scores) >= threshold
+    sample = {}
+    for key, _, label, fake in CELLS:
+        members = np.flatnonzero((np.asarray(labels) == label) & (predicted_fake == fake))
+        sample[key] = sorted(rng.choice(members, size=min(per_cell, len(members)), replace=False).tolist())
+    return sample
+
+
+def write_heatmaps(scorer: Scorer, crops: Dataset, collected: Collected, out: Path, per_cell: int,
+                   seed: int = 0) -> dict:
+    """heatmaps/{cell}-{index}-{class}-{crop}.png: the crop and its heatmap overlay side by side."""
+    folder = out / "heatmaps"
+    if folder.is_dir():  # files of an earlier report in this folder would be left unreferenced
+        shutil.rmtree(folder)
+    sample = heatmap_sample(collected.labels, collected.scores["clean"], collected.threshold, per_cell, seed)
+    chosen = [(key, index) for key, indices in sample.items() for index in indices]
+    rule = (f"up to {per_cell} crops per confusion-matrix cell, drawn at random (seed {seed}); each PNG is the "
+            f"crop at the model's input size beside the positive part of its map (evidence for 'fake')")
+    if not chosen:
+        return {"method": None, "sample": rule, "files": [], "skipped": "no crops"}
+    images = torch.stack([crops[index][0] for _, index in chosen])
+    heatmaps = scorer.heatmaps(images.to(scorer.device).float().div_(255.0))
+    if heatmaps.maps is None:
+        return {"method": None, "sample": rule, "files": [], "skipped": heatmaps.method}
+    files = []
+    for (key, index), image, heat in zip(chosen, images, heatmaps.maps):
+        crop = image.permute(1, 2, 0).numpy()
+        label = int(collected.labels[index])
+        name = f"heatmaps/{key}-{index:05d}-{AdversarialSaver.file_name(collected.names[index], label)}"
+        write_png(np.concatenate([crop, overlay(crop, heat)], axis=1), out / name)
+        files.append({"file": name, "cell": key, "crop": collected.names[index], "label": CLASSES[label],
+                      "p_fake": float(collected.scores["clean"][index])})
+    return {"method": heatmaps.method, "sample": rule, "files": files, "skipped": None}
 
 
 # ------------------------------------------------------------------------------------ the run
 
-class _Crops(Dataset):
-    """uint8 (3, size, size) crops as the model's evaluation transform makes them (before the
-    float conversion), with their labels."""
+@dataclass
+class EvalSettings:
+    """What to evaluate and how; the same for a run and a bundle."""
+    split: str = "test"
+    limit: int | None = None
+    batch_size: int = 32
+    seed: int = 0
+    attacks: Sequence[AttackSpec] = DEFAULT_ATTACKS  # white-box; skipped for a bundle without gradients
+    black_box: AttackSpec | None = BLACK_BOX
+    learned_attacks: bool = True  # a dual-attacker run's U-Net
+    corruptions: Sequence[Corruption] = DEFAULT_CORRUPTIONS
+    heatmaps_per_cell: int = HEATMAPS_PER_CELL
+    save_adv: Path | None = None  # folder for adversarial examples
+    device: str = "auto"
+    bootstrap: int = BOOTSTRAP_RESAMPLES  # resamples of the AUC's confidence interval
 
-    def __init__(self, samples: list[Sample], size: int):
+
+class _Crops(Dataset):
+    """uint8 (3, size, size) crops at the scorer's input size, with their labels."""
+
+    def __init__(self, samples: list[Sample], resize: Callable[[np.ndarray], torch.Tensor]):
         self.samples = samples
-        self.transform = v2.Compose([v2.ToImage(), v2.Resize((size, size), antialias=True)])
+        self.resize = resize
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         sample = self.samples[index]
-        return self.transform(read_rgb(sample.path)).as_subclass(torch.Tensor), sample.label
+        return self.resize(read_rgb(sample.path)), sample.label
 
 
-def evaluate_run(run_dir: Path, data: Path, out: Path, *, split: str = "test", checkpoint: str = "best",
-                 limit: int | None = None, batch_size: int = 32, seed: int = 0, attacks: bool = True,
-                 corruptions: bool = True, device: str = "auto", on_progress: Progress | None = None) -> dict:
-    """Evaluate a `trainer fit` run on DATA/split and write the report folder `out`; return the
-    report (metrics.json's content)."""
-    from trainer.export import load_run_model
+def run_resize(size: int) -> Callable[[np.ndarray], torch.Tensor]:
+    """A run's evaluation transform up to the float conversion (torchvision Resize, antialiased)."""
+    transform = v2.Compose([v2.ToImage(), v2.Resize((size, size), antialias=True)])
+    return lambda image: transform(image).as_subclass(torch.Tensor)
 
-    started = time.perf_counter()
-    if batch_size < 1:
+
+def scan_resize(image: np.ndarray, size: int) -> np.ndarray:
+    """A dataset crop (itself a crop_face output) at `size` as `forensic scan` makes its crops:
+    crop_face with the whole image as the face box and margin 1."""
+    height, width = image.shape[:2]
+    return crop_face(image, (0, 0, width, height), 1.0, size)
+
+
+def _bundle_resize(size: int) -> Callable[[np.ndarray], torch.Tensor]:
+    return lambda image: torch.from_numpy(scan_resize(image, size)).permute(2, 0, 1).contiguous()
+
+
+def _check_settings(settings: EvalSettings) -> None:
+    if settings.batch_size < 1:
         raise EvaluationError("--batch-size must be at least 1")
-    run = load_run_model(Path(run_dir), checkpoint)
-    available = list_split(Path(data), split)
-    samples = stratified_subset(available, limit, seed)
-    size = int(run.config["size"])
-    try:
-        torch_device = resolve_device(device)
-    except ValueError as exc:
-        raise EvaluationError(str(exc)) from None
-    loader = DataLoader(_Crops(samples, size), batch_size=batch_size, shuffle=False, num_workers=0)
-    collected = collect(run.model, ((images, torch.as_tensor(labels)) for images, labels in loader),
-                        n_batches=len(loader), names=[s.path.name for s in samples],
-                        attacks=DEFAULT_ATTACKS if attacks else (), black_box=BLACK_BOX if attacks else None,
-                        corruptions=DEFAULT_CORRUPTIONS if corruptions else (), seed=seed, device=torch_device,
-                        on_progress=on_progress)
-    summary = summarise(collected, seed=seed)
+
+
+def _evaluate(scorer: Scorer, data: Path, out: Path, settings: EvalSettings, *, subject: dict,
+              resize: Callable[[np.ndarray], torch.Tensor], learned: list[AttackSpec], threshold_rule: str,
+              not_done: list[str], started: float, on_progress: Progress | None) -> dict:
+    """The evaluation shared by runs and bundles; `subject` says what was evaluated."""
+    available = list_split(Path(data), settings.split)
+    samples = stratified_subset(available, settings.limit, settings.seed)
+    crops = _Crops(samples, resize)
+    loader = DataLoader(crops, batch_size=settings.batch_size, shuffle=False, num_workers=0)
+    saver = AdversarialSaver(Path(settings.save_adv)) if settings.save_adv else None
+    attacks = list(settings.attacks) if scorer.white_box else []
+    collected = collect(scorer, ((images, torch.as_tensor(labels)) for images, labels in loader),
+                        n_batches=len(loader), names=[s.path.name for s in samples], attacks=attacks,
+                        black_box=settings.black_box, learned=learned, corruptions=settings.corruptions,
+                        seed=settings.seed, save_adv=saver, on_progress=on_progress)
+    summary = summarise(collected, seed=settings.seed, bootstrap=settings.bootstrap)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    heatmaps = None
+    if settings.heatmaps_per_cell > 0:
+        if on_progress:
+            on_progress("heatmaps", 0, 1)
+        heatmap_started = time.perf_counter()
+        heatmaps = write_heatmaps(scorer, crops, collected, out, settings.heatmaps_per_cell, settings.seed)
+        collected.seconds["heatmaps"] = round(time.perf_counter() - heatmap_started, 3)
 
     def counts(items: list[Sample]) -> dict[str, int]:
         return {name: sum(1 for s in items if s.label == label) for label, name in enumerate(CLASSES)}
 
     videos = {name: len({video_id(s.path.name) for s in samples if s.label == label}) for label, name in enumerate(CLASSES)}
+    any_attack = bool(attacks or learned or settings.black_box)
     report = {
         "schema": SCHEMA,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "run_dir": str(run_dir), "checkpoint": checkpoint, "epoch": run.epoch,
-        "arch": run.config["arch"], "method": run.config.get("method"), "init": run.config.get("init"),
-        "size": size, "trained_on": run.config.get("data"),
-        "data": str(data), "split": split, "seed": seed, "batch_size": batch_size, "device": str(torch_device),
-        "limit": limit,
-        "subset": (f"seeded class-stratified random subset of {len(samples)} of {len(available)} crops (seed {seed})"
+        **subject,
+        "data": str(data), "split": settings.split, "seed": settings.seed, "batch_size": settings.batch_size,
+        "limit": settings.limit,
+        "subset": (f"seeded class-stratified random subset of {len(samples)} of {len(available)} crops (seed {settings.seed})"
                    if len(samples) < len(available) else "all crops of the split"),
         "counts": {"crops": counts(samples), "crops_in_split": counts(available), "videos": videos},
-        "threshold": THRESHOLD,
-        "threshold_rule": "a crop or video is called fake when P(fake) >= 0.5 (accuracy, confusion matrix)",
+        "threshold": scorer.threshold,
+        "threshold_rule": threshold_rule,
         **summary,
-        "attack_settings": None if not attacks else {
-            "white_box": [s.name for s in DEFAULT_ATTACKS], "black_box": BLACK_BOX.name,
+        "white_box": {"available": scorer.white_box, "attacked_loss": scorer.attacked_loss,
+                      "missing": scorer.white_box_missing,
+                      "skipped_attacks": [s.name for s in settings.attacks] if not scorer.white_box else []},
+        "attack_settings": None if not any_attack else {
+            "white_box": [s.name for s in attacks], "black_box": settings.black_box.name if settings.black_box else None,
+            "learned": [s.name for s in learned],
             "pgd_step_size": "2.5 * eps / steps", "pgd_random_start": True,
             "square": {"queries": SQUARE_QUERIES, "p_init": SQUARE_P_INIT, "loss": "margin"},
             "seeds": "per batch and condition: numpy SeedSequence([seed, batch index, crc32(condition name)])"},
-        "not_done": NOT_DONE,
+        "heatmaps": heatmaps,
+        "adversarial_examples": None if saver is None else {
+            "folder": str(saver.folder), "files": saver.files,
+            "rule": f"per attack, the first {saver.per_class} crops of each class in evaluation order (the same "
+                    f"crops for every attack), with those clean crops in clean/",
+            "format": "16-bit RGB PNG, perturbation rounded toward zero (within eps of the 8-bit clean crop)"},
+        "not_done": not_done,
         "versions": library_versions(),
         "seconds": {"total": round(time.perf_counter() - started, 2), **collected.seconds},
     }
-    write_report(report, collected, Path(out))
+    write_report(report, collected, out)
     return report
+
+
+def evaluate_run(run_dir: Path, data: Path, out: Path, settings: EvalSettings | None = None, *,
+                 checkpoint: str = "best", on_progress: Progress | None = None) -> dict:
+    """Evaluate a `trainer fit` run on DATA/split and write the report folder `out`; return the
+    report (metrics.json's content)."""
+    from trainer.export import load_run_model
+
+    started = time.perf_counter()
+    settings = settings or EvalSettings()
+    _check_settings(settings)
+    run = load_run_model(Path(run_dir), checkpoint)
+    size = int(run.config["size"])
+    try:
+        torch_device = resolve_device(settings.device)
+    except ValueError as exc:
+        raise EvaluationError(str(exc)) from None
+    unet = load_unet_attack(Path(run_dir), run.config) if settings.learned_attacks else None
+    subject = {"run_dir": str(run_dir), "checkpoint": checkpoint, "epoch": run.epoch,
+               "arch": run.config["arch"], "method": run.config.get("method"), "init": run.config.get("init"),
+               "size": size, "trained_on": run.config.get("data"), "device": str(torch_device),
+               "input": "the dataset crops resized by the run's evaluation transform (torchvision Resize, antialiased)"}
+    return _evaluate(TorchScorer(run.model, torch_device), data, out, settings, subject=subject,
+                     resize=run_resize(size), learned=[unet] if unet else [],
+                     threshold_rule=f"a crop or video is called fake when P(fake) >= {RUN_THRESHOLD}",
+                     not_done=[], started=started, on_progress=on_progress)
+
+
+def evaluate_bundle(bundle_dir: Path, data: Path, out: Path, settings: EvalSettings | None = None, *,
+                    on_progress: Progress | None = None) -> dict:
+    """Evaluate an exported bundle, scored as `forensic scan` scores face crops, on DATA/split
+    and write the report folder `out`; return the report."""
+    started = time.perf_counter()
+    settings = settings or EvalSettings()
+    _check_settings(settings)
+    if settings.device not in ("auto", "cpu", "cuda"):
+        raise EvaluationError(f"--device must be auto, cpu or cuda, not {settings.device!r}")
+    bundle = load_bundle(Path(bundle_dir))
+    scorer = BundleScorer(bundle, settings.device, settings.batch_size)
+    total_weight = sum(entry.weight for entry in bundle.models)
+    trainings = {entry["name"]: entry.get("training") or {} for entry in bundle.manifest["models"]}
+    models = [{"name": entry.name, "arch": entry.arch, "weight": entry.weight / total_weight,
+               "method": trainings[entry.name].get("method"), "run": trainings[entry.name].get("run"),
+               "epoch": trainings[entry.name].get("epoch"),
+               "gradient_graph": entry.gradient_graph or f"none: {entry.gradient_graph_missing or 'not exported'}"}
+              for entry in bundle.models]
+    spec = bundle.manifest["input"]
+    subject = {"bundle": {"path": str(bundle_dir), "name": bundle.name, "sha256": bundle.sha256,
+                          "decision_threshold": bundle.threshold,
+                          "temperature": float(bundle.manifest.get("temperature", 1.0)),
+                          "uncertain_band": bundle.uncertain_band, "models": models},
+               "arch": "+".join(dict.fromkeys(m["arch"] for m in models)),
+               "method": "+".join(dict.fromkeys(str(m["method"]) for m in models)),
+               "size": bundle.input_size, "device": "+".join(scorer.runner.providers),
+               "input": (f"the dataset crops brought to {bundle.input_size} px as forensic scan makes its crops "
+                         f"(crop_face: cv2 INTER_AREA when shrinking, else INTER_LINEAR); pixels in [0, 1], "
+                         f"normalised with mean {spec['mean']} and std {spec['std']} "
+                         f"{'inside the graph' if spec['normalize_in_graph'] else 'by EnsembleRunner'}")}
+    rule = (f"a crop or video is called fake when the calibrated ensemble P(fake) >= {bundle.threshold:.6g}, "
+            f"the bundle's decision_threshold (its uncertain band ±{bundle.uncertain_band:g} is not used)")
+    not_done = ["U-Net attack: a bundle does not carry the dual-attacker's U-Net (evaluate the run for it)"]
+    return _evaluate(scorer, data, out, settings, subject=subject, resize=_bundle_resize(bundle.input_size),
+                     learned=[], threshold_rule=rule, not_done=not_done, started=started, on_progress=on_progress)
 
 
 # ----------------------------------------------------------------------------------- writing
@@ -701,6 +1016,7 @@ def write_plots(report: dict, collected: Collected, out: Path) -> list[str]:
         written.append(name)
 
     y = collected.labels
+    threshold = collected.threshold
     clean = report["clean"]["frame"]
     attacks = report.get("attacks")
     if attacks:
@@ -708,12 +1024,13 @@ def write_plots(report: dict, collected: Collected, out: Path) -> list[str]:
         families: dict[str, list[dict]] = {}
         for result in attacks["results"]:
             families.setdefault(result["family"], []).append(result)
+        markers = {"square": ("*", " (black-box)"), "unet": ("D", " (learned)")}
         for family, results in families.items():
             results = sorted(results, key=lambda r: r["eps"])
-            marker = "*" if family == "square" else "o"
+            marker, suffix = markers.get(family, ("o", ""))
+            alone = family in markers
             axis.plot([r["eps"] for r in results], [r["accuracy"] for r in results], marker=marker,
-                      linestyle="" if family == "square" else "-", markersize=10 if family == "square" else 5,
-                      label=family + (" (black-box)" if family == "square" else ""))
+                      linestyle="" if alone else "-", markersize=10 if alone else 5, label=family + suffix)
         axis.axhline(clean["accuracy"], color="grey", linestyle="--", label="clean")
         axis.set_xscale("log")
         axis.set_xlabel("ε (L∞, pixels in [0, 1])")
@@ -759,7 +1076,7 @@ def write_plots(report: dict, collected: Collected, out: Path) -> list[str]:
         values = collected.scores["clean"][y == label]
         if len(values):
             axis.hist(values, bins=bins, alpha=0.6, label=f"{name} (n={len(values)})")
-    axis.axvline(THRESHOLD, color="black", linestyle="--", linewidth=1, label="threshold 0.5")
+    axis.axvline(threshold, color="black", linestyle="--", linewidth=1, label=f"threshold {threshold:.3g}")
     axis.set_xlabel("P(fake), clean")
     axis.set_ylabel("crops")
     axis.set_title("Score histograms per class")
@@ -774,7 +1091,7 @@ def write_plots(report: dict, collected: Collected, out: Path) -> list[str]:
                   color="white" if value > matrix.max() / 2 else "black", fontsize=14)
     axis.set_xticks([0, 1], ["real", "fake"])
     axis.set_yticks([0, 1], ["real", "fake"])
-    axis.set_xlabel("predicted (P(fake) >= 0.5)")
+    axis.set_xlabel(f"predicted (P(fake) >= {threshold:.3g})")
     axis.set_ylabel("true")
     axis.set_title("Confusion matrix (frames)")
     save(figure, "confusion_matrix.png")
@@ -791,9 +1108,11 @@ def fmt(value, digits: int = 4) -> str:
     return str(value)
 
 
-def _table(headers: list[str], rows: list[list]) -> str:
+def _table(headers: list[str], rows: list[list], row_classes: list[str | None] | None = None) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(fmt(c))}</td>" for c in row) + "</tr>" for row in rows)
+    classes = row_classes or [None] * len(rows)
+    body = "".join((f"<tr class='{css}'>" if css else "<tr>") + "".join(f"<td>{html.escape(fmt(c))}</td>" for c in row)
+                   + "</tr>" for row, css in zip(rows, classes))
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
@@ -801,7 +1120,7 @@ def _clean_rows(metrics: dict) -> list[list]:
     ci = metrics["auc_ci95"]
     cm = metrics["confusion_matrix"]
     return [["n (real / fake)", f"{metrics['n']} ({metrics['counts']['real']} / {metrics['counts']['fake']})"],
-            ["accuracy (P(fake) >= 0.5)", metrics["accuracy"]], ["ROC-AUC", metrics["auc"]],
+            [f"accuracy (P(fake) >= {metrics['threshold']:.4g})", metrics["accuracy"]], ["ROC-AUC", metrics["auc"]],
             ["ROC-AUC 95% CI", f"{ci[0]:.4f} – {ci[1]:.4f}" if ci else None],
             ["TPR at 1% FPR", metrics["tpr_at_1pct_fpr"]], ["EER", metrics["eer"]],
             ["average precision", metrics["average_precision"]], ["log-loss", metrics["log_loss"]],
@@ -824,7 +1143,8 @@ def check_lines(masking: dict | None) -> list[tuple[str, bool | None, str]]:
     gradient = masking["nonzero_gradients"]
     lines.append(("non-zero input gradients", gradient["passed"],
                   f"mean |grad| {gradient['mean_abs_gradient']:.3e}, crops with zero gradient "
-                  f"{gradient['zero_gradient_crop_fraction']:.2f}"))
+                  f"{gradient['zero_gradient_crop_fraction']:.2f}" if "mean_abs_gradient" in gradient
+                  else gradient.get("reason", "")))
     black = masking["black_box"]
     lines.append(("black-box no stronger than white-box", black["passed"],
                   f"{black['black_box']} {black['black_box_accuracy']:.3f} vs {black['white_box']} "
@@ -832,25 +1152,65 @@ def check_lines(masking: dict | None) -> list[tuple[str, bool | None, str]]:
     return lines
 
 
+def masking_table_html(masking: dict | None) -> str:
+    """The gradient-masking checks as an HTML table; a failed check's row has class 'fail' (red)."""
+    lines = check_lines(masking)
+    rows = [[name, "not checked" if passed is None else passed, numbers] for name, passed, numbers in lines]
+    return _table(["check", "result", "numbers"], rows, ["fail" if passed is False else None for _, passed, _ in lines])
+
+
 STYLE = """
 body{font-family:system-ui,sans-serif;margin:2em;max-width:1100px;color:#222}
 h1{font-size:1.4em} h2{font-size:1.1em;margin-top:1.6em}
 table{border-collapse:collapse;margin:.5em 0} td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}
 img{max-width:100%;margin:.5em 0;border:1px solid #eee} code{font-size:.85em}
+tr.fail td{color:#b00020;background:#fde7e9;font-weight:600}
+p.fail{color:#b00020;font-weight:600}
+.heatmaps figure{display:inline-block;margin:0 .6em .6em 0;font-size:.8em}
+.heatmaps img{width:256px;image-rendering:pixelated}
 """
 
 
-def render_html(report: dict, out: Path) -> str:
-    """index.html: the tables, and only the plots that exist in `out`."""
+def _subject_html(report: dict) -> tuple[str, list[list]]:
+    """The page's title line and the rows saying what was evaluated."""
+    bundle = report.get("bundle")
+    if bundle:
+        title = f"Evaluation of bundle {bundle['name']} ({bundle['path']}, manifest sha256 {bundle['sha256'][:12]})"
+        rows = [["models", "; ".join(f"{m['name']} ({m['arch']}, {m['method']}, weight {m['weight']:.3f}, "
+                                      f"gradient graph: {m['gradient_graph']})" for m in bundle["models"])],
+                ["temperature", bundle["temperature"]], ["decision threshold (manifest)", bundle["decision_threshold"]]]
+        return title, rows
+    title = f"Evaluation of {report['run_dir']} ({report['checkpoint']}, epoch {report['epoch']})"
+    return title, [["arch", report["arch"]], ["method", report["method"]]]
+
+
+def _heatmaps_html(heatmaps: dict | None) -> list[str]:
+    if not heatmaps:
+        return []
     e = html.escape
+    parts = ["<h2>Heatmaps</h2>"]
+    if heatmaps.get("skipped"):
+        return parts + [f"<p>Not drawn: {e(heatmaps['skipped'])}</p>"]
+    parts.append(f"<p>{e(heatmaps['method'])}; {e(heatmaps['sample'])}.</p>")
+    for key, title, _, _ in CELLS:
+        files = [f for f in heatmaps["files"] if f["cell"] == key]
+        parts.append(f"<h3>{e(title)} ({len(files)})</h3><div class='heatmaps'>" + "".join(
+            f"<figure><img src='{e(f['file'])}' alt='{e(f['crop'])}'><figcaption>{e(f['crop'])}<br>"
+            f"{e(f['label'])}, P(fake) {f['p_fake']:.3f}</figcaption></figure>" for f in files) + "</div>")
+    return parts
+
+
+def render_html(report: dict, out: Path) -> str:
+    """index.html: the tables, and only the plots and heatmaps that exist in `out`."""
+    e = html.escape
+    title, subject_rows = _subject_html(report)
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>trainer eval: {e(report['arch'])}</title>"
-             f"<style>{STYLE}</style></head><body>",
-             f"<h1>Evaluation of {e(str(report['run_dir']))} ({e(report['checkpoint'])}, epoch {report['epoch']})</h1>",
+             f"<style>{STYLE}</style></head><body>", f"<h1>{e(title)}</h1>",
              _table(["setting", "value"], [
-                 ["arch", report["arch"]], ["method", report["method"]], ["data", f"{report['data']} ({report['split']})"],
+                 *subject_rows, ["data", f"{report['data']} ({report['split']})"],
                  ["crops (real / fake)", f"{report['counts']['crops']['real']} / {report['counts']['crops']['fake']}"],
-                 ["subset", report["subset"]], ["seed", report["seed"]], ["device", report["device"]],
-                 ["decision rule", report["threshold_rule"]], ["created", report["created"]]])]
+                 ["input", report.get("input")], ["subset", report["subset"]], ["seed", report["seed"]],
+                 ["device", report["device"]], ["decision rule", report["threshold_rule"]], ["created", report["created"]]])]
     clean = report["clean"]
     parts.append("<h2>Clean</h2>")
     video = clean.get("video")
@@ -860,9 +1220,15 @@ def render_html(report: dict, out: Path) -> str:
     parts.append(_table(headers, rows))
     if clean.get("video_skipped"):
         parts.append(f"<p>Video level not computed: {e(clean['video_skipped'])}</p>")
+    white_box = report.get("white_box") or {}
+    if white_box.get("skipped_attacks"):
+        parts.append(f"<p class='fail'>Black-box only: white-box attacks ({len(white_box['skipped_attacks'])}) not run "
+                     f"because {e(white_box['missing'])}.</p>")
     if report.get("attacks"):
         attacks = report["attacks"]
         parts.append("<h2>Attacks (frame level)</h2>")
+        if white_box.get("attacked_loss"):
+            parts.append(f"<p>White-box attacks ascend the gradient of: {e(white_box['attacked_loss'])}.</p>")
         parts.append(_table(["attack", "box", "accuracy", "AUC", "Δ accuracy", "Δ AUC", "success rate", "n"],
                             [[r["name"], r["box"], r["accuracy"], r["auc"], r["accuracy_drop"], r["auc_drop"],
                               r["success_rate"], r["n"]] for r in attacks["results"]]))
@@ -870,16 +1236,28 @@ def render_html(report: dict, out: Path) -> str:
         parts.append(f"<p>Worst case: accuracy {fmt(worst['accuracy'])} ({e(worst['accuracy_attack'])}), "
                      f"AUC {fmt(worst['auc'])} ({e(str(worst['auc_attack']))}); correct clean and under every "
                      f"attack: {fmt(worst['per_crop_accuracy'])}</p>")
+        masking = report["gradient_masking"]
+        failed = [name for name, passed, _ in check_lines(masking) if passed is False]
         parts.append("<h2>Gradient-masking checks</h2>")
-        parts.append(_table(["check", "result", "numbers"], [list(line) for line in check_lines(report["gradient_masking"])]))
-        parts.append(f"<p>Tolerance {fmt(report['gradient_masking']['tolerance'])} "
-                     f"({e(report['gradient_masking']['tolerance_rule'])}).</p>")
+        if failed:
+            parts.append(f"<p class='fail'>{len(failed)} check(s) FAILED ({e(', '.join(failed))}): the white-box "
+                         f"robust accuracies above may overstate robustness.</p>")
+        parts.append(masking_table_html(masking))
+        parts.append(f"<p>Tolerance {fmt(masking['tolerance'])} ({e(masking['tolerance_rule'])}).</p>")
+    adversarial = report.get("adversarial_examples")
+    if adversarial:
+        parts.append(f"<p>Adversarial examples: {adversarial['files']} files in <code>{e(adversarial['folder'])}</code> "
+                     f"({e(adversarial['rule'])}; {e(adversarial['format'])}).</p>")
     if report.get("corruptions"):
         parts.append("<h2>Corruptions (frame level)</h2>")
         parts.append(_table(["corruption", "accuracy", "AUC", "Δ accuracy", "Δ AUC", "n"],
                             [[r["name"], r["accuracy"], r["auc"], r["accuracy_drop"], r["auc_drop"], r["n"]]
                              for r in report["corruptions"]["results"]]))
         parts.append(f"<p>{e(report['corruptions']['applied_to'])}.</p>")
+    heatmaps = report.get("heatmaps")
+    if heatmaps:
+        heatmaps = {**heatmaps, "files": [f for f in heatmaps["files"] if (out / f["file"]).is_file()]}
+    parts.extend(_heatmaps_html(heatmaps))
     plots = [name for name in report.get("plots", []) if (out / name).is_file()]
     if plots:
         parts.append("<h2>Plots</h2>")
@@ -887,7 +1265,8 @@ def render_html(report: dict, out: Path) -> str:
     links = [name for name in ("metrics.json", "metrics.csv", "scores.csv") if (out / name).is_file()]
     if links:
         parts.append("<p>Data: " + ", ".join(f"<a href='{e(n)}'>{e(n)}</a>" for n in links) + "</p>")
-    parts.append("<h2>Not done</h2><ul>" + "".join(f"<li>{e(item)}</li>" for item in report["not_done"]) + "</ul>")
+    if report["not_done"]:
+        parts.append("<h2>Not done</h2><ul>" + "".join(f"<li>{e(item)}</li>" for item in report["not_done"]) + "</ul>")
     parts.append("<h2>Versions</h2>" + _table(["library", "version"], [[k, v] for k, v in report["versions"].items()]))
     parts.append("</body></html>\n")
     return "\n".join(parts)
@@ -914,7 +1293,7 @@ def compare_reports(paths: list[Path]) -> tuple[list[str], list[list]]:
     if len(paths) < 1:
         raise EvaluationError("--compare needs at least one report folder")
     reports = [load_report(p) for p in paths]
-    names = [f"{r['arch']}+{r.get('method') or '?'}" for r in reports]
+    names = [f"{'bundle ' if r.get('bundle') else ''}{r['arch']}+{r.get('method') or '?'}" for r in reports]
     columns = [f"{n} ({Path(p).name})" if names.count(n) > 1 else n for n, p in zip(names, paths)]
 
     def attack(report: dict, name: str, key: str = "accuracy"):
@@ -937,7 +1316,9 @@ def compare_reports(paths: list[Path]) -> tuple[list[str], list[list]]:
                     seen.append(result["name"])
         return seen
 
-    rows = [["clean accuracy"] + [r["clean"]["frame"]["accuracy"] for r in reports],
+    rows = [["crops (real / fake)"] + [f"{r['counts']['crops']['real']} / {r['counts']['crops']['fake']}" for r in reports],
+            ["decision threshold"] + [r["threshold"] for r in reports],
+            ["clean accuracy"] + [r["clean"]["frame"]["accuracy"] for r in reports],
             ["clean AUC"] + [r["clean"]["frame"]["auc"] for r in reports],
             ["video AUC"] + [(r["clean"].get("video") or {}).get("auc") for r in reports]]
     for name in ordered("attacks"):
@@ -999,7 +1380,7 @@ def summary_lines(report: dict) -> list[str]:
     """The headline numbers and the gradient-masking verdicts, one line each."""
     clean = report["clean"]["frame"]
     ci = clean["auc_ci95"]
-    lines = [f"accuracy: a crop or video is called fake when P(fake) >= {report['threshold']}",
+    lines = [f"accuracy: a crop or video is called fake when P(fake) >= {report['threshold']:.4g}",
              f"clean frames: AUC {fmt(clean['auc'])}" + (f" (95% CI {ci[0]:.4f}-{ci[1]:.4f})" if ci else "")
              + f", TPR@1%FPR {fmt(clean['tpr_at_1pct_fpr'])}, EER {fmt(clean['eer'])}, "
                f"AP {fmt(clean['average_precision'])}, log-loss {fmt(clean['log_loss'])}"]
@@ -1009,6 +1390,10 @@ def summary_lines(report: dict) -> list[str]:
                      f"EER {fmt(video['eer'])}")
     elif report["clean"].get("video_skipped"):
         lines.append(f"video level skipped: {report['clean']['video_skipped']}")
+    white_box = report.get("white_box") or {}
+    if white_box.get("skipped_attacks"):
+        lines.append(f"black-box only: {len(white_box['skipped_attacks'])} white-box attacks not run because "
+                     f"{white_box['missing']}")
     if report.get("attacks"):
         worst = report["attacks"]["worst_case"]
         lines.append(f"worst case over attacks: accuracy {fmt(worst['accuracy'])} ({worst['accuracy_attack']}), "
@@ -1016,6 +1401,13 @@ def summary_lines(report: dict) -> list[str]:
         for name, passed, numbers in check_lines(report["gradient_masking"]):
             verdict = "not checked" if passed is None else ("passed" if passed else "FAILED")
             lines.append(f"gradient masking: {name}: {verdict} ({numbers})")
+    heatmaps = report.get("heatmaps")
+    if heatmaps:
+        lines.append(f"heatmaps: {len(heatmaps['files'])} PNGs in heatmaps/ ({heatmaps['method']})" if heatmaps["files"]
+                     else f"heatmaps: none ({heatmaps['skipped']})")
+    if report.get("adversarial_examples"):
+        adversarial = report["adversarial_examples"]
+        lines.append(f"adversarial examples: {adversarial['files']} PNGs in {adversarial['folder']}")
     return lines
 
 
