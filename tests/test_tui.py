@@ -1,5 +1,9 @@
 """forensic tui: Pilot tests that drive the app with keys on a folder the tests make, scanned by
-the real detector (MTCNN, ONNX Runtime, the default bundle), and snapshots of its screens."""
+the real detector (MTCNN, ONNX Runtime, the default bundle), and snapshots of its screens.
+
+What the detector says of each file is not written here: `expected` asks forensic's one Scanner,
+built as the app builds it, so that the tests hold whichever detector the default bundle holds,
+and check that the app shows, sorts, filters and exports what that engine found."""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ import html
 import json
 import shutil
 import threading
+from collections import Counter
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -29,25 +34,31 @@ from forensic.tui.cache import ResultCache, default_cache_dir, keep_identity_cro
 from forensic.tui.export import default_export_path, export_results
 from forensic.tui.jobs import ScanJob, ScanQueue, ScanService, ScanSettings
 from forensic.tui.messages import FileChosen, FileProgress, FileRequeued, FileStarted, ScannerReady, SortChosen
-from forensic.tui.state import FileRecord, Throughput, format_fragility, format_size, shorten, visible_records
+from forensic.tui.state import (FILTERS, FileRecord, Throughput, format_fragility, format_size, shorten,
+                                visible_records)
 from forensic.tui.widgets import face_image
 from forensic.tui.widgets.detail_screen import DetailScreen
 from forensic.tui.widgets.file_table import FileTable, row_cells
 from forensic.tui.widgets.export_dialog import ExportDialog
 from forensic.tui.widgets.timeline import ScoreTimeline
 
-MEDIA = ("astronaut.png", "astronaut_blended.jpg", "astronaut_blended_pan.mp4", "coffee_no_face.jpg", "corrupt.jpg")
-EXPECTED_VERDICTS = {"astronaut.png": "real", "astronaut_blended.jpg": "fake", "astronaut_blended_pan.mp4": "fake",
-                     "coffee_no_face.jpg": "no-face", "corrupt.jpg": "error"}
+# The tests' folder: name there → trainer synth's sample. The corrupt file's name sorts first by
+# name, and it has no score, so it is last by score: the two sorts differ, whatever the detector
+# says of the faces.
+JUNK = "aborted_download.jpg"
+MEDIA = {JUNK: "corrupt.jpg", "astronaut.png": "astronaut.png", "astronaut_blended.jpg": "astronaut_blended.jpg",
+         "astronaut_blended_pan.mp4": "astronaut_blended_pan.mp4", "coffee_no_face.jpg": "coffee_no_face.jpg"}
+MOST_SUSPICIOUS_FIRST = ("fake", "uncertain", "real", "no-face", "error")
 SIZE = (80, 24)
 # textual-image 0.12 reads pixels with Pillow's deprecated getdata(); nothing for this project to change.
 pytestmark = pytest.mark.filterwarnings("ignore:Image.Image.getdata is deprecated:DeprecationWarning")
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture(scope="module", autouse=True)
 def one_torch_thread():
     # MTCNN on these small files is several times quicker single-threaded on a shared 2-core
-    # machine, where its threads contend with ONNX Runtime's.
+    # machine, where its threads contend with ONNX Runtime's. Module-wide, so that `expected`
+    # scans with the same threads as the app.
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -68,16 +79,59 @@ def settings() -> ScanSettings:
                         self_test=SelfTestSettings(epsilons=(1 / 255, 2 / 255), steps=2))
 
 
+@pytest.fixture(scope="module")
+def expected(sample_media, settings) -> dict[str, FileResult]:
+    """Each file's result from forensic's Scanner, made as the app's scan thread makes it: what
+    the app must show, whatever detector the default bundle holds."""
+    scanner = settings.build_scanner()
+    return {name: scanner.scan_file(sample_media[sample]) for name, sample in MEDIA.items()}
+
+
 @pytest.fixture
 def media(sample_media, tmp_path, monkeypatch) -> Path:
-    """A folder of real, fake, faceless and junk files; a relative path, so that the paths on
-    screen (and in snapshots) do not depend on where pytest puts tmp_path."""
+    """A folder of photos and clips with faces, a faceless photo and a junk file; a relative
+    path, so that the paths on screen (and in snapshots) do not depend on where pytest puts
+    tmp_path."""
     monkeypatch.chdir(tmp_path)
     folder = Path("media")
     folder.mkdir()
-    for name in MEDIA:
-        shutil.copy(sample_media[name], folder / name)
+    for name, sample in MEDIA.items():
+        shutil.copy(sample_media[sample], folder / name)
     return folder
+
+
+def verdicts(expected: dict[str, FileResult]) -> dict[str, str]:
+    return {name: result.verdict for name, result in expected.items()}
+
+
+def score_cells(expected: dict[str, FileResult]) -> dict[str, str]:
+    """The score column as it should read: three decimals, blank without a score."""
+    return {name: "" if result.score is None else f"{result.score:.3f}" for name, result in expected.items()}
+
+
+def expected_order(expected: dict[str, FileResult], sort: str) -> list[str]:
+    """The order each sort promises. score: the highest first, files without one after them
+    (the more suspicious verdict, then the name, breaking ties); verdict: the most suspicious
+    first, the highest score first within a verdict; name: by name."""
+    def key(name: str) -> tuple:
+        score, rank = expected[name].score, MOST_SUSPICIOUS_FIRST.index(expected[name].verdict)
+        if sort == "score":
+            return score is None, -(score or 0.0), rank, name
+        return (rank, -(score or 0.0), name) if sort == "verdict" else (name,)
+
+    return sorted(expected, key=key)
+
+
+def filtered(expected: dict[str, FileResult], filter_name: str) -> list[str]:
+    """The files a filter keeps, by name: all, suspicious (fake and uncertain) or one verdict."""
+    kept = {"all": set(MOST_SUSPICIOUS_FIRST), "suspicious": {"fake", "uncertain"}}.get(filter_name, {filter_name})
+    return [name for name in sorted(expected) if expected[name].verdict in kept]
+
+
+def summary(expected: dict[str, FileResult]) -> str:
+    """The status line's count of verdicts once the scan is over."""
+    counts = Counter(verdicts(expected).values())
+    return f"{len(expected)} files: " + ", ".join(f"{counts[v]} {v}" for v in MOST_SUSPICIOUS_FIRST if counts[v])
 
 
 def make_app(folder: Path, settings: ScanSettings, cache: Path) -> ForensicApp:
@@ -125,60 +179,73 @@ async def move_to(pilot, name: str) -> None:
 
 
 @pytest.mark.asyncio
-async def test_scan_fills_the_table_while_browsing_and_a_junk_file_is_an_error_row(media, settings, tmp_path):
+async def test_scan_fills_the_table_while_browsing_and_a_junk_file_is_an_error_row(media, settings, tmp_path,
+                                                                                   expected):
     app = make_app(media, settings, tmp_path / "cache")
     async with app.run_test(size=SIZE) as pilot:
         second = app.table.shown_keys[1]
         await pilot.press("down")  # browsing while the scan runs (key presses wait for an idle app)
         assert app.table.highlighted_key == second
         await wait_for(pilot, lambda: app.scan_finished, "the scan")
-        assert {name: cell(app, name, "verdict") for name in MEDIA} == EXPECTED_VERDICTS
+        assert {name: cell(app, name, "verdict") for name in MEDIA} == verdicts(expected)
+        assert {name: cell(app, name, "score") for name in MEDIA} == score_cells(expected)
         assert {name: cell(app, name, "status") for name in MEDIA} == {
-            name: "error" if name == "corrupt.jpg" else "done" for name in MEDIA}
-        assert "cannot decode image" in app.records[str(media / "corrupt.jpg")].result.error
-        assert float(cell(app, "astronaut_blended.jpg", "score")) > settings.bundle.threshold
-        assert "5 files: 2 fake, 1 real, 1 no-face, 1 error" in screen_text(app)
+            name: "error" if name == JUNK else "done" for name in MEDIA}
+        assert "cannot decode image" in app.records[str(media / JUNK)].result.error
+        assert summary(expected) in screen_text(app)
         assert app.table.highlighted_key == second  # the cursor stayed on its file as rows reordered
 
 
 @pytest.mark.asyncio
-async def test_sorting_filtering_and_search_change_the_rows(media, settings, tmp_path):
+async def test_sorting_filtering_and_search_change_the_rows(media, settings, tmp_path, expected):
+    by_name = expected_order(expected, "name")
+    assert expected_order(expected, "score") != by_name  # (the junk file's name sees to it)
     async with scanned_app(media, settings, tmp_path / "cache") as (app, pilot):
-        by_score = shown_names(app)
-        assert by_score[:2] == ["astronaut_blended.jpg", "astronaut_blended_pan.mp4"]  # most fake first
-        assert by_score[2:] == ["astronaut.png", "coffee_no_face.jpg", "corrupt.jpg"]
+        assert app.sort == "score" and shown_names(app) == expected_order(expected, "score")  # most fake first
         await pilot.press("o")
-        assert app.sort == "verdict"
-        assert [EXPECTED_VERDICTS[name] for name in shown_names(app)] == ["fake", "fake", "real", "no-face", "error"]
+        assert app.sort == "verdict" and shown_names(app) == expected_order(expected, "verdict")
+        # Verdicts follow scores (one threshold), so this order is the score order with other
+        # tie-breaks; the verdict cells, read off the rows, must run from most to least suspicious.
+        ranks = [MOST_SUSPICIOUS_FIRST.index(cell(app, name, "verdict")) for name in shown_names(app)]
+        assert ranks == sorted(ranks)
         await pilot.press("o")
-        assert shown_names(app) == sorted(MEDIA)
+        assert app.sort == "name" and shown_names(app) == by_name
 
-        await pilot.press("f", "down", "down", "enter")  # all → suspicious → fake
-        assert app.filter == "fake"
-        assert shown_names(app) == ["astronaut_blended.jpg", "astronaut_blended_pan.mp4"]
-        await pilot.press("f", "end", "enter")
-        assert app.filter == "error" and shown_names(app) == ["corrupt.jpg"]
+        await pilot.press("f")
+        menu = screen_text(app)
+        assert all(f"{name} ({len(filtered(expected, name))})" in menu for name in FILTERS)  # each filter's count
+        await pilot.press("escape")
+        shown = {}
+        for line, filter_name in enumerate(FILTERS):  # the menu's lines, top to bottom
+            await pilot.press("f", "home", *["down"] * line, "enter")
+            assert app.filter == filter_name
+            shown[filter_name] = shown_names(app)
+        assert shown == {name: filtered(expected, name) for name in FILTERS}
+        top_verdict = expected[expected_order(expected, "score")[0]].verdict
+        assert 0 < len(shown[top_verdict]) < len(MEDIA)  # at least one filter both keeps and hides files
         await pilot.press("f", "home", "enter")
-        assert shown_names(app) == sorted(MEDIA)
+        assert app.filter == "all" and shown_names(app) == by_name
 
         await pilot.press("slash", "p", "a", "n")
         assert shown_names(app) == ["astronaut_blended_pan.mp4"]  # narrows as it is typed
         await pilot.press("enter")
         assert app.search == "pan" and app.focused is app.table
         await pilot.press("slash", "escape")
-        assert app.search == "" and shown_names(app) == sorted(MEDIA)
+        assert app.search == "" and shown_names(app) == by_name
 
 
 @pytest.mark.asyncio
-async def test_details_show_the_selected_file(media, settings, tmp_path):
+async def test_details_show_the_selected_file(media, settings, tmp_path, expected):
     async with scanned_app(media, settings, tmp_path / "cache") as (app, pilot):
         await move_to(pilot, "astronaut_blended.jpg")
         await pilot.press("enter")
         assert isinstance(app.screen, DetailScreen)
         assert app.screen.record.name == "astronaut_blended.jpg"
         text = screen_text(app)
-        assert "FAKE" in text and sha256_file(media / "astronaut_blended.jpg") in text
-        assert "efficientnet_lite0" in text  # its vote
+        result = expected["astronaut_blended.jpg"]
+        assert f" {result.verdict.upper()} " in text and f"score {result.score:.4f}" in text
+        assert sha256_file(media / "astronaut_blended.jpg") in text
+        assert all(model.name in text for model in settings.bundle.models)  # their votes
         await pilot.press("escape")
         assert not isinstance(app.screen, DetailScreen)
 
@@ -188,14 +255,43 @@ async def test_details_show_the_selected_file(media, settings, tmp_path):
         assert len(app.screen.query(".thumbnail")) == 2  # the identity's face and its heatmap
 
 
+def hold_self_tests(monkeypatch) -> threading.Event:
+    """Make the scan thread's self-testing scanner wait, before each file, until the returned
+    event is set (a two-step self-test of a photo is over before a key press returns)."""
+    release = threading.Event()
+    build_scanner = ScanSettings.build_scanner
+
+    def build_held(settings: ScanSettings, self_test: bool = False, scanner=None):
+        made = build_scanner(settings, self_test=self_test, scanner=scanner)
+        if self_test:
+            scan_file = made.scan_file
+
+            def held(*args, **kwargs):
+                release.wait(timeout=600)
+                return scan_file(*args, **kwargs)
+
+            made.scan_file = held
+        return made
+
+    monkeypatch.setattr(ScanSettings, "build_scanner", build_held)
+    return release
+
+
 @pytest.mark.asyncio
-async def test_self_test_of_the_selected_file(media, settings, tmp_path):
+async def test_self_test_of_the_selected_file(media, settings, tmp_path, expected, monkeypatch):
+    release = hold_self_tests(monkeypatch)
     async with scanned_app(media, settings, tmp_path / "cache") as (app, pilot):
-        await move_to(pilot, "astronaut_blended.jpg")
+        order = expected_order(expected, "score")
+        await move_to(pilot, order[0])  # the top file: it would drop the furthest without its score
         record = app.records[app.table.highlighted_key]
         assert record.self_test is None and cell(app, record.name, "fragility") == ""
-        await pilot.press("s")
-        assert shown_names(app)[0] == record.name  # keeps its place (its last score) while it is redone
+        try:
+            await pilot.press("s")
+            await wait_for(pilot, lambda: cell(app, record.name, "status") == "scanning", "the self-test's start")
+            app.refresh_view()  # the reorder a timer makes while files are scanned, at once
+            assert shown_names(app) == order  # it keeps its place (its last score) while it is redone
+        finally:
+            release.set()
         await wait_for(pilot, lambda: record.finished and record.self_test is not None, "the self-test")
         assert [trial["epsilon"] for trial in record.self_test["trials"]] == [1 / 255, 2 / 255]
         assert cell(app, record.name, "fragility") == format_fragility(record.self_test) != ""
@@ -208,7 +304,7 @@ async def test_self_test_of_the_selected_file(media, settings, tmp_path):
 
 
 @pytest.mark.asyncio
-async def test_export_writes_reports_that_validate(media, settings, tmp_path):
+async def test_export_writes_reports_that_validate(media, settings, tmp_path, expected):
     async with scanned_app(media, settings, tmp_path / "cache") as (app, pilot):
         await move_to(pilot, "astronaut_blended.jpg")
         await pilot.press("space", "space")  # marks it and the next row
@@ -229,7 +325,9 @@ async def test_export_writes_reports_that_validate(media, settings, tmp_path):
         await wait_for(pilot, lambda: app.last_export == report_path, "the JSON export")
         report = json.loads(report_path.read_text())
         jsonschema.validate(report, report_schema())
-        assert sorted(Path(entry["path"]).name for entry in report["files"]) == marked
+        name_verdict_score = lambda entry: (Path(entry["path"]).name, entry["verdict"], entry["score"])  # noqa: E731
+        assert sorted(name_verdict_score(entry) for entry in report["files"]) == sorted(
+            name_verdict_score(file_entry(expected[name]) | {"path": name}) for name in marked)
 
         await pilot.press("e", "shift+tab", "right", "enter", "shift+tab", "right", "right", "enter")  # all, CSV
         csv_path = tmp_path / "all.csv"
@@ -237,7 +335,7 @@ async def test_export_writes_reports_that_validate(media, settings, tmp_path):
         await pilot.press("tab", "tab", "enter")
         await wait_for(pilot, lambda: app.last_export == csv_path, "the CSV export")
         rows = list(csv.DictReader(csv_path.open()))
-        assert {Path(row["path"]).name: row["verdict"] for row in rows} == EXPECTED_VERDICTS
+        assert {Path(row["path"]).name: row["verdict"] for row in rows} == verdicts(expected)
 
         await pilot.press("e", "shift+tab", "shift+tab", "right", "enter")  # HTML of the selection
         html_path = tmp_path / "marked.html"
@@ -257,7 +355,7 @@ async def test_reopening_reuses_cached_results_and_r_rescans(media, settings, tm
 
     async with scanned_app(media, settings, cache) as (second, pilot):
         assert {name: cell(second, name, "status") for name in MEDIA} == {
-            name: "error" if name == "corrupt.jpg" else "cached" for name in MEDIA}
+            name: "error" if name == JUNK else "cached" for name in MEDIA}
         assert second.throughput.files == 1  # only the junk file (errors are not cached) was scanned again
         assert {name: file_entry(second.records[str(media / name)].result) for name in entries} == entries
         await move_to(pilot, "astronaut_blended_pan.mp4")
@@ -284,11 +382,11 @@ async def test_stop_holds_the_folder_scan_and_c_resumes_it(media, settings, tmp_
 
 
 @pytest.mark.asyncio
-async def test_an_unwritable_cache_is_said_once_and_the_scan_goes_on(media, settings, tmp_path):
+async def test_an_unwritable_cache_is_said_once_and_the_scan_goes_on(media, settings, tmp_path, expected):
     not_a_folder = tmp_path / "cache"
     not_a_folder.write_text("a file where the cache would go")
     async with scanned_app(media, settings, not_a_folder, notifications=True) as (app, pilot):
-        assert {name: cell(app, name, "verdict") for name in MEDIA} == EXPECTED_VERDICTS
+        assert {name: cell(app, name, "verdict") for name in MEDIA} == verdicts(expected)
         assert screen_text(app).count("results are not cached") == 1
 
 
