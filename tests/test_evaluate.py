@@ -321,6 +321,9 @@ def test_eval_writes_the_report_and_compare_prints_both(tiny_run, tmp_path):
                                  "--batch-size", "6", "--device", "cpu"])
     assert result.exit_code == 0, result.output
     assert "pgd20 eps=4/255" in result.output and "gradient masking" in result.output
+    # Not a terminal: one timestamped line per phase instead of a progress bar a log cannot show.
+    phases = re.findall(r"^\[ *\d+\.\ds\] (.+)$", result.output, flags=re.MULTILINE)
+    assert len(phases) >= 3 and len(phases) == len(set(phases))
     report = json.loads((full / "metrics.json").read_text())
     assert report["arch"] == "efficientnet_b0" and report["method"] == "erm" and report["split"] == "test"
     assert report["counts"]["crops"] == {"real": 3, "fake": 3} and report["counts"]["crops_in_split"] == {"real": 6, "fake": 6}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -293,8 +294,16 @@ def eval_command(
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                         console=console, transient=True)
     task = progress.add_task("starting", total=None)
+    started, phases = time.perf_counter(), []
 
     def on_progress(phase: str, done: int, total: int) -> None:
+        if not console.is_terminal:
+            # A log (CI, nohup) gets one line per phase: a bar it cannot show would leave an
+            # evaluation of tens of minutes silent until it ends.
+            if not phases or phases[-1] != phase:
+                phases.append(phase)
+                console.print(f"[{time.perf_counter() - started:7.1f}s] {phase}", markup=False, highlight=False)
+            return
         if not progress.live.is_started:  # started on first use: an input error stays one line
             progress.start()
         progress.update(task, description=phase, completed=done, total=total)
