@@ -1,5 +1,5 @@
 """Data the project makes itself, from scikit-image's public-domain astronaut portrait (NASA):
-a tiny face-crop dataset (for tests and the placeholder bundle) and sample media for the demo.
+a tiny face-crop dataset (for tests and smoke runs) and sample media for the demo.
 
 The "fakes" are self-blended: a colour-shifted, slightly rescaled copy of the face blended back
 through a blurred elliptical mask, so they carry a real blending boundary. One identity and
