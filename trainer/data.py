@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -90,9 +91,10 @@ def eval_transform(size: int) -> v2.Compose:
 
 
 class FaceCrops(Dataset):
-    """Face crops as pixels in [0, 1], (3, size, size), with label 0 real / 1 fake."""
+    """Face crops through `transform` (an RGB uint8 array → a tensor, e.g. pixels in [0, 1],
+    (3, size, size)), with label 0 real / 1 fake."""
 
-    def __init__(self, samples: list[Sample], transform: v2.Compose):
+    def __init__(self, samples: list[Sample], transform: Callable[[np.ndarray], torch.Tensor]):
         self.samples = samples
         self.transform = transform
 

@@ -96,7 +96,7 @@ from forensic.faces import crop_face
 from forensic.heatmaps import overlay, write_png
 from forensic.versions import library_versions
 from trainer.corruptions import DEFAULT_CORRUPTIONS, Corruption
-from trainer.data import CLASSES, Sample, list_split, read_rgb
+from trainer.data import CLASSES, FaceCrops, Sample, list_split
 from trainer.fit import resolve_device
 from trainer.scorers import RUN_THRESHOLD, BundleScorer, Scorer, TorchScorer
 from trainer.unet_attacker import DEFAULT_EPS as UNET_DEFAULT_EPS
@@ -803,21 +803,6 @@ class EvalSettings:
     bootstrap: int = BOOTSTRAP_RESAMPLES  # resamples of the AUC's confidence interval
 
 
-class _Crops(Dataset):
-    """uint8 (3, size, size) crops at the scorer's input size, with their labels."""
-
-    def __init__(self, samples: list[Sample], resize: Callable[[np.ndarray], torch.Tensor]):
-        self.samples = samples
-        self.resize = resize
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        sample = self.samples[index]
-        return self.resize(read_rgb(sample.path)), sample.label
-
-
 def run_resize(size: int) -> Callable[[np.ndarray], torch.Tensor]:
     """A run's evaluation transform up to the float conversion (torchvision Resize, antialiased)."""
     transform = v2.Compose([v2.ToImage(), v2.Resize((size, size), antialias=True)])
@@ -846,7 +831,7 @@ def _evaluate(scorer: Scorer, data: Path, out: Path, settings: EvalSettings, *, 
     """The evaluation shared by runs and bundles; `subject` says what was evaluated."""
     available = list_split(Path(data), settings.split)
     samples = stratified_subset(available, settings.limit, settings.seed)
-    crops = _Crops(samples, resize)
+    crops = FaceCrops(samples, resize)  # uint8 crops at the scorer's input size
     loader = DataLoader(crops, batch_size=settings.batch_size, shuffle=False, num_workers=0)
     saver = AdversarialSaver(Path(settings.save_adv)) if settings.save_adv else None
     attacks = list(settings.attacks) if scorer.white_box else []
