@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from trainer.synthetic import make_face_dataset, make_sample_media
 
@@ -22,3 +23,17 @@ def sample_media(tmp_path_factory) -> dict[str, Path]:
     """Real and blended photos and clips, a photo without a face and a corrupt file."""
     folder = tmp_path_factory.mktemp("media")
     return {path.name: path for path in make_sample_media(folder)}
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One PyTorch intra-op thread for a module (opt in with
+    `pytestmark = pytest.mark.usefixtures("one_torch_thread")`): on a shared 2-core machine,
+    OpenMP threads spinning against other processes made small-batch work 5-8x slower (223 s
+    vs 28 s for test_architectures.py under a load of 5), and MTCNN on small files is quicker
+    single-threaded beside ONNX Runtime's threads. Module-wide, so module-scoped fixtures run
+    with it too. Restored after the module."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

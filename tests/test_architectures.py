@@ -14,23 +14,14 @@ from trainer.export import MAX_LOGIT_DIFFERENCE, export_onnx, max_logit_differen
 from trainer.methods import create_method
 from trainer.models import Detector, InitError, create_model, list_models, model_spec
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 ARCHITECTURES = list_models()
 SIZE = 64  # small enough for 2 CPU cores; every architecture reduces it to a >= 2x2 final grid
 # (channels, side) of the shallow feature map at SIZE: stride 4 for the timm nets, 2 for resnet_se.
 SHALLOW_SHAPES = {"convnext_tiny": (96, SIZE // 4), "effnet_vit": (24, SIZE // 4), "efficientnet_b0": (24, SIZE // 4),
                   "efficientnet_lite0": (24, SIZE // 4), "efficientnet_lite0_mid": (24, SIZE // 4),
                   "resnet_se": (128, SIZE // 2)}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_intra_op_thread():
-    """One PyTorch thread for this module: on a shared 2-core machine, OpenMP threads spinning
-    against other processes made these small-batch steps 5-8x slower (223 s vs 28 s for the
-    file under a load of 5); with the machine to itself one thread costs little. Restored after."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _build(name: str, seed: int = 0) -> Detector:

@@ -16,17 +16,9 @@ from trainer.methods import create_method, method_class
 from trainer.models.registry import Detector
 from trainer.unet_attacker import UNetAttacker, high_frequency_energy, total_variation
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 SIZE = 32
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tensors here are tiny: intra-op threads only add synchronisation (and stall badly
-    when other processes share the 2 cores). Restored after this module."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def tiny_detector(seed: int = 0) -> Detector:

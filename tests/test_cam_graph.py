@@ -13,15 +13,9 @@ import torch
 from trainer.cam_graph import reference_cam
 from trainer.models import DetectorWithCAM, create_model
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 SIZE = 32
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_intra_op_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_grad_cam_of_a_linear_head_is_its_class_activation_map():

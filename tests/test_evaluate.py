@@ -32,17 +32,10 @@ from trainer.gradcam import feature_layer, grad_cam
 from trainer.models.registry import Detector
 from trainer.scorers import BundleScorer, TorchScorer
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 SIZE = 32
 runner = CliRunner()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors on 2 shared cores: one intra-op thread. Restored after this module."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 # ----------------------------------------------------------------------------------- metrics

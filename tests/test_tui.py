@@ -18,7 +18,6 @@ from pathlib import Path
 
 import jsonschema
 import pytest
-import torch
 from textual.app import App
 from typer.testing import CliRunner
 
@@ -51,18 +50,8 @@ MEDIA = {JUNK: "corrupt.jpg", "astronaut.png": "astronaut.png", "astronaut_blend
 MOST_SUSPICIOUS_FIRST = ("fake", "uncertain", "real", "no-face", "error")
 SIZE = (80, 24)
 # textual-image 0.12 reads pixels with Pillow's deprecated getdata(); nothing for this project to change.
-pytestmark = pytest.mark.filterwarnings("ignore:Image.Image.getdata is deprecated:DeprecationWarning")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    # MTCNN on these small files is several times quicker single-threaded on a shared 2-core
-    # machine, where its threads contend with ONNX Runtime's. Module-wide, so that `expected`
-    # scans with the same threads as the app.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = [pytest.mark.filterwarnings("ignore:Image.Image.getdata is deprecated:DeprecationWarning"),
+              pytest.mark.usefixtures("one_torch_thread")]
 
 
 @pytest.fixture(autouse=True)
