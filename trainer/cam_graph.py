@@ -31,8 +31,8 @@ import torch
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from trainer.gradient_graph import (TRACE_BATCH, TRACING_MODES, GradientGraphError, _cosine, _decompositions, _frozen_eval,
-                                    _one_line, _rewrite_strided_views, _TraceableLayers)
+from trainer.gradient_graph import (TRACE_BATCH, TRACING_MODES, GradientGraphError, _cosine, _frozen_eval, _one_line,
+                                    recorded_layers, trace_aten)
 
 OUTPUT_NAMES = ("logits", "cam")
 MAX_LOGIT_DIFFERENCE = 1e-4
@@ -62,13 +62,7 @@ def reference_cam(model: nn.Module, pixels: torch.Tensor) -> tuple[torch.Tensor,
 
 
 def _trace(model: nn.Module, size: int, mode: str) -> torch.fx.GraphModule:
-    from torch.fx.experimental.dynamic_spec import ShapesSpec, ShapeVar, TensorSpec
-    from torch.fx.experimental.proxy_tensor import make_fx
-
-    layers = _TraceableLayers()
-    with torch.no_grad(), layers:
-        model(torch.rand(1, 3, size, size))  # computes batch norm's constants
-    layers.recording = False
+    layers = recorded_layers(model, size)
 
     def logits_and_cam(pixels):
         # Attention in its composite form: the fused CPU kernel's backward has no ONNX translation.
@@ -77,15 +71,7 @@ def _trace(model: nn.Module, size: int, mode: str) -> torch.fx.GraphModule:
             gradient, logits = torch.func.grad(_margin_and_logits(model), has_aux=True)(features)
         return logits, _cam(features, gradient)
 
-    example = torch.rand(TRACE_BATCH, 3, size, size)
-    if mode == "batch-dynamic":
-        spec = ShapesSpec({"pixels": TensorSpec([ShapeVar("batch", min=1), None, None, None])})
-        graph = make_fx(logits_and_cam, decomposition_table=_decompositions(), tracing_mode="fake",
-                        _allow_non_fake_inputs=True, dynamic_shapes=spec)(example)
-    else:
-        graph = make_fx(logits_and_cam, decomposition_table=_decompositions(), tracing_mode="symbolic",
-                        _allow_non_fake_inputs=True)(example)
-    _rewrite_strided_views(graph)
+    graph, _ = trace_aten(logits_and_cam, {"pixels": torch.rand(TRACE_BATCH, 3, size, size)}, mode)
     return graph
 
 

@@ -363,33 +363,41 @@ def _example(size: int) -> tuple[torch.Tensor, torch.Tensor]:
 TRACING_MODES = ("batch-dynamic", "symbolic")
 
 
-def _trace(model: nn.Module, size: int, mode: str) -> tuple[torch.fx.GraphModule, int]:
-    """The ATen graph of (pixels, labels) → (loss, grad), parameters as constants, and how many
-    `as_strided` patterns were rewritten in it."""
-    from torch.fx.experimental.proxy_tensor import make_fx
-
+def recorded_layers(model: nn.Module, size: int) -> _TraceableLayers:
+    """`_TraceableLayers` whose batch-norm constants one eager pass of `model` has computed."""
     layers = _TraceableLayers()
     with torch.no_grad(), layers:
-        model(torch.rand(1, 3, size, size))  # computes batch norm's constants
+        model(torch.rand(1, 3, size, size))
     layers.recording = False
-    function = _loss_and_grad_function(model, layers)
+    return layers
+
+
+def trace_aten(function, example: dict[str, torch.Tensor], mode: str) -> tuple[torch.fx.GraphModule, int]:
+    """The ATen graph of `function` (its parameters named as `example`'s keys, every input's
+    first dimension the batch), traced in `mode` (see TRACING_MODES) with our decompositions,
+    parameters as constants; and how many `as_strided` patterns were rewritten in it."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
     if mode == "batch-dynamic":
         from torch.fx.experimental.dynamic_spec import ShapesSpec, ShapeVar, TensorSpec
 
-        batch = ShapeVar("batch", min=1)
-        spec = ShapesSpec({"pixels": TensorSpec([batch, None, None, None]), "labels": TensorSpec([batch])})
-
-        def traced(pixels, labels):  # make_fx binds the spec to these parameter names
-            return function(pixels, labels)
-
-        graph = make_fx(traced, decomposition_table=_decompositions(), tracing_mode="fake",
-                        _allow_non_fake_inputs=True, dynamic_shapes=spec)(*_example(size))
+        batch = ShapeVar("batch", min=1)  # make_fx binds the spec to the function's parameter names
+        spec = ShapesSpec({name: TensorSpec([batch] + [None] * (tensor.dim() - 1)) for name, tensor in example.items()})
+        graph = make_fx(function, decomposition_table=_decompositions(), tracing_mode="fake",
+                        _allow_non_fake_inputs=True, dynamic_shapes=spec)(*example.values())
     elif mode == "symbolic":
         graph = make_fx(function, decomposition_table=_decompositions(), tracing_mode="symbolic",
-                        _allow_non_fake_inputs=True)(*_example(size))
+                        _allow_non_fake_inputs=True)(*example.values())
     else:
         raise ValueError(f"unknown tracing mode {mode!r}; known: {', '.join(TRACING_MODES)}")
     return graph, _rewrite_strided_views(graph)
+
+
+def _trace(model: nn.Module, size: int, mode: str) -> tuple[torch.fx.GraphModule, int]:
+    """The ATen graph of (pixels, labels) → (loss, grad), and its `as_strided` rewrites."""
+    pixels, labels = _example(size)
+    function = _loss_and_grad_function(model, recorded_layers(model, size))
+    return trace_aten(function, {"pixels": pixels, "labels": labels}, mode)
 
 
 def _export(graph: torch.fx.GraphModule, size: int, path: Path, single_file: bool) -> None:
