@@ -347,6 +347,59 @@ def test_freeze_names_an_unknown_module(face_dataset, tmp_path):
         fit(config)
 
 
+# --------------------------------------------------------------------------------------------
+# trainer.fit --val-data and trainer export's per-run checkpoints
+
+
+@pytest.fixture(scope="module")
+def two_dataset_run(face_dataset, tmp_path_factory) -> tuple[Path, Path]:
+    """Two epochs trained on face_dataset's train split, validated on another dataset's."""
+    from trainer.fit import FitConfig, fit
+    from trainer.synthetic import make_face_dataset
+
+    root = tmp_path_factory.mktemp("val-data")
+    make_face_dataset(root / "other", {"validation": 6}, size=64, seed=3)
+    config = FitConfig(data=str(face_dataset), val_data=str(root / "other"), out=str(root / "run"),
+                       arch="efficientnet_lite0", epochs=2, batch_size=8, size=32, workers=0, augment="none",
+                       freeze=["conv_stem", "bn1", "blocks.0", "blocks.1", "blocks.2", "blocks.3", "blocks.4"])
+    fit(config)
+    return root / "run", root / "other"
+
+
+def test_val_data_validates_on_the_other_dataset(two_dataset_run):
+    run, other = two_dataset_run
+    state = torch.load(run / "final.pt", weights_only=True)
+    assert state["config"]["fit"]["val_data"] == str(other)
+    assert state["config"]["counts"]["validation"] == {"real": 6, "fake": 6}  # face_dataset's has 4 + 4
+    assert state["config"]["counts"]["train_files"] == {"real": 12, "fake": 12}
+
+
+def test_val_data_without_a_validation_split_is_named(face_dataset, tmp_path):
+    from trainer.data import DatasetError
+    from trainer.fit import FitConfig, fit
+
+    (tmp_path / "empty").mkdir()
+    config = FitConfig(data=str(face_dataset), val_data=str(tmp_path / "empty"), out=str(tmp_path / "run"),
+                       epochs=1, size=32, workers=0)
+    with pytest.raises(DatasetError, match="empty/validation"):
+        fit(config)
+
+
+def test_export_takes_a_checkpoint_per_run_and_calibrates_on_the_val_data(two_dataset_run, tmp_path):
+    from trainer.export import ExportError, export_bundle
+
+    run, other = two_dataset_run
+    bundle = export_bundle([run, run], tmp_path / "bundle", checkpoint=["best", "final"], gradient_graphs=False)
+    manifest = bundle.manifest
+    assert [m["training"]["checkpoint"] for m in manifest["models"]] == ["best", "final"]
+    assert manifest["models"][1]["training"]["epoch"] == 2
+    assert all(m["training"]["validation_data"] == str(other) for m in manifest["models"])
+    assert manifest["calibration"]["data"] == str(other)
+    assert (manifest["calibration"]["operating_point"]["n_real"], manifest["calibration"]["operating_point"]["n_fake"]) == (6, 6)
+    with pytest.raises(ExportError, match="one per run"):
+        export_bundle([run, run], tmp_path / "other", checkpoint=["best"], gradient_graphs=False)
+
+
 def test_lite0_mid_is_lite0_up_to_its_fifth_block_with_imagenet_weights():
     full, mid = create_model("efficientnet_lite0").eval(), create_model("efficientnet_lite0_mid").eval()
     pixels = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))

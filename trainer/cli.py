@@ -79,6 +79,7 @@ def _parse_options(pairs: list[str]) -> dict:
 def fit_command(
     data: Optional[Path] = typer.Option(None, "--data", help="Dataset folder: DIR/{train,validation,test}/{real,fake}/*.png|jpg"),
     out: Optional[Path] = typer.Option(None, "--out", help="Run folder for config, metrics and checkpoints."),
+    val_data: Optional[Path] = typer.Option(None, "--val-data", help="Take the validation split from this dataset folder instead of --data's."),
     config_file: Optional[Path] = typer.Option(None, "--config", help="Settings from a .toml/.yaml file or a run's config.json; options given here override it."),
     arch: Optional[str] = typer.Option(None, "--arch", help=f"Architecture: {', '.join(list_models())} (default efficientnet_lite0)."),
     method: Optional[str] = typer.Option(None, "--method", help=f"Training method: {', '.join(list_methods())} (default erm)."),
@@ -103,7 +104,7 @@ def fit_command(
     """Train a real/fake classifier on face crops; validation accuracy and ROC-AUC each epoch."""
     try:
         values = load_config_file(config_file) if config_file else {}
-        given = {"data": data, "out": out, "arch": arch, "method": method, "init": init, "epochs": epochs,
+        given = {"data": data, "out": out, "val_data": val_data, "arch": arch, "method": method, "init": init, "epochs": epochs,
                  "batch_size": batch_size, "optimizer": optimizer, "lr": lr, "schedule": schedule, "patience": patience,
                  "size": size, "augment": augment, "sbi": sbi, "freeze": freeze.split(",") if freeze else None, "checkpoint_every": checkpoint_every, "workers": workers,
                  "seed": seed, "device": device}
@@ -114,6 +115,8 @@ def fit_command(
             if values.get(key) is None:
                 raise ValueError(f"--{key} is required (on the command line or in --config)")
         values["data"], values["out"] = str(values["data"]), str(values["out"])
+        if values.get("val_data") is not None:
+            values["val_data"] = str(values["val_data"])
         model_spec(values.get("arch", "efficientnet_lite0"))
         method_class(values.get("method", "erm"))
         config = FitConfig(**values)
@@ -142,7 +145,7 @@ def export_command(
     run_dirs: list[Path] = typer.Argument(..., help="One or more `trainer fit` run folders (several make an ensemble)."),
     out: Path = typer.Option(..., "--out", help="Bundle folder to write."),
     name: Optional[str] = typer.Option(None, "--name", help="Bundle name (default: the folder's name)."),
-    checkpoint: str = typer.Option("best", "--checkpoint", help="best, last or final."),
+    checkpoint: str = typer.Option("best", "--checkpoint", help="best, last or final; or one per run, comma-separated in run order (best,final)."),
     calibrate: bool = typer.Option(True, "--calibrate/--no-calibrate", help="Fit temperature and threshold on the validation split."),
     data: Optional[Path] = typer.Option(None, "--data", help="Dataset whose validation split calibrates (default: the first run's)."),
     operating_point: str = typer.Option("eer", "--operating-point", help="Threshold at: eer, fpr:X (e.g. fpr:0.05) or fixed:T."),
@@ -152,10 +155,11 @@ def export_command(
     force: bool = typer.Option(False, "--force", help="Replace an existing bundle's manifest and model files."),
 ) -> None:
     """Export runs as an ONNX bundle, after checking ONNX Runtime agrees with PyTorch, and calibrate it."""
-    if checkpoint not in ("best", "last", "final"):
-        _fail(ValueError(f"--checkpoint must be best, last or final, not {checkpoint!r}"))
+    checkpoints = checkpoint.split(",")
+    if any(c not in ("best", "last", "final") for c in checkpoints):
+        _fail(ValueError(f"--checkpoint must be best, last or final (or one per run, comma-separated), not {checkpoint!r}"))
     try:
-        bundle = export_bundle(run_dirs, out, name=name, checkpoint=checkpoint, calibrate=calibrate, data=data,
+        bundle = export_bundle(run_dirs, out, name=name, checkpoint=checkpoints if len(checkpoints) > 1 else checkpoint, calibrate=calibrate, data=data,
                                operating_point=operating_point, uncertain_band=uncertain_band,
                                weights=weight or None, gradient_graphs=gradient_graph, force=force)
     except (ExportError, ForensicError, DatasetError) as exc:

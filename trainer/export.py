@@ -222,13 +222,17 @@ def _export_model(run: RunModel, size: int, path: Path) -> tuple[bool, dict]:
     return True, {"method": "Grad-CAM of the logit margin (traced head gradient)", "cosine": info["cam_cosine"]}
 
 
-def export_bundle(run_dirs: list[Path], out_dir: Path, name: str | None = None, checkpoint: str = "best",
+def export_bundle(run_dirs: list[Path], out_dir: Path, name: str | None = None, checkpoint: str | list[str] = "best",
                   calibrate: bool = True, data: Path | None = None, operating_point: str = "eer",
                   uncertain_band: float = DEFAULT_UNCERTAIN_BAND, margin: float = DEFAULT_MARGIN,
                   weights: list[float] | None = None, gradient_graphs: bool = True, force: bool = False) -> Bundle:
-    """Export runs as one bundle (several runs make a weighted ensemble)."""
+    """Export runs as one bundle (several runs make a weighted ensemble). `checkpoint`: one name
+    for every run, or one per run in run order."""
     out_dir = Path(out_dir)
-    runs = [load_run_model(run_dir, checkpoint) for run_dir in run_dirs]
+    checkpoints = [checkpoint] * len(run_dirs) if isinstance(checkpoint, str) else list(checkpoint)
+    if len(checkpoints) != len(run_dirs):
+        raise ExportError(f"give one checkpoint for all runs or one per run ({len(run_dirs)}), not {len(checkpoints)}")
+    runs = [load_run_model(run_dir, chosen) for run_dir, chosen in zip(run_dirs, checkpoints)]
     sizes = {int(run.config["size"]) for run in runs}
     if len(sizes) != 1:
         raise ExportError(f"the runs use different input sizes {sorted(sizes)}; an ensemble needs one")
@@ -242,7 +246,7 @@ def export_bundle(run_dirs: list[Path], out_dir: Path, name: str | None = None, 
     assert tuple(CLASSES) == CLASS_ORDER, "trainer labels and the bundle's class order must agree"
 
     if calibrate:
-        data_dir = Path(data) if data else Path(runs[0].config["data"])
+        data_dir = Path(data) if data else Path(runs[0].config.get("val_data") or runs[0].config["data"])
         if not (data_dir / "validation").is_dir():
             raise ExportError(f"{data_dir}/validation: not found; calibration needs the validation split "
                               f"(give --data DIR, or --no-calibrate to keep temperature 1 and --operating-point fixed:T)")
@@ -271,10 +275,12 @@ def export_bundle(run_dirs: list[Path], out_dir: Path, name: str | None = None, 
                             "outputs": ["logits", "cam"] if with_cam else ["logits"],
                             "cam": cam,
                             "onnx_max_difference": difference, "gradient_graph": graph,
-                            "training": {"run": str(run.run_dir), "checkpoint": checkpoint, "epoch": run.epoch,
+                            "training": {"run": str(run.run_dir), "checkpoint": checkpoints[index], "epoch": run.epoch,
                                          "method": run.config["method"], "init": run.config["init"],
                                          "options": run.config.get("options", {}), "sbi": run.config.get("sbi", False),
-                                         "data": run.config["data"], "counts": run.config["counts"],
+                                         "data": run.config["data"],
+                                         "validation_data": run.config.get("val_data") or run.config["data"],
+                                         "counts": run.config["counts"],
                                          "validation": run.validation}})
             files[file] = path
             differences[model_name] = difference

@@ -47,6 +47,9 @@ class RunError(Exception):
 class FitConfig:
     data: str
     out: str
+    # Validation split from another dataset folder (None: data's own), e.g. train on self-blended
+    # LFW faces and select epochs on FaceForensics++ videos the model never trains on.
+    val_data: str | None = None
     arch: str = "efficientnet_lite0"
     method: str = "erm"
     init: str | None = None  # None: the architecture's default (random, or offline ImageNet weights)
@@ -270,7 +273,7 @@ def fit(config: FitConfig, resume: bool = False,
         raise RunError(f"unknown augment {config.augment!r}: use standard or none")
 
     train_samples = list_split(Path(config.data), "train")
-    val_samples = list_split(Path(config.data), "validation")
+    val_samples = list_split(Path(config.val_data or config.data), "validation")
     verify_images(train_samples + val_samples)
     try:
         device = resolve_device(config.device)
