@@ -64,7 +64,8 @@ class EnsembleRunner:
         self._normalize_here = not spec["normalize_in_graph"]
         self._mean = np.asarray(spec["mean"], dtype=np.float32).reshape(1, 3, 1, 1)
         self._std = np.asarray(spec["std"], dtype=np.float32).reshape(1, 3, 1, 1)
-        self._temperature = float(bundle.manifest.get("temperature", 1.0))
+        bundle_temperature = float(bundle.manifest.get("temperature", 1.0))
+        self._temperatures = {entry.name: entry.temperature * bundle_temperature for entry in bundle.models}
         self.sessions: dict[str, ort.InferenceSession] = {}
         for entry in bundle.models:
             try:
@@ -110,7 +111,7 @@ class EnsembleRunner:
             for name, session in self.sessions.items():
                 outputs = session.run(None, {session.get_inputs()[0].name: x})
                 logits = outputs[0].astype(np.float64)
-                per_model[name].append(_softmax(logits / self._temperature)[:, self.bundle.fake_index])
+                per_model[name].append(_softmax(logits / self._temperatures[name])[:, self.bundle.fake_index])
                 if name in cams:
                     cams[name].append(outputs[1])
         scores = {name: np.concatenate(parts) for name, parts in per_model.items()}

@@ -284,6 +284,13 @@ def test_non_positive_model_weight_is_a_bundle_error(bundle_dir, weight):
         load_bundle(bundle_dir)
 
 
+@pytest.mark.parametrize("temperature", [0.0, -2.0, "warm", None])
+def test_non_positive_model_temperature_is_a_bundle_error(bundle_dir, temperature):
+    rewrite_manifest(bundle_dir, lambda m: m["models"][0].__setitem__("temperature", temperature))
+    with pytest.raises(BundleError, match="temperature must be a number > 0"):
+        load_bundle(bundle_dir)
+
+
 @pytest.mark.parametrize("key, value", [("color_order", "BGR"), ("layout", "NHWC")])
 def test_unsupported_input_layout(bundle_dir, key, value):
     rewrite_manifest(bundle_dir, lambda m: m["input"].__setitem__(key, value))

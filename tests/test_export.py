@@ -6,7 +6,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
-from sklearn.metrics import roc_curve
+from sklearn.metrics import roc_auc_score, roc_curve
 
 from trainer.export import choose_threshold, ensemble_probability, export_onnx, fit_temperature, max_logit_difference
 from trainer.models import DetectorWithCAM, create_model
@@ -29,6 +29,27 @@ def test_ensemble_probability_is_the_weighted_mean_of_softmaxes():
     sigmoid = lambda z: 1 / (1 + np.exp(-z))  # noqa: E731
     expected = 0.25 * sigmoid((a[:, 1] - a[:, 0]) / 2) + 0.75 * sigmoid((b[:, 1] - b[:, 0]) / 2)
     assert np.allclose(p, expected)
+
+
+def test_member_temperatures_let_a_low_scale_member_count():
+    # Two independent noisy views of the truth, one ten times too confident, one ten times too
+    # timid: with one shared temperature the confident member decides alone.
+    rng = np.random.default_rng(2)
+    labels = (rng.random(4000) < 0.5).astype(int)
+    truth = np.where(labels == 1, 1.0, -1.0)
+    views = [truth + rng.normal(0, 1.5, 4000), truth + rng.normal(0, 1.5, 4000)]
+    logits = [np.stack([np.zeros(4000), scale * view], axis=1) for scale, view in zip((10.0, 0.1), views)]
+    weights = np.ones(2)
+    members = [fit_temperature([z], np.ones(1), labels)[0] for z in logits]
+    assert members[0] > 5 and members[1] < 0.2
+    alone = roc_auc_score(labels, logits[0][:, 1])
+    shared_t, _, shared_nll = fit_temperature(logits, weights, labels)
+    calibrated_t, _, calibrated_nll = fit_temperature(logits, weights, labels, members)
+    shared = ensemble_probability(logits, weights, shared_t)
+    calibrated = ensemble_probability(logits, weights, calibrated_t, members)
+    assert calibrated_nll < shared_nll
+    assert roc_auc_score(labels, calibrated) > roc_auc_score(labels, shared) + 0.015
+    assert roc_auc_score(labels, calibrated) > alone + 0.05
 
 
 def test_operating_points_agree_with_sklearn():

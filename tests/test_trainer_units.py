@@ -385,14 +385,31 @@ def test_val_data_without_a_validation_split_is_named(face_dataset, tmp_path):
         fit(config)
 
 
-def test_export_takes_a_checkpoint_per_run_and_calibrates_on_the_val_data(two_dataset_run, tmp_path):
-    from trainer.export import ExportError, export_bundle
+def test_export_takes_a_checkpoint_per_run_and_calibrates_each_member_on_the_val_data(two_dataset_run, tmp_path):
+    from forensic.bundle import load_bundle
+    from forensic.inference import EnsembleRunner
+    from trainer.data import FaceCrops, eval_transform
+    from trainer.export import ExportError, ensemble_probability, export_bundle, load_run_model
 
     run, other = two_dataset_run
     bundle = export_bundle([run, run], tmp_path / "bundle", checkpoint=["best", "final"], gradient_graphs=False)
     manifest = bundle.manifest
     assert [m["training"]["checkpoint"] for m in manifest["models"]] == ["best", "final"]
     assert manifest["models"][1]["training"]["epoch"] == 2
+    members = [m["temperature"] for m in manifest["models"]]
+    assert members == manifest["calibration"]["member_temperatures"] and all(t > 0 for t in members)
+
+    # forensic scores the validation crops as trainer calibrated them: member temperatures, then the bundle's.
+    crops = FaceCrops(list_split(other, "validation"), eval_transform(32))
+    pixels = np.stack([crops[i][0].numpy() for i in range(len(crops))])
+    logits = []
+    for checkpoint in ("best", "final"):
+        with torch.no_grad():
+            logits.append(load_run_model(run, checkpoint).model(torch.from_numpy(pixels)).double().numpy())
+    expected = ensemble_probability(logits, np.array([m["weight"] for m in manifest["models"]]),
+                                    manifest["temperature"], members)
+    scored = EnsembleRunner(load_bundle(tmp_path / "bundle"), device="cpu").predict_pixels(pixels).ensemble
+    assert np.allclose(scored, expected, atol=1e-5)
     assert all(m["training"]["validation_data"] == str(other) for m in manifest["models"])
     assert manifest["calibration"]["data"] == str(other)
     assert (manifest["calibration"]["operating_point"]["n_real"], manifest["calibration"]["operating_point"]["n_fake"]) == (6, 6)

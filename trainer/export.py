@@ -8,8 +8,11 @@ none). Before anything is written, ONNX Runtime's outputs are checked against Py
 random batch.
 
 Several runs make an ensemble, weighted by validation accuracy (the ensemble seed's rule).
-Calibration (on the validation split): one temperature for the ensemble, fitted by minimising
-the negative log-likelihood, then the decision threshold at the chosen operating point
+Calibration (on the validation split), by minimising the negative log-likelihood: with several
+models, first each model's own temperature (members trained differently have logit scales
+that differ several-fold, and averaging uncalibrated probabilities would let the most
+confident member decide alone), then one temperature for the ensemble; then the decision
+threshold at the chosen operating point
 (equal error rate, a target false-positive rate, or a fixed value), recorded with the
 validation FPR/TPR it gives and the counts behind them.
 """
@@ -125,21 +128,29 @@ def _validation_logits(model: torch.nn.Module, loader: DataLoader) -> tuple[np.n
     return np.concatenate(logits), np.concatenate(labels)
 
 
-def ensemble_probability(logits: list[np.ndarray], weights: np.ndarray, temperature: float) -> np.ndarray:
-    """P(fake) as forensic computes it: the weighted mean of each model's softmax(logits / T)."""
+def ensemble_probability(logits: list[np.ndarray], weights: np.ndarray, temperature: float,
+                         member_temperatures: list[float] | None = None) -> np.ndarray:
+    """P(fake) as forensic computes it: the weighted mean of each model's
+    softmax(logits / (member temperature · T))."""
     total = np.zeros(len(logits[0]))
-    for z, w in zip(logits, weights / weights.sum()):
-        z = z / temperature
+    members = member_temperatures or [1.0] * len(logits)
+    for z, w, member in zip(logits, weights / weights.sum(), members):
+        z = z / (member * temperature)
         z = z - z.max(axis=1, keepdims=True)
         total += w * (np.exp(z[:, 1]) / np.exp(z).sum(axis=1))
     return total
 
 
-def fit_temperature(logits: list[np.ndarray], weights: np.ndarray, labels: np.ndarray) -> tuple[float, float, float]:
+def _nll(p: np.ndarray, labels: np.ndarray) -> float:
+    p = np.clip(p, 1e-12, 1 - 1e-12)
+    return float(-np.mean(labels * np.log(p) + (1 - labels) * np.log(1 - p)))
+
+
+def fit_temperature(logits: list[np.ndarray], weights: np.ndarray, labels: np.ndarray,
+                    member_temperatures: list[float] | None = None) -> tuple[float, float, float]:
     """The temperature minimising the ensemble's NLL; returns (T, NLL at T=1, NLL at T)."""
     def nll(log_t: float) -> float:
-        p = np.clip(ensemble_probability(logits, weights, math.exp(log_t)), 1e-12, 1 - 1e-12)
-        return float(-np.mean(labels * np.log(p) + (1 - labels) * np.log(1 - p)))
+        return _nll(ensemble_probability(logits, weights, math.exp(log_t), member_temperatures), labels)
 
     best = minimize_scalar(nll, bounds=(math.log(0.05), math.log(20.0)), method="bounded")
     return math.exp(best.x), nll(0.0), float(best.fun)
@@ -179,11 +190,17 @@ def _calibration(runs: list[RunModel], weights: np.ndarray, data_dir: Path, size
         logits.append(z)
     if len(set(labels.tolist())) < 2:
         raise ExportError(f"{data_dir}/validation: calibration needs both real and fake crops")
-    temperature, nll_before, nll_after = fit_temperature(logits, weights, labels)
-    scores = ensemble_probability(logits, weights, temperature)
+    members = [fit_temperature([z], np.ones(1), labels)[0] for z in logits] if len(logits) > 1 else None
+    temperature, nll_before, nll_after = fit_temperature(logits, weights, labels, members)
+    scores = ensemble_probability(logits, weights, temperature, members)
     point = choose_threshold(labels, scores, operating_point)
-    return {"temperature": temperature, "data": str(data_dir), "nll_uncalibrated": nll_before,
-            "nll_calibrated": nll_after, "operating_point": point}
+    calibration = {"temperature": temperature, "data": str(data_dir), "operating_point": point,
+                   "nll_uncalibrated": float(_nll(ensemble_probability(logits, weights, 1.0), labels)),
+                   "nll_calibrated": nll_after}
+    if members:
+        calibration["member_temperatures"] = members
+        calibration["nll_members_calibrated"] = nll_before  # before the ensemble's own temperature
+    return calibration
 
 
 def _gradient_graph(run: RunModel, size: int, scratch: Path, model_file: str, files: dict[str, Path]) -> dict:
@@ -257,6 +274,7 @@ def export_bundle(run_dirs: list[Path], out_dir: Path, name: str | None = None, 
             raise ExportError("without calibration data the threshold must be given: --operating-point fixed:T")
         calibration = {"temperature": 1.0, "operating_point": {"criterion": operating_point, "threshold": float(value)}}
 
+    member_temperatures = calibration.get("member_temperatures") or [1.0] * len(runs)
     with tempfile.TemporaryDirectory() as scratch:
         entries, files, differences = [], {}, {}
         for index, run in enumerate(runs):
@@ -272,6 +290,7 @@ def export_bundle(run_dirs: list[Path], out_dir: Path, name: str | None = None, 
             graph = _gradient_graph(run, size, Path(scratch), file, files) if gradient_graphs \
                 else {"unavailable": "not exported (--no-gradient-graph)"}
             entries.append({"name": model_name, "file": file, "arch": run.arch, "weight": float(weight_array[index]),
+                            "temperature": float(member_temperatures[index]),
                             "outputs": ["logits", "cam"] if with_cam else ["logits"],
                             "cam": cam,
                             "onnx_max_difference": difference, "gradient_graph": graph,
