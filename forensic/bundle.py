@@ -6,10 +6,11 @@ manifest.json, schema version 1:
     name             bundle name
     created          ISO-8601 UTC time of export
     models           [{name, file, sha256, arch, weight, temperature, outputs, gradient_graph,
-                      training}]: weights combine the models' probabilities; temperature
-                      (optional, default 1.0) divides this model's logits before the bundle's
-                      temperature does, so members with different logit scales are each
-                      calibrated before they are averaged; gradient_graph is {file,
+                      bias, training}]: weights combine the models' probabilities;
+                      temperature (optional, default 1.0) and bias (optional, default 0.0)
+                      calibrate one member before the members are averaged (Platt scaling:
+                      P(fake) = sigmoid((fake - real logit) / temperature + bias), then the
+                      bundle's temperature); gradient_graph is {file,
                       sha256, cosine} (inputs pixels, labels; outputs loss, grad) or
                       {unavailable: reason}
     input            {size, color_order "RGB", layout "NCHW", pixel_range [0, 1], mean, std,
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -60,7 +62,8 @@ class ModelEntry:
     sha256: str
     arch: str
     weight: float
-    temperature: float = 1.0  # this member's own; P(fake) = softmax(logits / (temperature * bundle's))
+    temperature: float = 1.0  # this member's own calibration (Platt scaling), see the module docstring
+    bias: float = 0.0
     gradient_graph: str | None = None  # file of the white-box gradient graph, if exported
     gradient_graph_missing: str | None = None  # why there is none
 
@@ -128,6 +131,8 @@ def _check_manifest(manifest: dict, bundle_dir: Path) -> None:
                  f"model {entry['name']!r}: weight must be a number > 0")
         _require(_is_number(entry.get("temperature", 1.0)) and entry.get("temperature", 1.0) > 0, bundle_dir,
                  f"model {entry['name']!r}: temperature must be a number > 0")
+        _require(_is_number(entry.get("bias", 0.0)) and math.isfinite(entry.get("bias", 0.0)), bundle_dir,
+                 f"model {entry['name']!r}: bias must be a finite number")
     _require(
         isinstance(manifest["class_order"], list) and sorted(map(str, manifest["class_order"])) == sorted(CLASS_ORDER),
         bundle_dir,
@@ -191,6 +196,7 @@ def load_bundle(bundle_dir: Path) -> Bundle:
                 arch=entry.get("arch", entry["name"]),
                 weight=float(entry.get("weight", 1.0)),
                 temperature=float(entry.get("temperature", 1.0)),
+                bias=float(entry.get("bias", 0.0)),
                 gradient_graph=graph.get("file"),
                 gradient_graph_missing=graph.get("unavailable") if not graph.get("file") else None,
             )

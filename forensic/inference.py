@@ -64,8 +64,8 @@ class EnsembleRunner:
         self._normalize_here = not spec["normalize_in_graph"]
         self._mean = np.asarray(spec["mean"], dtype=np.float32).reshape(1, 3, 1, 1)
         self._std = np.asarray(spec["std"], dtype=np.float32).reshape(1, 3, 1, 1)
-        bundle_temperature = float(bundle.manifest.get("temperature", 1.0))
-        self._temperatures = {entry.name: entry.temperature * bundle_temperature for entry in bundle.models}
+        self._temperature = float(bundle.manifest.get("temperature", 1.0))
+        self._calibration = {entry.name: (entry.temperature, entry.bias) for entry in bundle.models}
         self.sessions: dict[str, ort.InferenceSession] = {}
         for entry in bundle.models:
             try:
@@ -111,7 +111,7 @@ class EnsembleRunner:
             for name, session in self.sessions.items():
                 outputs = session.run(None, {session.get_inputs()[0].name: x})
                 logits = outputs[0].astype(np.float64)
-                per_model[name].append(_softmax(logits / self._temperatures[name])[:, self.bundle.fake_index])
+                per_model[name].append(self._probability(name, logits))
                 if name in cams:
                     cams[name].append(outputs[1])
         scores = {name: np.concatenate(parts) for name, parts in per_model.items()}
@@ -125,11 +125,17 @@ class EnsembleRunner:
         return [name for name, session in self.sessions.items()
                 if [o.name for o in session.get_outputs()][1:2] == ["cam"]]
 
+    def _probability(self, name: str, logits: np.ndarray) -> np.ndarray:
+        """Calibrated P(fake): sigmoid((margin / member temperature + member bias) / bundle
+        temperature), margin = fake − real logit (softmax over two classes = sigmoid of the margin)."""
+        fake = self.bundle.fake_index
+        margin = logits[:, fake] - logits[:, 1 - fake]
+        temperature, bias = self._calibration[name]
+        return _sigmoid((margin / temperature + bias) / self._temperature)
+
     def model_weight(self, name: str) -> float:
         return float(self._weights[[e.name for e in self.bundle.models].index(name)])
 
 
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    exp = np.exp(shifted)
-    return exp / exp.sum(axis=1, keepdims=True)
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return np.exp(-np.logaddexp(0.0, -z))  # no overflow for large |z|

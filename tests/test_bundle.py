@@ -291,6 +291,13 @@ def test_non_positive_model_temperature_is_a_bundle_error(bundle_dir, temperatur
         load_bundle(bundle_dir)
 
 
+@pytest.mark.parametrize("bias", ["high", None, float("inf")])
+def test_non_finite_model_bias_is_a_bundle_error(bundle_dir, bias):
+    rewrite_manifest(bundle_dir, lambda m: m["models"][0].__setitem__("bias", bias))
+    with pytest.raises(BundleError, match="bias must be a finite number"):
+        load_bundle(bundle_dir)
+
+
 @pytest.mark.parametrize("key, value", [("color_order", "BGR"), ("layout", "NHWC")])
 def test_unsupported_input_layout(bundle_dir, key, value):
     rewrite_manifest(bundle_dir, lambda m: m["input"].__setitem__(key, value))

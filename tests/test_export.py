@@ -8,7 +8,8 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score, roc_curve
 
-from trainer.export import choose_threshold, ensemble_probability, export_onnx, fit_temperature, max_logit_difference
+from trainer.export import (ExportError, choose_threshold, ensemble_probability, export_onnx, fit_platt,
+                            fit_temperature, max_logit_difference)
 from trainer.models import DetectorWithCAM, create_model
 
 
@@ -31,17 +32,34 @@ def test_ensemble_probability_is_the_weighted_mean_of_softmaxes():
     assert np.allclose(p, expected)
 
 
-def test_member_temperatures_let_a_low_scale_member_count():
+def test_platt_scaling_recovers_a_models_scale_and_offset():
+    rng = np.random.default_rng(3)
+    true_logit = rng.normal(0, 2, 6000)
+    labels = (rng.random(6000) < 1 / (1 + np.exp(-true_logit))).astype(int)
+    margin = 3.0 * (true_logit - 0.5)  # three times too confident and shifted
+    temperature, bias = fit_platt(np.stack([np.zeros(6000), margin], axis=1), labels)
+    assert temperature == pytest.approx(3.0, rel=0.1)
+    assert bias == pytest.approx(0.5, abs=0.1)
+
+
+def test_platt_scaling_refuses_a_model_that_ranks_backwards():
+    labels = np.r_[np.zeros(50), np.ones(50)].astype(int)
+    margin = np.r_[np.ones(50), -np.ones(50)] + np.random.default_rng(0).normal(0, 0.5, 100)
+    with pytest.raises(ExportError, match="anti-correlated"):
+        fit_platt(np.stack([np.zeros(100), margin], axis=1), labels)
+
+
+def test_member_calibration_lets_a_low_scale_offset_member_count():
     # Two independent noisy views of the truth, one ten times too confident, one ten times too
-    # timid: with one shared temperature the confident member decides alone.
+    # timid and offset: with one shared temperature the confident member decides alone.
     rng = np.random.default_rng(2)
     labels = (rng.random(4000) < 0.5).astype(int)
     truth = np.where(labels == 1, 1.0, -1.0)
-    views = [truth + rng.normal(0, 1.5, 4000), truth + rng.normal(0, 1.5, 4000)]
+    views = [truth + rng.normal(0, 1.5, 4000), truth + rng.normal(0, 1.5, 4000) - 2.0]
     logits = [np.stack([np.zeros(4000), scale * view], axis=1) for scale, view in zip((10.0, 0.1), views)]
     weights = np.ones(2)
-    members = [fit_temperature([z], np.ones(1), labels)[0] for z in logits]
-    assert members[0] > 5 and members[1] < 0.2
+    members = [fit_platt(z, labels) for z in logits]
+    assert members[0][0] > 5 and members[1][0] < 0.2
     alone = roc_auc_score(labels, logits[0][:, 1])
     shared_t, _, shared_nll = fit_temperature(logits, weights, labels)
     calibrated_t, _, calibrated_nll = fit_temperature(logits, weights, labels, members)

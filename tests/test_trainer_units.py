@@ -396,10 +396,11 @@ def test_export_takes_a_checkpoint_per_run_and_calibrates_each_member_on_the_val
     manifest = bundle.manifest
     assert [m["training"]["checkpoint"] for m in manifest["models"]] == ["best", "final"]
     assert manifest["models"][1]["training"]["epoch"] == 2
-    members = [m["temperature"] for m in manifest["models"]]
-    assert members == manifest["calibration"]["member_temperatures"] and all(t > 0 for t in members)
+    members = [(m["temperature"], m["bias"]) for m in manifest["models"]]
+    assert members == [(m["temperature"], m["bias"]) for m in manifest["calibration"]["members"]]
+    assert all(t > 0 for t, _ in members)
 
-    # forensic scores the validation crops as trainer calibrated them: member temperatures, then the bundle's.
+    # forensic scores the validation crops as trainer calibrated them: each member's Platt scaling, then the bundle's temperature.
     crops = FaceCrops(list_split(other, "validation"), eval_transform(32))
     pixels = np.stack([crops[i][0].numpy() for i in range(len(crops))])
     logits = []

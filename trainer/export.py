@@ -9,10 +9,10 @@ random batch.
 
 Several runs make an ensemble, weighted by validation accuracy (the ensemble seed's rule).
 Calibration (on the validation split), by minimising the negative log-likelihood: with several
-models, first each model's own temperature (members trained differently have logit scales
-that differ several-fold, and averaging uncalibrated probabilities would let the most
-confident member decide alone), then one temperature for the ensemble; then the decision
-threshold at the chosen operating point
+models, first each model's own temperature and bias (Platt scaling: members trained
+differently have logit scales and offsets that differ several-fold, and averaging uncalibrated
+probabilities would let the most confident member decide alone), then one temperature for the
+ensemble; then the decision threshold at the chosen operating point
 (equal error rate, a target false-positive rate, or a fixed value), recorded with the
 validation FPR/TPR it gives and the counts behind them.
 """
@@ -31,7 +31,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
-from scipy.optimize import minimize_scalar
+from scipy.optimize import minimize, minimize_scalar
 from sklearn.metrics import roc_curve
 from torch.utils.data import DataLoader
 
@@ -129,16 +129,32 @@ def _validation_logits(model: torch.nn.Module, loader: DataLoader) -> tuple[np.n
 
 
 def ensemble_probability(logits: list[np.ndarray], weights: np.ndarray, temperature: float,
-                         member_temperatures: list[float] | None = None) -> np.ndarray:
+                         members: list[tuple[float, float]] | None = None) -> np.ndarray:
     """P(fake) as forensic computes it: the weighted mean of each model's
-    softmax(logits / (member temperature · T))."""
+    sigmoid((margin / member temperature + member bias) / T), margin = fake − real logit
+    (members: one (temperature, bias) per model; None: (1, 0) each)."""
     total = np.zeros(len(logits[0]))
-    members = member_temperatures or [1.0] * len(logits)
-    for z, w, member in zip(logits, weights / weights.sum(), members):
-        z = z / (member * temperature)
-        z = z - z.max(axis=1, keepdims=True)
-        total += w * (np.exp(z[:, 1]) / np.exp(z).sum(axis=1))
+    for z, w, (member_t, bias) in zip(logits, weights / weights.sum(), members or [(1.0, 0.0)] * len(logits)):
+        margin = z[:, 1] - z[:, 0]
+        total += w * np.exp(-np.logaddexp(0.0, -(margin / member_t + bias) / temperature))
     return total
+
+
+def fit_platt(logits: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    """One model's (temperature, bias) minimising the NLL of sigmoid(margin / temperature + bias)
+    (Platt scaling); raises ExportError when the model ranks the validation crops backwards."""
+    margin = logits[:, 1] - logits[:, 0]
+
+    def nll(params: np.ndarray) -> float:
+        return _nll(np.exp(-np.logaddexp(0.0, -(margin * params[0] + params[1]))), labels)
+
+    best = minimize(nll, x0=np.array([1.0 / max(margin.std(), 1e-6), 0.0]), method="Nelder-Mead",
+                    options={"xatol": 1e-6, "fatol": 1e-9, "maxiter": 4000})
+    scale, bias = best.x
+    if scale <= 0:
+        raise ExportError("a model's fake-minus-real logit is anti-correlated with the labels on the "
+                          "validation split; it cannot be an ensemble member")
+    return float(1.0 / scale), float(bias)
 
 
 def _nll(p: np.ndarray, labels: np.ndarray) -> float:
@@ -147,10 +163,10 @@ def _nll(p: np.ndarray, labels: np.ndarray) -> float:
 
 
 def fit_temperature(logits: list[np.ndarray], weights: np.ndarray, labels: np.ndarray,
-                    member_temperatures: list[float] | None = None) -> tuple[float, float, float]:
+                    members: list[tuple[float, float]] | None = None) -> tuple[float, float, float]:
     """The temperature minimising the ensemble's NLL; returns (T, NLL at T=1, NLL at T)."""
     def nll(log_t: float) -> float:
-        return _nll(ensemble_probability(logits, weights, math.exp(log_t), member_temperatures), labels)
+        return _nll(ensemble_probability(logits, weights, math.exp(log_t), members), labels)
 
     best = minimize_scalar(nll, bounds=(math.log(0.05), math.log(20.0)), method="bounded")
     return math.exp(best.x), nll(0.0), float(best.fun)
@@ -190,7 +206,7 @@ def _calibration(runs: list[RunModel], weights: np.ndarray, data_dir: Path, size
         logits.append(z)
     if len(set(labels.tolist())) < 2:
         raise ExportError(f"{data_dir}/validation: calibration needs both real and fake crops")
-    members = [fit_temperature([z], np.ones(1), labels)[0] for z in logits] if len(logits) > 1 else None
+    members = [fit_platt(z, labels) for z in logits] if len(logits) > 1 else None
     temperature, nll_before, nll_after = fit_temperature(logits, weights, labels, members)
     scores = ensemble_probability(logits, weights, temperature, members)
     point = choose_threshold(labels, scores, operating_point)
@@ -198,7 +214,7 @@ def _calibration(runs: list[RunModel], weights: np.ndarray, data_dir: Path, size
                    "nll_uncalibrated": float(_nll(ensemble_probability(logits, weights, 1.0), labels)),
                    "nll_calibrated": nll_after}
     if members:
-        calibration["member_temperatures"] = members
+        calibration["members"] = [{"temperature": t, "bias": b} for t, b in members]
         calibration["nll_members_calibrated"] = nll_before  # before the ensemble's own temperature
     return calibration
 
@@ -274,7 +290,7 @@ def export_bundle(run_dirs: list[Path], out_dir: Path, name: str | None = None, 
             raise ExportError("without calibration data the threshold must be given: --operating-point fixed:T")
         calibration = {"temperature": 1.0, "operating_point": {"criterion": operating_point, "threshold": float(value)}}
 
-    member_temperatures = calibration.get("member_temperatures") or [1.0] * len(runs)
+    members = calibration.get("members") or [{"temperature": 1.0, "bias": 0.0}] * len(runs)
     with tempfile.TemporaryDirectory() as scratch:
         entries, files, differences = [], {}, {}
         for index, run in enumerate(runs):
@@ -290,7 +306,7 @@ def export_bundle(run_dirs: list[Path], out_dir: Path, name: str | None = None, 
             graph = _gradient_graph(run, size, Path(scratch), file, files) if gradient_graphs \
                 else {"unavailable": "not exported (--no-gradient-graph)"}
             entries.append({"name": model_name, "file": file, "arch": run.arch, "weight": float(weight_array[index]),
-                            "temperature": float(member_temperatures[index]),
+                            "temperature": members[index]["temperature"], "bias": members[index]["bias"],
                             "outputs": ["logits", "cam"] if with_cam else ["logits"],
                             "cam": cam,
                             "onnx_max_difference": difference, "gradient_graph": graph,
