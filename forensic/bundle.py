@@ -209,13 +209,29 @@ def load_bundle(bundle_dir: Path) -> Bundle:
     )
 
 
+def _bundle_files(bundle_dir: Path) -> set[str]:
+    """The model and gradient-graph files a folder's manifest names (none if it has no readable one)."""
+    try:
+        manifest = json.loads((bundle_dir / MANIFEST_NAME).read_text(encoding="utf-8"))
+        names = set()
+        for entry in manifest["models"]:
+            names.add(entry["file"])
+            if (entry.get("gradient_graph") or {}).get("file"):
+                names.add(entry["gradient_graph"]["file"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return set()
+    # Only plain names inside the folder: a manifest must not make us delete anything else.
+    return {name for name in names if isinstance(name, str) and Path(name).name == name}
+
+
 def write_bundle(out_dir: Path, manifest: dict, model_files: dict[str, Path], force: bool = False) -> Bundle:
     """Write a bundle: copy the model files, fill in their SHA-256 and write manifest.json.
 
     `manifest["models"]` entries name their file; `model_files` maps each file name to where
     it lies now. The bundle is assembled in a temporary folder and moved into place, so a
     failed export never leaves half a bundle. An existing bundle is replaced only with `force`,
-    and then only its manifest and model files: other files there (a model card) stay.
+    and then only its manifest and model files: the old manifest's model files that the new
+    one does not name are removed, other files there (a model card) stay.
     """
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()) and not force:
@@ -243,7 +259,10 @@ def write_bundle(out_dir: Path, manifest: dict, model_files: dict[str, Path], fo
                 graph = entry.get("gradient_graph") or {}
                 if graph.get("file"):
                     os.replace(staging / graph["file"], out_dir / graph["file"])
+            previous = _bundle_files(out_dir)
             os.replace(staging / MANIFEST_NAME, out_dir / MANIFEST_NAME)
+            for stale in previous - _bundle_files(out_dir):
+                (out_dir / stale).unlink(missing_ok=True)
         else:
             os.replace(staging, out_dir)
     finally:

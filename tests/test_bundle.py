@@ -480,3 +480,12 @@ def test_decision_threshold_is_honoured_by_the_scanner(tmp_path, nets):
         verdicts[threshold] = result.verdict
     # Score >= 0 always, so threshold 0 calls it fake; a score below 1 with threshold 1 is real.
     assert verdicts == {0.0: "fake", 1.0: "real"}
+
+
+def test_write_bundle_force_removes_the_old_model_files_the_new_manifest_drops(bundle_dir, nets):
+    card = bundle_dir / "MODEL_CARD.md"
+    card.write_text("# keep me\n")
+    write_bundle(bundle_dir, make_manifest([{"name": "a", "file": "model_0_a.onnx"}, {"name": "b", "file": "model_1_b.onnx"}]),
+                 {"model_0_a.onnx": nets["first"][1], "model_1_b.onnx": nets["second"][1]}, force=True)
+    assert sorted(p.name for p in bundle_dir.iterdir()) == ["MODEL_CARD.md", MANIFEST_NAME, "model_0_a.onnx", "model_1_b.onnx"]
+    assert load_bundle(bundle_dir).models[1].name == "b"
