@@ -32,8 +32,8 @@ test: $(STAMP)
 FFPP ?= ../shared/data/ffpp-c23
 LFW ?= ../shared/data/lfw-real
 DEFAULT_BUILD := build/default
-# Member 1: EfficientNet-Lite0 cut after blocks.4, every ImageNet layer frozen, only the linear
-# head learns on FF++ (fine-tuning overfit the 60 training videos). Member 2: all of
+# Member 0: EfficientNet-Lite0 cut after blocks.4, every ImageNet layer frozen, only the linear
+# head learns on FF++ (fine-tuning overfit the 60 training videos). Member 1: all of
 # EfficientNet-Lite0 fine-tuned on LFW photos and their self-blended fakes only (no FF++ face),
 # validated on the FF++ validation videos; its last epoch is used. Equal weights, each member
 # calibrated on the FF++ validation split. Attacks are evaluated on a 32-crop subset: on the

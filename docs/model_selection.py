@@ -115,7 +115,6 @@ def main() -> None:
     parser.add_argument("--data", type=Path, required=True, help="trainer prepare output (FF++ crops)")
     parser.add_argument("--sbi-run", type=Path, help="a run trained without FF++ faces, averaged with the probes")
     args = parser.parse_args()
-    torch.manual_seed(0)
 
     samples = list_split(args.data, "train") + list_split(args.data, "validation")
     labels = np.array([s.label for s in samples])
@@ -135,7 +134,7 @@ def main() -> None:
     # The three probes the model card pairs with the SBI member: the lite0_mid member's own
     # architecture (blocks.4 mean) and the two best-scoring other taps.
     paired = {("blocks.4", "mean", 0.03), ("blocks.3", "both", 0.03), ("blocks.5", "both", 0.003)}
-    best: dict[str, np.ndarray] = {}
+    paired_scores: dict[str, np.ndarray] = {}
     for tap in TAPS:
         for stats in STATS:
             for c in C_VALUES:
@@ -143,12 +142,12 @@ def main() -> None:
                 name = f"probe {tap} {stats} C={c}"
                 print(summary(name, scores, labels, videos, methods, folds), flush=True)
                 if (tap, stats, c) in paired:
-                    best[name] = scores
+                    paired_scores[name] = scores
     if args.sbi_run:
         sbi = run_logits(args.sbi_run, loader)
         print(summary(f"{args.sbi_run.name} (no FF++ training face)", sbi, labels, videos, methods))
         z = lambda a: (a - a.mean()) / a.std()  # noqa: E731
-        for name, scores in best.items():
+        for name, scores in paired_scores.items():
             print(summary(f"mean of {args.sbi_run.name} and {name}", (z(sbi) + z(scores)) / 2, labels, videos, methods))
 
 

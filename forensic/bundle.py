@@ -5,8 +5,8 @@ manifest.json, schema version 1:
     schema_version   1
     name             bundle name
     created          ISO-8601 UTC time of export
-    models           [{name, file, sha256, arch, weight, temperature, outputs, gradient_graph,
-                      bias, training}]: weights combine the models' probabilities;
+    models           [{name, file, sha256, arch, weight, temperature, bias, outputs,
+                      gradient_graph, training}]: weights combine the models' probabilities;
                       temperature (optional, default 1.0) and bias (optional, default 0.0)
                       calibrate one member before the members are averaged (Platt scaling:
                       P(fake) = sigmoid((fake - real logit) / temperature + bias), then the

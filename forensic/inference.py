@@ -126,16 +126,20 @@ class EnsembleRunner:
                 if [o.name for o in session.get_outputs()][1:2] == ["cam"]]
 
     def _probability(self, name: str, logits: np.ndarray) -> np.ndarray:
-        """Calibrated P(fake): sigmoid((margin / member temperature + member bias) / bundle
-        temperature), margin = fake − real logit (softmax over two classes = sigmoid of the margin)."""
+        """The member's calibrated P(fake) (softmax over two classes = sigmoid of the margin)."""
         fake = self.bundle.fake_index
         margin = logits[:, fake] - logits[:, 1 - fake]
         temperature, bias = self._calibration[name]
-        return _sigmoid((margin / temperature + bias) / self._temperature)
+        return member_probability(margin, temperature, bias, self._temperature)
 
     def model_weight(self, name: str) -> float:
         return float(self._weights[[e.name for e in self.bundle.models].index(name)])
 
 
-def _sigmoid(z: np.ndarray) -> np.ndarray:
-    return np.exp(-np.logaddexp(0.0, -z))  # no overflow for large |z|
+def member_probability(margin: np.ndarray, temperature: float = 1.0, bias: float = 0.0,
+                       bundle_temperature: float = 1.0) -> np.ndarray:
+    """A bundle member's calibrated P(fake) from its fake − real logit margin, as the manifest
+    defines it: sigmoid((margin / temperature + bias) / bundle_temperature). `trainer export`
+    fits the parameters with this same function."""
+    z = (margin / temperature + bias) / bundle_temperature
+    return np.exp(-np.logaddexp(0.0, -z))  # sigmoid without overflow for large |z|

@@ -930,7 +930,7 @@ def evaluate_bundle(bundle_dir: Path, data: Path, out: Path, settings: EvalSetti
     total_weight = sum(entry.weight for entry in bundle.models)
     trainings = {entry["name"]: entry.get("training") or {} for entry in bundle.manifest["models"]}
     models = [{"name": entry.name, "arch": entry.arch, "weight": entry.weight / total_weight,
-               "temperature": entry.temperature,
+               "temperature": entry.temperature, "bias": entry.bias,
                "method": trainings[entry.name].get("method"), "run": trainings[entry.name].get("run"),
                "epoch": trainings[entry.name].get("epoch"),
                "gradient_graph": entry.gradient_graph or f"none: {entry.gradient_graph_missing or 'not exported'}"}
@@ -1163,7 +1163,7 @@ def _subject_html(report: dict) -> tuple[str, list[list]]:
     if bundle:
         title = f"Evaluation of bundle {bundle['name']} ({bundle['path']}, manifest sha256 {bundle['sha256'][:12]})"
         rows = [["models", "; ".join(f"{m['name']} ({m['arch']}, {m['method']}, weight {m['weight']:.3f}, "
-                                      f"temperature {m.get('temperature', 1.0):.4g}, "
+                                      f"temperature {m.get('temperature', 1.0):.4g}, bias {m.get('bias', 0.0):.4g}, "
                                       f"gradient graph: {m['gradient_graph']})" for m in bundle["models"])],
                 ["temperature (bundle; after each model's own)", bundle["temperature"]], ["decision threshold (manifest)", bundle["decision_threshold"]]]
         return title, rows

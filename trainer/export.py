@@ -36,6 +36,7 @@ from sklearn.metrics import roc_curve
 from torch.utils.data import DataLoader
 
 from forensic.bundle import CLASS_ORDER, Bundle, write_bundle
+from forensic.inference import member_probability
 from trainer.data import CLASSES, FaceCrops, eval_transform, list_split
 from trainer.models import DetectorWithCAM, create_model, model_spec
 from forensic.versions import library_versions
@@ -135,8 +136,7 @@ def ensemble_probability(logits: list[np.ndarray], weights: np.ndarray, temperat
     (members: one (temperature, bias) per model; None: (1, 0) each)."""
     total = np.zeros(len(logits[0]))
     for z, w, (member_t, bias) in zip(logits, weights / weights.sum(), members or [(1.0, 0.0)] * len(logits)):
-        margin = z[:, 1] - z[:, 0]
-        total += w * np.exp(-np.logaddexp(0.0, -(margin / member_t + bias) / temperature))
+        total += w * member_probability(z[:, 1] - z[:, 0], member_t, bias, temperature)
     return total
 
 
@@ -146,7 +146,7 @@ def fit_platt(logits: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
     margin = logits[:, 1] - logits[:, 0]
 
     def nll(params: np.ndarray) -> float:
-        return _nll(np.exp(-np.logaddexp(0.0, -(margin * params[0] + params[1]))), labels)
+        return _nll(member_probability(margin * params[0], bias=params[1]), labels)
 
     best = minimize(nll, x0=np.array([1.0 / max(margin.std(), 1e-6), 0.0]), method="Nelder-Mead",
                     options={"xatol": 1e-6, "fatol": 1e-9, "maxiter": 4000})
