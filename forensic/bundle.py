@@ -34,6 +34,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -122,17 +123,28 @@ def _check_manifest(manifest: dict, bundle_dir: Path) -> None:
         bundle_dir,
         "'models' must be a non-empty list",
     )
+    names = []
     for entry in manifest["models"]:
         _require(isinstance(entry, dict), bundle_dir, "each model entry must be an object")
         for key in ("name", "file", "sha256"):
             _require(key in entry, bundle_dir, f"a model entry lacks '{key}'")
-        # A zero weight would make every score NaN, and NaN >= threshold calls everything real.
-        _require(_is_number(entry.get("weight", 1.0)) and entry.get("weight", 1.0) > 0, bundle_dir,
-                 f"model {entry['name']!r}: weight must be a number > 0")
-        _require(_is_number(entry.get("temperature", 1.0)) and entry.get("temperature", 1.0) > 0, bundle_dir,
-                 f"model {entry['name']!r}: temperature must be a number > 0")
-        _require(_is_number(entry.get("bias", 0.0)) and math.isfinite(entry.get("bias", 0.0)), bundle_dir,
-                 f"model {entry['name']!r}: bias must be a finite number")
+        name = entry["name"]
+        _require(isinstance(name, str) and name != "", bundle_dir, f"model name {name!r} must be a non-empty string")
+        names.append(name)
+        _check_file_entry(entry, f"model {name!r}", bundle_dir)
+        graph = entry.get("gradient_graph")
+        _require(graph is None or isinstance(graph, dict), bundle_dir,
+                 f"model {name!r}: gradient_graph must be an object")
+        if graph and "file" in graph:
+            _check_file_entry(graph, f"model {name!r}'s gradient graph", bundle_dir)
+        # A zero or infinite weight would make every score NaN, and NaN >= threshold calls everything real.
+        _require(_is_finite(entry.get("weight", 1.0)) and entry.get("weight", 1.0) > 0, bundle_dir,
+                 f"model {name!r}: weight must be a finite number > 0")
+        _require(_is_finite(entry.get("temperature", 1.0)) and entry.get("temperature", 1.0) > 0, bundle_dir,
+                 f"model {name!r}: temperature must be a finite number > 0")
+        _require(_is_finite(entry.get("bias", 0.0)), bundle_dir, f"model {name!r}: bias must be a finite number")
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    _require(not duplicates, bundle_dir, f"model names must be unique ({', '.join(map(repr, duplicates))} repeated)")
     _require(
         isinstance(manifest["class_order"], list) and sorted(map(str, manifest["class_order"])) == sorted(CLASS_ORDER),
         bundle_dir,
@@ -142,28 +154,52 @@ def _check_manifest(manifest: dict, bundle_dir: Path) -> None:
     _require(isinstance(spec, dict), bundle_dir, "'input' must be an object")
     for key in ("size", "mean", "std", "normalize_in_graph"):
         _require(key in spec, bundle_dir, f"'input' lacks '{key}'")
+    _require(isinstance(spec["size"], int) and not isinstance(spec["size"], bool) and spec["size"] > 0, bundle_dir,
+             "input.size must be an integer > 0")
+    for key in ("mean", "std"):
+        _require(isinstance(spec[key], list) and len(spec[key]) == 3 and all(map(_is_finite, spec[key])), bundle_dir,
+                 f"input.{key} must be three finite numbers (R, G, B)")
+    _require(all(value > 0 for value in spec["std"]), bundle_dir, "input.std must be > 0")
+    _require(isinstance(spec["normalize_in_graph"], bool), bundle_dir, "input.normalize_in_graph must be true or false")
     _require(spec.get("color_order", "RGB") == "RGB", bundle_dir, "only RGB input is supported")
     _require(spec.get("layout", "NCHW") == "NCHW", bundle_dir, "only NCHW input is supported")
     crop = manifest["face_crop"]
-    _require(isinstance(crop, dict) and _is_number(crop.get("margin")) and crop["margin"] > 0, bundle_dir,
-             "face_crop.margin must be a number > 0")
+    _require(isinstance(crop, dict) and _is_finite(crop.get("margin")) and crop["margin"] > 0, bundle_dir,
+             "face_crop.margin must be a finite number > 0")
     threshold = manifest["decision_threshold"]
     _require(_is_number(threshold) and 0.0 <= threshold <= 1.0, bundle_dir,
              "decision_threshold must be a number in [0, 1]")
     band = manifest.get("uncertain_band", 0.0)
     _require(_is_number(band) and 0.0 <= band < 0.5, bundle_dir, "uncertain_band must be a number in [0, 0.5)")
     temperature = manifest.get("temperature", 1.0)
-    _require(_is_number(temperature) and temperature > 0, bundle_dir, "temperature must be a number > 0")
+    _require(_is_finite(temperature) and temperature > 0, bundle_dir, "temperature must be a finite number > 0")
+
+
+def _check_file_entry(entry: dict, what: str, bundle_dir: Path) -> None:
+    """A file the manifest names: a plain name inside the bundle folder, and its SHA-256."""
+    file = entry.get("file")
+    _require(isinstance(file, str) and file not in ("", ".", "..") and Path(file).name == file
+             and "\\" not in file, bundle_dir, f"{what}: file {file!r} must be a plain file name inside the bundle")
+    digest = entry.get("sha256")
+    _require(isinstance(digest, str) and re.fullmatch(r"[0-9a-f]{64}", digest) is not None, bundle_dir,
+             f"{what}: sha256 must be 64 lowercase hex digits")
 
 
 def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def _is_finite(value) -> bool:
+    return _is_number(value) and math.isfinite(value)
+
+
 def _verify_file(path: Path, expected: str) -> None:
     if not path.is_file():
         raise BundleError(f"{path}: file named in the manifest is missing")
-    actual = sha256_file(path)
+    try:
+        actual = sha256_file(path)
+    except OSError as exc:
+        raise BundleError(f"{path}: cannot read ({exc.strerror})") from None
     if actual != expected:
         raise BundleError(
             f"{path}: SHA-256 {actual[:12]}… does not match the manifest's "
@@ -179,6 +215,8 @@ def load_bundle(bundle_dir: Path) -> Bundle:
         raise BundleError(f"{bundle_dir}: not a bundle (no {MANIFEST_NAME})")
     try:
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise BundleError(f"{manifest_path}: cannot read ({exc.strerror})") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BundleError(f"{manifest_path}: not valid JSON ({exc})") from None
     _check_manifest(manifest, bundle_dir)

@@ -277,17 +277,17 @@ def test_face_crop_without_margin_is_a_bundle_error(bundle_dir, face_crop):
         load_bundle(bundle_dir)
 
 
-@pytest.mark.parametrize("weight", [0.0, -1.0, "heavy"])
+@pytest.mark.parametrize("weight", [0.0, -1.0, "heavy", float("inf")])
 def test_non_positive_model_weight_is_a_bundle_error(bundle_dir, weight):
     rewrite_manifest(bundle_dir, lambda m: m["models"][0].__setitem__("weight", weight))
     with pytest.raises(BundleError, match="manifest.json"):
         load_bundle(bundle_dir)
 
 
-@pytest.mark.parametrize("temperature", [0.0, -2.0, "warm", None])
+@pytest.mark.parametrize("temperature", [0.0, -2.0, "warm", None, float("inf")])
 def test_non_positive_model_temperature_is_a_bundle_error(bundle_dir, temperature):
     rewrite_manifest(bundle_dir, lambda m: m["models"][0].__setitem__("temperature", temperature))
-    with pytest.raises(BundleError, match="temperature must be a number > 0"):
+    with pytest.raises(BundleError, match="temperature must be a finite number > 0"):
         load_bundle(bundle_dir)
 
 
@@ -295,6 +295,60 @@ def test_non_positive_model_temperature_is_a_bundle_error(bundle_dir, temperatur
 def test_non_finite_model_bias_is_a_bundle_error(bundle_dir, bias):
     rewrite_manifest(bundle_dir, lambda m: m["models"][0].__setitem__("bias", bias))
     with pytest.raises(BundleError, match="bias must be a finite number"):
+        load_bundle(bundle_dir)
+
+
+@pytest.mark.parametrize("file", ["../model.onnx", "/tmp/model.onnx", "sub/model.onnx", "..", "", 5, None])
+def test_model_file_outside_the_bundle_is_a_bundle_error(bundle_dir, file):
+    # The manifest must not make forensic read (or trainer export delete) files elsewhere.
+    rewrite_manifest(bundle_dir, lambda m: m["models"][0].__setitem__("file", file))
+    with pytest.raises(BundleError, match="must be a plain file name inside the bundle"):
+        load_bundle(bundle_dir)
+
+
+@pytest.mark.parametrize("sha256", [5, "abc", "A" * 64, None])
+def test_malformed_sha256_is_a_bundle_error(bundle_dir, sha256):
+    rewrite_manifest(bundle_dir, lambda m: m["models"][0].__setitem__("sha256", sha256))
+    with pytest.raises(BundleError, match="sha256 must be 64 lowercase hex digits"):
+        load_bundle(bundle_dir)
+
+
+@pytest.mark.parametrize("name", [["a"], "", 3])
+def test_model_name_must_be_a_string(bundle_dir, name):
+    rewrite_manifest(bundle_dir, lambda m: m["models"][0].__setitem__("name", name))
+    with pytest.raises(BundleError, match="must be a non-empty string"):
+        load_bundle(bundle_dir)
+
+
+def test_duplicate_model_names_are_a_bundle_error(bundle_dir):
+    # Two entries of one name would make the runner silently score one model twice.
+    rewrite_manifest(bundle_dir, lambda m: m["models"].append(dict(m["models"][0])))
+    with pytest.raises(BundleError, match="model names must be unique"):
+        load_bundle(bundle_dir)
+
+
+@pytest.mark.parametrize("graph, problem", [
+    ("model.grad.onnx", "gradient_graph must be an object"),
+    ({"file": "../g.onnx", "sha256": "0" * 64}, "plain file name"),
+    ({"file": "g.onnx"}, "sha256 must be 64 lowercase hex digits"),
+])
+def test_malformed_gradient_graph_entry_is_a_bundle_error(bundle_dir, graph, problem):
+    rewrite_manifest(bundle_dir, lambda m: m["models"][0].__setitem__("gradient_graph", graph))
+    with pytest.raises(BundleError, match=problem):
+        load_bundle(bundle_dir)
+
+
+@pytest.mark.parametrize("key, value, problem", [
+    ("size", "224", "input.size must be an integer > 0"),
+    ("size", 0, "input.size must be an integer > 0"),
+    ("mean", [0.5, 0.5], "input.mean must be three finite numbers"),
+    ("std", [0.5, float("nan"), 0.5], "input.std must be three finite numbers"),
+    ("std", [0.5, 0.0, 0.5], "input.std must be > 0"),
+    ("normalize_in_graph", "yes", "normalize_in_graph must be true or false"),
+])
+def test_malformed_input_spec_is_a_bundle_error(bundle_dir, key, value, problem):
+    rewrite_manifest(bundle_dir, lambda m: m["input"].__setitem__(key, value))
+    with pytest.raises(BundleError, match=problem):
         load_bundle(bundle_dir)
 
 
