@@ -10,8 +10,10 @@ from typing import NoReturn, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from forensic import __version__
 from forensic.bundle import DEFAULT_BUNDLE, load_bundle
@@ -63,7 +65,8 @@ def _table(results: list[FileResult]) -> Table:
         table.add_column(column, justify=justify)
     for r in results:
         score = "-" if r.score is None else f"{r.score:.3f}"
-        table.add_row(r.path, f"[{VERDICT_STYLE[r.verdict]}]{r.verdict}[/]", score, str(r.faces), str(r.frames_analyzed))
+        # File names are data, never markup: '[id].mp4' is a common download name.
+        table.add_row(Text(r.path), Text(r.verdict, style=VERDICT_STYLE[r.verdict]), score, str(r.faces), str(r.frames_analyzed))
     return table
 
 
@@ -136,9 +139,9 @@ def scan(
     with progress:
         task = progress.add_task("scanning", total=len(inputs))
         for path in inputs:
-            progress.update(task, description=f"scanning {path.name}")
+            progress.update(task, description=f"scanning {escape(path.name)}")
             result = scanner.scan_file(path, on_frames=lambda n, name=path.name: progress.update(
-                task, description=f"scanning {name}: {n} frames analysed"))
+                task, description=f"scanning {escape(name)}: {n} frames analysed"))
             results.append(result)
             if result.error:
                 errors.print(f"error: {result.error}", markup=False, highlight=False, soft_wrap=True)
@@ -149,20 +152,20 @@ def scan(
     console.print(
         f"bundle {loaded.name} ({loaded.sha256[:12]}) on {report['provider']}, threshold {scanner.threshold:g}"
         + (f" ± {scanner.uncertain_band:g} uncertain" if scanner.uncertain_band else ""),
-        highlight=False, soft_wrap=True,
+        markup=False, highlight=False, soft_wrap=True,
     )
     if json_to_stdout:
         sys.stdout.write(json.dumps(report, indent=2) + "\n")
     elif json_out:
         write_report(report, Path(json_out))
-        console.print(f"report written to {json_out}", highlight=False, soft_wrap=True)
+        console.print(f"report written to {json_out}", markup=False, highlight=False, soft_wrap=True)
     if html_out:
         weights = {name: scanner.runner.model_weight(name) for name in scanner.runner.sessions}
         page = write_html(report, results, weights, html_out / "index.html")
-        console.print(f"HTML report written to {page}", highlight=False, soft_wrap=True)
+        console.print(f"HTML report written to {page}", markup=False, highlight=False, soft_wrap=True)
     if csv_out:
         write_csv(report, csv_out)
-        console.print(f"CSV summary written to {csv_out}", highlight=False, soft_wrap=True)
+        console.print(f"CSV summary written to {csv_out}", markup=False, highlight=False, soft_wrap=True)
 
     if fail_on_fake and any(r.verdict == "fake" for r in results):
         raise typer.Exit(EXIT_FAKE_FOUND)

@@ -133,3 +133,21 @@ def test_rotated_video_is_analysed_upright(tmp_path):
     assert np.abs(frames[0].image.astype(int) - upright[0].astype(int)).mean() < 8  # H.264 noise only
     report = json.loads(runner.invoke(app, ["scan", str(path), "--frames", "3", "--json", "-"]).stdout)
     assert report["files"][0]["faces"] == 1 and report["files"][0]["verdict"] != "no-face"
+
+
+def test_file_names_are_shown_as_they_are_not_as_markup(sample_media, tmp_path):
+    # '[id]' is how downloaders name videos; '[/]' in a path once crashed the table after the scan.
+    import shutil
+
+    tagged = tmp_path / "talk [abc123].png"
+    shutil.copyfile(sample_media["astronaut.png"], tagged)
+    (tmp_path / "a[").mkdir()
+    closing = tmp_path / "a[" / "]b.png"
+    shutil.copyfile(sample_media["coffee_no_face.jpg"], closing)
+    report_path = tmp_path / "report.json"
+    result = runner.invoke(app, ["scan", str(tagged), str(closing), "--json", str(report_path)],
+                           env={"COLUMNS": "400"})
+    assert result.exit_code == 0, result.output
+    assert str(tagged) in result.output and str(closing) in result.output
+    files = json.loads(report_path.read_text())["files"]
+    assert [f["path"] for f in files] == [str(tagged), str(closing)]

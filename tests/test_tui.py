@@ -244,6 +244,21 @@ async def test_details_show_the_selected_file(media, settings, tmp_path, expecte
         assert len(app.screen.query(".thumbnail")) == 2  # the identity's face and its heatmap
 
 
+@pytest.mark.asyncio
+async def test_file_names_with_brackets_are_shown_not_parsed_as_markup(sample_media, settings, tmp_path):
+    # "a[/]b.png" (folder "a[", file "]b.png") once crashed the detail screen with a MarkupError.
+    folder = tmp_path / "media"
+    (folder / "a[").mkdir(parents=True)
+    shutil.copy(sample_media["coffee_no_face.jpg"], folder / "a[" / "]b.png")
+    shutil.copy(sample_media["coffee_no_face.jpg"], folder / "talk [abc123].jpg")
+    async with scanned_app(folder, settings, tmp_path / "cache") as (app, pilot):
+        for name in ("a[/]b.png", "talk [abc123].jpg"):
+            await move_to(pilot, name)
+            await pilot.press("enter")
+            assert isinstance(app.screen, DetailScreen) and name in screen_text(app)
+            await pilot.press("escape")
+
+
 def hold_self_tests(monkeypatch) -> threading.Event:
     """Make the scan thread's self-testing scanner wait, before each file, until the returned
     event is set (a two-step self-test of a photo is over before a key press returns)."""

@@ -196,7 +196,7 @@ class ForensicApp(App[None]):
 
     def on_scanner_failed(self, message: ScannerFailed) -> None:
         self.failure = message.reason
-        self.notify(message.reason, severity="error", timeout=30)
+        self.notify(message.reason, severity="error", timeout=30, markup=False)
         self.update_status()
 
     def on_file_started(self, message: FileStarted) -> None:
@@ -226,7 +226,7 @@ class ForensicApp(App[None]):
         self._record_changed(record)
 
     def on_scan_notice(self, message: ScanNotice) -> None:
-        self.notify(message.text, severity="warning", timeout=15)
+        self.notify(message.text, severity="warning", timeout=15, markup=False)
 
     # Table events.
 
@@ -327,10 +327,10 @@ class ForensicApp(App[None]):
 
     def on_export_finished(self, message: ExportFinished) -> None:
         self.last_export = message.destination
-        self.notify(f"{message.files} file(s) exported to {message.destination}")
+        self.notify(f"{message.files} file(s) exported to {message.destination}", markup=False)
 
     def on_export_failed(self, message: ExportFailed) -> None:
-        self.notify(message.reason, severity="error", timeout=15)
+        self.notify(message.reason, severity="error", timeout=15, markup=False)
 
     def action_help(self) -> None:
         self.push_screen(HelpScreen(self.cache_root, default_export_path(self.folder, "json").parent))

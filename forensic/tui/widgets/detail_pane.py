@@ -39,12 +39,12 @@ def facts_table(record: FileRecord, bundle: Bundle) -> Table:
     facts = Table.grid(padding=(0, 2))
     facts.add_column(style="bold", no_wrap=True)
     facts.add_column(overflow="fold")
-    facts.add_row("path", str(record.path))
+    facts.add_row("path", Text(str(record.path)))  # names and paths are data, never markup
     scanned = f"{result.frames_analyzed} frame(s) analysed, {result.faces} face(s)"
     facts.add_row("file", f"{record.kind or 'unsupported type'}, {format_size(record.size)}; {scanned}; "
                           f"{'from the cache' if record.status == 'cached' else 'scanned now'}")
     facts.add_row("SHA-256", result.sha256 or "– (not read)")
-    facts.add_row("bundle", f"{bundle.name} ({bundle.sha256[:12]})")
+    facts.add_row("bundle", Text(f"{bundle.name} ({bundle.sha256[:12]})"))
     return facts
 
 
@@ -61,7 +61,7 @@ def votes_table(result: FileResult, bundle: Bundle) -> Table | None:
     for model in bundle.models:
         score = max(identity.model_scores[model.name] for identity in deciding)
         vote = verdict_for(score, result.threshold, bundle.uncertain_band)
-        table.add_row(model.name, f"{model.weight / total:.2f}", f"{score:.4f}", Text(vote, style=VERDICT_STYLE[vote]))
+        table.add_row(Text(model.name), f"{model.weight / total:.2f}", f"{score:.4f}", Text(vote, style=VERDICT_STYLE[vote]))
     return table
 
 
@@ -125,7 +125,7 @@ class DetailPane(VerticalScroll):
 
     def compose(self) -> ComposeResult:
         record, result = self.record, self.record.result
-        yield Static(record.name, id="title")
+        yield Static(Text(record.name), id="title")
         if not record.finished:
             frames = f" ({record.frames_done} frames analysed so far)" if record.frames_done else ""
             yield Static(Text(f"{record.status}{frames}: " + ("no result yet" if result is None else

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from rich.table import Table
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import VerticalScroll
@@ -49,7 +50,7 @@ class HelpScreen(ModalScreen[None]):
         with VerticalScroll() as scroll:
             scroll.border_title = "forensic tui: keys"
             yield Static(keys)
-            yield Static(f"\nResults are cached in {self.cache_dir} (--cache DIR or $FORENSIC_CACHE_DIR to "
+            yield Static(Text(f"\nResults are cached in {self.cache_dir} (--cache DIR or $FORENSIC_CACHE_DIR to "
                          f"change) by file and bundle SHA-256: reopening the folder shows them as 'cached'.\n"
                          f"Exports go to {self.export_dir} unless you give another path; "
-                         f"nothing is ever written into the scanned folder.")
+                         f"nothing is ever written into the scanned folder."))

@@ -6,6 +6,7 @@ from __future__ import annotations
 from textual.app import ComposeResult
 from textual.containers import Horizontal
 from textual.widget import Widget
+from rich.text import Text
 from textual.widgets import Label, ProgressBar
 
 
@@ -27,7 +28,7 @@ class ScanStatus(Widget):
 
     def show_progress(self, finished: int, total: int, text: str) -> None:
         self.query_one(ProgressBar).update(total=total, progress=finished)
-        self.query_one("#progress", Label).update(text)
+        self.query_one("#progress", Label).update(Text(text))  # holds a file name: not markup
 
     def show_view(self, text: str) -> None:
-        self.query_one("#view", Label).update(text)
+        self.query_one("#view", Label).update(Text(text))
