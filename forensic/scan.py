@@ -130,6 +130,11 @@ class Scanner:
         if self.heatmap_dir and not self.runner.cam_models:
             raise ForensicError(f"{bundle.path}: no model in this bundle has a class-activation-map output, "
                                 f"so --heatmaps cannot be drawn")
+        if self.heatmap_dir:
+            try:  # now, not after the first file with a face
+                self.heatmap_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise ForensicError(f"{self.heatmap_dir}: cannot make the heatmap folder ({exc.strerror or exc})") from None
         self.self_test = self_test
         self.keep_crops = keep_crops or self.heatmap_dir is not None or self_test is not None
         self.gradient_oracle: GradientOracle | None = None
@@ -164,6 +169,10 @@ class Scanner:
                 owners.append((position, face))
         detected = time.perf_counter()
         prediction = self.runner.predict(np.stack(crops) if crops else np.zeros((0, 1, 1, 3), np.uint8))
+        if not np.all(np.isfinite(prediction.ensemble)):
+            # NaN >= threshold is False: a broken model would otherwise call every face real.
+            raise ForensicError(f"{result.path}: the bundle's models gave a non-finite score (NaN or infinity); "
+                                f"no verdict")
         timings["detect"] += detected - started
         timings["classify"] += time.perf_counter() - detected
         results = [FrameResult(index=f.index, time=f.time, faces=[]) for f in frames]
@@ -213,8 +222,11 @@ class Scanner:
         crop, cams = result.crops[key]
         weights = {name: self.runner.model_weight(name) for name in cams}
         cam = combine(cams, weights, crop.shape[0])
-        name = f"{Path(result.path).stem}_{result.sha256[:8]}_identity{identity}.png"
-        return write_png(overlay(crop, cam), self.heatmap_dir / name)
+        target = self.heatmap_dir / f"{Path(result.path).stem}_{result.sha256[:8]}_identity{identity}.png"
+        try:
+            return write_png(overlay(crop, cam), target)
+        except OSError as exc:
+            raise ForensicError(f"{target}: cannot write the heatmap ({exc.strerror or exc})") from None
 
     def scan_file(self, path: Path, on_frames: Callable[[int], None] | None = None) -> FileResult:
         """Scan one file; `on_frames(n)` is told how many frames are analysed so far."""
@@ -241,11 +253,15 @@ class Scanner:
                 result.frames.extend(self._analyse(chunk, timings, result))
                 if on_frames:
                     on_frames(len(result.frames))
-        except MediaError as exc:
+            result.timings = {k: round(v, 4) for k, v in timings.items()}
+            return self._decide(result)
+        except ForensicError as exc:
             return self._failed(result, str(exc), timings)
         except Exception as exc:  # one broken file must not stop the batch
             return self._failed(result, f"{path}: unexpected {type(exc).__name__}: {exc}", timings)
-        result.timings = {k: round(v, 4) for k, v in timings.items()}
+
+    def _decide(self, result: FileResult) -> FileResult:
+        """Identities, the file's score and verdict, heatmaps and the self-test, from its analysed frames."""
         result.frames_analyzed = len(result.frames)
         result.identities = self._identities(result)
         result.faces = len(result.identities)
@@ -290,7 +306,7 @@ class Scanner:
 
     @staticmethod
     def _failed(result: FileResult, message: str, timings: dict[str, float]) -> FileResult:
-        result.error = message
-        result.frames = []
+        result.verdict, result.score, result.error = "error", None, message
+        result.frames, result.identities, result.faces, result.frames_analyzed, result.self_test = [], [], 0, 0, None
         result.timings = {k: round(v, 4) for k, v in timings.items()}
         return result

@@ -543,3 +543,21 @@ def test_write_bundle_force_removes_the_old_model_files_the_new_manifest_drops(b
                  {"model_0_a.onnx": nets["first"][1], "model_1_b.onnx": nets["second"][1]}, force=True)
     assert sorted(p.name for p in bundle_dir.iterdir()) == ["MODEL_CARD.md", MANIFEST_NAME, "model_0_a.onnx", "model_1_b.onnx"]
     assert load_bundle(bundle_dir).models[1].name == "b"
+
+
+class NaNNet(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=(2, 3))[:, :2] * float("nan")
+
+
+def test_a_model_giving_nan_makes_an_error_verdict_not_a_real_one(tmp_path, sample_media):
+    # NaN >= threshold is False, so a NaN score would have been called "real".
+    from forensic.scan import Scanner
+
+    bundle = write_bundle(tmp_path / "nan", make_manifest([{"name": "nan", "file": "m.onnx"}]),
+                          {"m.onnx": export(NaNNet(), tmp_path / "nan.onnx")})
+    scanner = Scanner(bundle, device="cpu")
+    face, no_face = (scanner.scan_file(sample_media[name]) for name in ("astronaut.png", "coffee_no_face.jpg"))
+    assert face.verdict == "error" and face.score is None
+    assert face.error == f"{sample_media['astronaut.png']}: the bundle's models gave a non-finite score (NaN or infinity); no verdict"
+    assert no_face.verdict == "no-face"

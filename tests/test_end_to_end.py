@@ -181,6 +181,28 @@ def test_heatmaps_and_html_report(bundle_dir, sample_media, tmp_path):
     assert "src=\"http" not in page  # self-contained
 
 
+def test_a_heatmap_that_cannot_be_written_fails_its_file_not_the_batch(bundle_dir, sample_media, tmp_path):
+    heatmaps, report_path = tmp_path / "heatmaps", tmp_path / "report.json"
+    image, video = sample_media["astronaut.png"], sample_media["astronaut_pan.mp4"]
+    # A folder where the photo's heatmap file must go: writing it fails.
+    blocked = heatmaps / f"{image.stem}_{sha256_file(image)[:8]}_identity0.png"
+    blocked.mkdir(parents=True)
+    result = runner.invoke(forensic_app, ["scan", str(image), str(video), "--bundle", str(bundle_dir), "--frames", "3",
+                                          "--heatmaps", str(heatmaps), "--json", str(report_path)])
+    assert result.exit_code == 1, result.output
+    photo, clip = json.loads(report_path.read_text())["files"]
+    assert photo["verdict"] == "error" and photo["error"] == f"{blocked}: cannot write the heatmap (Is a directory)"
+    assert f"error: {blocked}: cannot write the heatmap" in result.output
+    assert clip["verdict"] in ("real", "fake", "uncertain") and Path(clip["identities"][0]["heatmap"]).is_file()
+
+    # A heatmap folder that cannot be made is refused before anything is scanned.
+    not_a_folder = tmp_path / "file.txt"
+    not_a_folder.write_text("x")
+    refused = runner.invoke(forensic_app, ["scan", str(image), "--bundle", str(bundle_dir),
+                                           "--heatmaps", str(not_a_folder / "maps")])
+    assert refused.exit_code == 2 and refused.output.startswith(f"error: {not_a_folder / 'maps'}: cannot make")
+
+
 def test_self_test_attacks_within_epsilon_and_reports_fragility(bundle_dir, sample_media, tmp_path):
     manifest = json.loads((bundle_dir / "manifest.json").read_text())
     assert manifest["models"][0]["gradient_graph"]["cosine"] >= 0.999  # verified at export
