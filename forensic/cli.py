@@ -21,11 +21,11 @@ from forensic.errors import ForensicError
 from forensic.selftest import SelfTestSettings
 from forensic.html_report import write_html
 from forensic.media import collect_inputs, read_path_list
-from forensic.report import build_report, write_csv, write_report
+from forensic.report import build_report, check_output, write_csv, write_report
 from forensic.scan import DEFAULT_FRAMES, FileResult, Scanner
 
 # Exit codes, for pipelines.
-EXIT_FILE_ERRORS = 1  # the scan completed but some files could not be analysed
+EXIT_FILE_ERRORS = 1  # the scan completed but some files could not be analysed or an output not written
 EXIT_USAGE = 2  # bad arguments or an unusable bundle (Typer also uses 2); nothing was scanned
 EXIT_FAKE_FOUND = 3  # only with --fail-on-fake
 
@@ -72,7 +72,8 @@ def _table(results: list[FileResult]) -> Table:
 
 @app.command(
     epilog=(
-        "Exit status: 0 the scan completed (fakes or not); 1 some files could not be analysed; "
+        "Exit status: 0 the scan completed (fakes or not); 1 some files could not be analysed (or a report "
+        "could not be written); "
         "2 bad usage or an unusable bundle; 3 a fake was found, with --fail-on-fake (it wins over 1)."
     )
 )
@@ -130,6 +131,13 @@ def scan(
     inputs = collect_inputs(requested, include=include, exclude=exclude)
     if not inputs:
         _usage_error(errors, "no images or videos found in " + ", ".join(map(str, requested)))
+    outputs = [Path(path) for path in (None if json_to_stdout else json_out, csv_out) if path]
+    outputs += [html_out / "index.html"] if html_out else []
+    try:  # now, not after an hour of scanning
+        for output in outputs:
+            check_output(output, inputs)
+    except ForensicError as exc:
+        _usage_error(errors, str(exc))
 
     results: list[FileResult] = []
     progress = Progress(
@@ -156,20 +164,26 @@ def scan(
     )
     if json_to_stdout:
         sys.stdout.write(json.dumps(report, indent=2) + "\n")
-    elif json_out:
-        write_report(report, Path(json_out))
-        console.print(f"report written to {json_out}", markup=False, highlight=False, soft_wrap=True)
+    weights = {name: scanner.runner.model_weight(name) for name in scanner.runner.sessions}
+    writers = []
+    if json_out and not json_to_stdout:
+        writers.append(("report", lambda: write_report(report, Path(json_out))))
     if html_out:
-        weights = {name: scanner.runner.model_weight(name) for name in scanner.runner.sessions}
-        page = write_html(report, results, weights, html_out / "index.html")
-        console.print(f"HTML report written to {page}", markup=False, highlight=False, soft_wrap=True)
+        writers.append(("HTML report", lambda: write_html(report, results, weights, html_out / "index.html")))
     if csv_out:
-        write_csv(report, csv_out)
-        console.print(f"CSV summary written to {csv_out}", markup=False, highlight=False, soft_wrap=True)
+        writers.append(("CSV summary", lambda: write_csv(report, csv_out)))
+    unwritten = False
+    for what, write in writers:  # each is tried: one that fails does not lose the others
+        try:
+            console.print(f"{what} written to {write()}", markup=False, highlight=False, soft_wrap=True)
+        except OSError as exc:
+            unwritten = True
+            errors.print(f"error: {exc.filename or what}: cannot write the {what} ({exc.strerror or exc})",
+                         markup=False, highlight=False, soft_wrap=True)
 
     if fail_on_fake and any(r.verdict == "fake" for r in results):
         raise typer.Exit(EXIT_FAKE_FOUND)
-    raise typer.Exit(EXIT_FILE_ERRORS if any(r.verdict == "error" for r in results) else 0)
+    raise typer.Exit(EXIT_FILE_ERRORS if unwritten or any(r.verdict == "error" for r in results) else 0)
 
 
 def _self_test_settings(errors: Console, epsilons: str, steps: int) -> SelfTestSettings:

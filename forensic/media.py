@@ -49,7 +49,8 @@ def collect_inputs(paths: Iterable[Path], include: Iterable[str] = (), exclude: 
     the path relative to the folder or the file name.
 
     Files named explicitly are always kept, whatever their type, so that a file the user asked
-    for is reported (as an error if need be) rather than silently dropped.
+    for is reported (as an error if need be) rather than silently dropped. A file reached twice
+    (named twice, or also inside a folder given) is scanned once, under its first name.
     """
     include, exclude = tuple(include), tuple(exclude)
     found: list[Path] = []
@@ -62,7 +63,13 @@ def collect_inputs(paths: Iterable[Path], include: Iterable[str] = (), exclude: 
             )
         else:
             found.append(path)
-    return found
+    seen: set[Path] = set()
+    unique = []
+    for path in found:
+        if path.resolve() not in seen:
+            seen.add(path.resolve())
+            unique.append(path)
+    return unique
 
 
 def read_path_list(lines: Iterable[str]) -> list[Path]:

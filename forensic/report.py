@@ -10,6 +10,7 @@ from importlib import resources
 from pathlib import Path
 
 from forensic import __version__
+from forensic.errors import ForensicError
 from forensic.versions import library_versions
 from forensic.scan import FileResult, Scanner
 
@@ -67,15 +68,31 @@ def build_report(results: list[FileResult], scanner: Scanner) -> dict:
 CSV_COLUMNS = ("path", "sha256", "kind", "verdict", "score", "threshold", "frames_analyzed", "faces", "error")
 
 
-def write_csv(report: dict, destination: Path) -> None:
+def check_output(destination: Path, inputs: list[Path]) -> None:
+    """Refuse, before anything is scanned, an output that could not be written or that would
+    overwrite an input; make its folder."""
+    if destination.is_dir():
+        raise ForensicError(f"{destination}: is a folder, not a file to write to")
+    target = destination.resolve()
+    if any(target == path.resolve() for path in inputs):
+        raise ForensicError(f"{destination}: is one of the inputs, and inputs are never overwritten")
+    try:
+        destination.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ForensicError(f"{destination.parent}: cannot make the folder ({exc.strerror or exc})") from None
+
+
+def write_csv(report: dict, destination: Path) -> Path:
     """One row per file: the report's summary fields."""
     destination.parent.mkdir(parents=True, exist_ok=True)
     with open(destination, "w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(report["files"])
+    return destination
 
 
-def write_report(report: dict, destination: Path) -> None:
+def write_report(report: dict, destination: Path) -> Path:
     destination.parent.mkdir(parents=True, exist_ok=True)
     destination.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    return destination

@@ -151,3 +151,23 @@ def test_file_names_are_shown_as_they_are_not_as_markup(sample_media, tmp_path):
     assert str(tagged) in result.output and str(closing) in result.output
     files = json.loads(report_path.read_text())["files"]
     assert [f["path"] for f in files] == [str(tagged), str(closing)]
+
+
+def test_outputs_are_checked_before_scanning_and_never_overwrite_an_input(sample_media, tmp_path):
+    image = sample_media["astronaut.png"]
+    before = image.read_bytes()
+    for args, problem in ((["--csv", str(image)], "is one of the inputs"),
+                          (["--json", str(tmp_path)], "is a folder, not a file to write to")):
+        result = runner.invoke(app, ["scan", str(image), *args])
+        assert result.exit_code == 2, result.output
+        assert result.output.startswith("error: ") and problem in result.output and result.output.count("\n") == 1
+    assert image.read_bytes() == before
+
+
+def test_a_file_reached_twice_is_scanned_once(sample_media, tmp_path, monkeypatch):
+    folder = sample_media["coffee_no_face.jpg"].parent
+    monkeypatch.chdir(folder)
+    result = runner.invoke(app, ["scan", "coffee_no_face.jpg", "./coffee_no_face.jpg", str(folder),
+                                 "--include", "coffee*", "--json", "-"])
+    assert result.exit_code == 0, result.output
+    assert [f["path"] for f in json.loads(result.stdout)["files"]] == ["coffee_no_face.jpg"]
