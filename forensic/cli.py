@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from fractions import Fraction
 from pathlib import Path
@@ -93,7 +94,7 @@ def scan(
     min_face: int = typer.Option(40, "--min-face", min=12, help="Ignore faces smaller than this many pixels."),
     heatmaps: Optional[Path] = typer.Option(None, "--heatmaps", help="Write a heatmap PNG per identity (its most fake face) to DIR."),
     html_out: Optional[Path] = typer.Option(None, "--html", help="Write a self-contained HTML report to DIR/index.html."),
-    self_test: bool = typer.Option(False, "--self-test", help="Attack each verdict with PGD (SPSA without gradient graphs) and report the smallest ε that flips it."),
+    self_test: bool = typer.Option(False, "--self-test", help="Attack each verdict with PGD (SPSA without gradient graphs) and report the smallest ε that pushes the score across the threshold."),
     self_test_eps: str = typer.Option("1/255,2/255,4/255,8/255", "--self-test-eps", help="The ε schedule, comma-separated (fractions allowed), pixels in [0, 1]."),
     self_test_steps: int = typer.Option(10, "--self-test-steps", min=1, help="PGD steps per ε."),
     device: str = typer.Option("auto", "--device", help="auto (GPU if it truly loads, else CPU), cpu or cuda."),
@@ -114,7 +115,9 @@ def scan(
         _usage_error(errors, "--from - reads paths from stdin, but stdin is a terminal")
     if from_list:
         try:
-            lines = sys.stdin.read().splitlines() if from_list == "-" else Path(from_list).read_text("utf-8").splitlines()
+            raw = sys.stdin.buffer.read() if from_list == "-" else Path(from_list).read_bytes()
+            # As the file system names them: a name that is not UTF-8 still reaches its file.
+            lines = [os.fsdecode(line) for line in raw.splitlines()]
         except OSError as exc:
             _usage_error(errors, f"{from_list}: cannot read the path list ({exc.strerror})")
         requested += read_path_list(lines)
@@ -159,7 +162,8 @@ def scan(
     console.print(_table(results))
     console.print(
         f"bundle {loaded.name} ({loaded.sha256[:12]}) on {report['provider']}, threshold {scanner.threshold:g}"
-        + (f" ± {scanner.uncertain_band:g} uncertain" if scanner.uncertain_band else ""),
+        + (f" ± {scanner.uncertain_band:g} uncertain" if scanner.uncertain_band else "")
+        + (f" (given; the bundle's is {loaded.threshold:g})" if scanner.threshold != loaded.threshold else ""),
         markup=False, highlight=False, soft_wrap=True,
     )
     if json_to_stdout:

@@ -75,6 +75,7 @@ class FaceDetector:
         self.min_face_size = min_face_size
         self.max_side = max_side
         self.batch_size = batch_size
+        self.device = str(device)
         self._mtcnn = MTCNN(keep_all=True, thresholds=list(thresholds), device=device)
 
     def _scale_for(self, image: np.ndarray) -> float:

@@ -77,12 +77,17 @@ def read_path_list(lines: Iterable[str]) -> list[Path]:
     return [Path(line.strip()) for line in lines if line.strip() and not line.lstrip().startswith("#")]
 
 
-def _to_rgb(image: Image.Image) -> Image.Image:
+def _to_rgb(image: Image.Image, path: Path) -> Image.Image:
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        # 16-bit and 32-bit integer greyscale: rescale to 8 bits instead of clipping.
-        array = np.asarray(image, dtype=np.float64)
-        peak = array.max() if array.max() > 0 else 1.0
-        image = Image.fromarray((array / peak * 255.0).round().astype(np.uint8))
+        # 16-bit greyscale to 8 bits by the fixed full-range scale (65535 -> 255), as a viewer
+        # shows it: the same picture saved at 8 or 16 bits is analysed alike (a per-image
+        # stretch would brighten a dark image). Pillow reads some 16-bit files as 32-bit "I".
+        array = np.asarray(image, dtype=np.int64)
+        if array.min() < 0 or array.max() > 65535:
+            raise MediaError(f"{path}: 32-bit integer pixels outside the 16-bit range are not supported")
+        image = Image.fromarray((array / 257.0).round().astype(np.uint8))
+    elif image.mode == "F":
+        raise MediaError(f"{path}: floating-point pixels (mode F) are not supported; convert it to 8 or 16 bits")
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         # Composite transparent pixels on white, as a viewer shows them.
         rgba = image.convert("RGBA")
@@ -96,7 +101,7 @@ def load_image(path: Path) -> np.ndarray:
     try:
         with Image.open(path) as image:
             image = ImageOps.exif_transpose(image)
-            return np.asarray(_to_rgb(image)).copy()
+            return np.asarray(_to_rgb(image, path)).copy()
     except FileNotFoundError:
         raise MediaError(f"{path}: no such file") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:

@@ -48,6 +48,8 @@ def build_report(results: list[FileResult], scanner: Scanner) -> dict:
             "sha256": bundle.sha256,
             "path": str(bundle.path),
             "models": [{"name": m.name, "sha256": m.sha256, "weight": m.weight} for m in bundle.models],
+            "decision_threshold": bundle.threshold,  # settings.threshold differs when --threshold overrides it
+            "uncertain_band": bundle.uncertain_band,
         },
         "provider": "+".join(scanner.runner.providers),
         "settings": {
@@ -59,6 +61,7 @@ def build_report(results: list[FileResult], scanner: Scanner) -> dict:
             "min_face": scanner.detector.min_face_size,
             "face_margin": bundle.margin,
             "input_size": bundle.input_size,
+            "face_detector_device": scanner.detector.device,
         },
         "versions": library_versions(),
         "files": [file_entry(result) for result in results],

@@ -149,6 +149,10 @@ class Scanner:
         if detector is None:
             import torch
 
+            if device == "cuda" and not torch.cuda.is_available():
+                # The models may run on the GPU while PyTorch (MTCNN's) cannot: no silent CPU detector.
+                raise ForensicError("--device cuda: PyTorch sees no CUDA device, so the face detector (MTCNN) "
+                                    "cannot run on the GPU; use --device auto or cpu")
             use_cuda = device != "cpu" and torch.cuda.is_available()
             detector = FaceDetector(device="cuda" if use_cuda else "cpu", min_face_size=min_face)
         self.detector = detector

@@ -188,16 +188,24 @@ def test_load_image_la_is_composited_on_white(tmp_path):
     assert tuple(image[0, 1]) == (50, 50, 50)
 
 
-def test_load_image_16bit_png_is_rescaled_not_clipped(tmp_path):
-    values = np.array([[0, 1000, 2000, 4000]], np.uint16)
+def test_load_image_16bit_png_is_scaled_by_the_full_range_not_clipped_or_stretched(tmp_path):
+    values = np.array([[0, 1000, 2000, 4000, 65535]], np.uint16)
     path = tmp_path / "deep.png"
     Image.fromarray(values).save(path)
     assert Image.open(path).mode.startswith("I")
     image = load_image(path)
-    assert image.shape == (1, 4, 3)
-    # Rescaled by the peak (4000 -> 255), where clipping would make all non-zero values 255.
-    np.testing.assert_array_equal(image[0, :, 0], [0, 64, 128, 255])
+    assert image.shape == (1, 5, 3)
+    # 65535 -> 255 for every image: clipping would make all non-zero values 255, and a
+    # per-image stretch would brighten this dark picture (4000 -> 255).
+    np.testing.assert_array_equal(image[0, :, 0], [0, 4, 8, 16, 255])
     assert (image[..., 0] == image[..., 1]).all() and (image[..., 1] == image[..., 2]).all()
+
+
+def test_load_image_float_pixels_are_refused_naming_the_file(tmp_path):
+    path = tmp_path / "float.tif"
+    Image.fromarray(np.full((4, 4), 0.5, np.float32)).save(path)
+    with pytest.raises(MediaError, match=r"float.tif: floating-point pixels \(mode F\) are not supported"):
+        load_image(path)
 
 
 def test_load_image_all_black_16bit_does_not_divide_by_zero(tmp_path):

@@ -79,6 +79,13 @@ def test_uncertain_band_gives_uncertain_verdicts(sample_media, tmp_path):
     jsonschema.validate(report, report_schema())
     assert report["files"][0]["verdict"] == "uncertain" and report["files"][0]["score"] == score
     assert report["settings"]["uncertain_band"] == 0.05
+    # The override is said, beside the bundle's own threshold.
+    from forensic.bundle import DEFAULT_BUNDLE, load_bundle
+
+    bundle_threshold = load_bundle(DEFAULT_BUNDLE).threshold
+    assert report["settings"]["threshold"] == threshold and report["bundle"]["decision_threshold"] == bundle_threshold
+    assert f"(given; the bundle's is {bundle_threshold:g})" in result.output
+    assert report["settings"]["face_detector_device"] == "cpu"
     outside = runner.invoke(app, ["scan", image, "--threshold", str(threshold), "--uncertain-band", "0.001", "--json", "-"])
     assert json.loads(outside.stdout)["files"][0]["verdict"] in ("real", "fake")
 
@@ -171,3 +178,11 @@ def test_a_file_reached_twice_is_scanned_once(sample_media, tmp_path, monkeypatc
                                  "--include", "coffee*", "--json", "-"])
     assert result.exit_code == 0, result.output
     assert [f["path"] for f in json.loads(result.stdout)["files"]] == ["coffee_no_face.jpg"]
+
+
+def test_from_stdin_reads_a_path_list(sample_media):
+    listing = f"# from a pipeline\n{sample_media['coffee_no_face.jpg']}\n\n{sample_media['corrupt.jpg']}\n"
+    result = runner.invoke(app, ["scan", "--from", "-", "--json", "-"], input=listing.encode())
+    assert result.exit_code == 1  # the corrupt file
+    files = json.loads(result.stdout)["files"]
+    assert [(Path(f["path"]).name, f["verdict"]) for f in files] == [("coffee_no_face.jpg", "no-face"), ("corrupt.jpg", "error")]

@@ -78,7 +78,7 @@ class ResultCache:
         self.folder = Path(root) / scanner.bundle.sha256
         # What else changes a result: reused only when all of it is the same.
         self.settings = {"tool_version": report["tool_version"], "provider": report["provider"],
-                         "settings": report["settings"]}
+                         "settings": report["settings"], "versions": report["versions"]}
 
     def _paths(self, file_sha256: str) -> tuple[Path, Path]:
         return self.folder / f"{file_sha256}.json", self.folder / f"{file_sha256}.npz"
