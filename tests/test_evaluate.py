@@ -418,6 +418,10 @@ def test_bundle_white_box_attacks_go_through_its_gradient_graph(trained, white_b
         logits = trained(pixels)
     # P(fake) is the calibrated one (temperature 2).
     assert np.allclose(scorer.p_fake(pixels), (logits / 2).softmax(1)[:, 1].numpy(), atol=1e-6)
+    # The black-box margin is positive exactly for the crops called right at the bundle's threshold (0.4).
+    called_fake = scorer.p_fake(pixels) >= 0.4
+    assert 0 < called_fake.sum() < len(pixels)
+    np.testing.assert_array_equal(scorer.margin(pixels, labels).numpy() > 0, called_fake == (labels.numpy() == 1))
     # The gradient is that of the members' cross-entropy at temperature 1 (as documented) ...
     gradient = scorer.loss_gradient(pixels, labels)
     expected = TorchScorer(trained).loss_gradient(pixels, labels)

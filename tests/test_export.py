@@ -8,7 +8,7 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score, roc_curve
 
-from trainer.export import (ExportError, choose_threshold, ensemble_probability, export_onnx, fit_platt,
+from trainer.export import (ExportError, choose_threshold, parse_operating_point, ensemble_probability, export_onnx, fit_platt,
                             fit_temperature, max_logit_difference)
 from trainer.models import DetectorWithCAM, create_model
 
@@ -83,6 +83,44 @@ def test_operating_points_agree_with_sklearn():
     fixed = choose_threshold(labels, scores, "fixed:0.5")
     assert fixed["threshold"] == 0.5 and fixed["n_real"] == 300 and fixed["n_fake"] == 200
     assert fixed["validation_fpr"] == pytest.approx((scores[:300] >= 0.5).mean())
+
+
+def test_eer_threshold_is_the_best_of_all_thresholds_not_of_the_thinned_roc():
+    # sklearn's default ROC drops points on straight runs of the curve; with these scores one of
+    # them held the equal-error point.
+    rng = np.random.default_rng(1)
+    labels = np.r_[np.zeros(10), np.ones(20)].astype(int)
+    scores = np.r_[np.round(rng.uniform(0, 0.8, 10), 2), np.round(rng.uniform(0.3, 1, 20), 2)]
+    chosen = choose_threshold(labels, scores, "eer")
+    gaps = {t: abs((scores[:10] >= t).mean() - (scores[10:] < t).mean()) for t in np.unique(scores)}
+    best = min(gaps.values())
+    assert abs(chosen["validation_fpr"] - (1 - chosen["validation_tpr"])) == pytest.approx(best)
+    thinned_fpr, thinned_tpr, _ = roc_curve(labels, scores)
+    assert np.abs(thinned_fpr - (1 - thinned_tpr)).min() > best + 0.05  # the case this test is about
+
+
+def test_platt_scaling_stays_finite_when_validation_is_separable():
+    # Unsmoothed 0/1 targets would push the scale up until every P(fake) is 0 or 1 (1e-12 away).
+    labels = np.r_[np.zeros(60), np.ones(120)].astype(int)
+    margin = np.r_[np.linspace(-1.5, -0.1, 60), np.linspace(0.1, 1.5, 120)]
+    temperature, bias = fit_platt(np.stack([np.zeros(180), margin], axis=1), labels)
+    p = 1 / (1 + np.exp(-(margin / temperature + bias)))
+    assert p[labels == 1].min() > 0.5 > p[labels == 0].max()  # still separates
+    # Bounded by Platt's targets (121/122 and 1/62); 0/1 targets gave temperature 0.003 here.
+    assert temperature > 0.05 and p[labels == 1].mean() < 0.99 and p[labels == 0].mean() > 0.01
+
+
+@pytest.mark.parametrize("text", ["fpr:abc", "fpr:", "fpr:-0.1", "fixed:1.5", "fixed:x", "eer:2", "best", ""])
+def test_bad_operating_points_are_refused_in_one_line(text):
+    with pytest.raises(ExportError, match="operating.point") as info:
+        parse_operating_point(text)
+    assert "\n" not in str(info.value)
+
+
+def test_good_operating_points_parse():
+    assert parse_operating_point("eer") == ("eer", None)
+    assert parse_operating_point("fpr:0.01") == ("fpr", 0.01)
+    assert parse_operating_point("fixed:1") == ("fixed", 1.0)
 
 
 def test_cam_output_explains_the_logit_margin(tmp_path):

@@ -12,6 +12,8 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
+from forensic.faces import crop_face
+
 SPLITS = ("train", "validation", "test")
 CLASSES = ("real", "fake")  # label = index: real 0, fake 1 (the bundle's class_order)
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg"})
@@ -88,6 +90,19 @@ def eval_transform(size: int) -> v2.Compose:
         v2.Resize((size, size), antialias=True),
         v2.ToDtype(torch.float32, scale=True),
     ])
+
+
+def scan_crop(image: np.ndarray, size: int) -> np.ndarray:
+    """A dataset crop (itself a crop_face output) at `size` as `forensic scan` makes its crops:
+    crop_face with the whole image as the face box and margin 1 (cv2 INTER_AREA when shrinking,
+    else INTER_LINEAR). What a bundle sees, so what its calibration and evaluation must see."""
+    height, width = image.shape[:2]
+    return crop_face(image, (0, 0, width, height), 1.0, size)
+
+
+def scan_transform(size: int) -> Callable[[np.ndarray], torch.Tensor]:
+    """scan_crop as a float tensor (3, size, size) of pixels in [0, 1]."""
+    return lambda image: torch.from_numpy(scan_crop(image, size)).permute(2, 0, 1).float().div(255.0)
 
 
 class FaceCrops(Dataset):

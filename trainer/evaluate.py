@@ -92,11 +92,10 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
 from forensic.bundle import load_bundle
-from forensic.faces import crop_face
 from forensic.heatmaps import overlay, write_png
 from forensic.versions import library_versions
 from trainer.corruptions import DEFAULT_CORRUPTIONS, Corruption
-from trainer.data import CLASSES, FaceCrops, Sample, list_split
+from trainer.data import CLASSES, FaceCrops, Sample, list_split, scan_crop
 from trainer.fit import resolve_device
 from trainer.scorers import RUN_THRESHOLD, BundleScorer, Scorer, TorchScorer
 from trainer.unet_attacker import DEFAULT_EPS as UNET_DEFAULT_EPS
@@ -809,15 +808,8 @@ def run_resize(size: int) -> Callable[[np.ndarray], torch.Tensor]:
     return lambda image: transform(image).as_subclass(torch.Tensor)
 
 
-def scan_resize(image: np.ndarray, size: int) -> np.ndarray:
-    """A dataset crop (itself a crop_face output) at `size` as `forensic scan` makes its crops:
-    crop_face with the whole image as the face box and margin 1."""
-    height, width = image.shape[:2]
-    return crop_face(image, (0, 0, width, height), 1.0, size)
-
-
 def _bundle_resize(size: int) -> Callable[[np.ndarray], torch.Tensor]:
-    return lambda image: torch.from_numpy(scan_resize(image, size)).permute(2, 0, 1).contiguous()
+    return lambda image: torch.from_numpy(scan_crop(image, size)).permute(2, 0, 1).contiguous()
 
 
 def _check_settings(settings: EvalSettings) -> None:

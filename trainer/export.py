@@ -37,7 +37,7 @@ from torch.utils.data import DataLoader
 
 from forensic.bundle import CLASS_ORDER, Bundle, write_bundle
 from forensic.inference import member_probability
-from trainer.data import CLASSES, FaceCrops, eval_transform, list_split
+from trainer.data import CLASSES, FaceCrops, list_split, scan_transform
 from trainer.models import DetectorWithCAM, create_model, model_spec
 from forensic.versions import library_versions
 
@@ -142,11 +142,16 @@ def ensemble_probability(logits: list[np.ndarray], weights: np.ndarray, temperat
 
 def fit_platt(logits: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
     """One model's (temperature, bias) minimising the NLL of sigmoid(margin / temperature + bias)
-    (Platt scaling); raises ExportError when the model ranks the validation crops backwards."""
+    (Platt scaling) against Platt's smoothed targets, (N₊ + 1) / (N₊ + 2) for fakes and
+    1 / (N₋ + 2) for reals: with 0/1 targets a member that separates the validation crops
+    would have its scale grow without bound and decide the ensemble alone. Raises ExportError
+    when the model ranks the validation crops backwards."""
     margin = logits[:, 1] - logits[:, 0]
+    n_fake, n_real = int((labels == 1).sum()), int((labels == 0).sum())
+    targets = np.where(labels == 1, (n_fake + 1) / (n_fake + 2), 1 / (n_real + 2))
 
     def nll(params: np.ndarray) -> float:
-        return _nll(member_probability(margin * params[0], bias=params[1]), labels)
+        return _nll(member_probability(margin * params[0], bias=params[1]), targets)
 
     best = minimize(nll, x0=np.array([1.0 / max(margin.std(), 1e-6), 0.0]), method="Nelder-Mead",
                     options={"xatol": 1e-6, "fatol": 1e-9, "maxiter": 4000})
@@ -157,9 +162,10 @@ def fit_platt(logits: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
     return float(1.0 / scale), float(bias)
 
 
-def _nll(p: np.ndarray, labels: np.ndarray) -> float:
+def _nll(p: np.ndarray, targets: np.ndarray) -> float:
+    """Mean cross-entropy of P(fake) against targets in [0, 1] (the labels, or smoothed ones)."""
     p = np.clip(p, 1e-12, 1 - 1e-12)
-    return float(-np.mean(labels * np.log(p) + (1 - labels) * np.log(1 - p)))
+    return float(-np.mean(targets * np.log(p) + (1 - targets) * np.log(1 - p)))
 
 
 def fit_temperature(logits: list[np.ndarray], weights: np.ndarray, labels: np.ndarray,
@@ -172,23 +178,37 @@ def fit_temperature(logits: list[np.ndarray], weights: np.ndarray, labels: np.nd
     return math.exp(best.x), nll(0.0), float(best.fun)
 
 
+def parse_operating_point(operating_point: str) -> tuple[str, float | None]:
+    """("eer", None), ("fpr", X) or ("fixed", T), X and T in [0, 1]; ExportError otherwise."""
+    kind, _, value = operating_point.partition(":")
+    if kind == "eer" and not value:
+        return "eer", None
+    if kind in ("fpr", "fixed"):
+        try:
+            number = float(value)
+        except ValueError:
+            number = math.nan
+        if 0.0 <= number <= 1.0:
+            return kind, number
+        raise ExportError(f"--operating-point {operating_point!r}: {kind}:X needs a number X in [0, 1]")
+    raise ExportError(f"unknown operating point {operating_point!r}: use eer, fpr:X or fixed:T (X, T in [0, 1])")
+
+
 def choose_threshold(labels: np.ndarray, scores: np.ndarray, operating_point: str) -> dict:
     """The threshold at `operating_point` ("eer", "fpr:X" or "fixed:T") and what it gives on
-    these labels."""
-    kind, _, value = operating_point.partition(":")
-    fpr, tpr, thresholds = roc_curve(labels, scores)
+    these labels. Every ROC point counts (drop_intermediate=False): the thinned curve can lack
+    the equal-error point."""
+    kind, value = parse_operating_point(operating_point)
+    fpr, tpr, thresholds = roc_curve(labels, scores, drop_intermediate=False)
     if kind == "eer":
         index = int(np.argmin(np.abs(fpr - (1 - tpr))))
         threshold = float(thresholds[index])
     elif kind == "fpr":
-        target = float(value)
-        allowed = np.where(fpr <= target)[0]
+        allowed = np.where(fpr <= value)[0]  # never empty: the first ROC point has FPR 0
         threshold = float(thresholds[allowed[-1]])
-    elif kind == "fixed":
-        threshold = float(value)
     else:
-        raise ExportError(f"unknown operating point {operating_point!r}: use eer, fpr:X or fixed:T")
-    threshold = float(min(max(threshold, 0.0), 1.0))
+        threshold = value
+    threshold = float(min(max(threshold, 0.0), 1.0))  # the first ROC threshold is +inf
     predicted = scores >= threshold
     real, fake = labels == 0, labels == 1
     return {"criterion": operating_point, "threshold": threshold,
@@ -199,7 +219,8 @@ def choose_threshold(labels: np.ndarray, scores: np.ndarray, operating_point: st
 
 def _calibration(runs: list[RunModel], weights: np.ndarray, data_dir: Path, size: int, operating_point: str) -> dict:
     samples = list_split(data_dir, "validation")
-    loader = DataLoader(FaceCrops(samples, eval_transform(size)), batch_size=64)
+    # The crops as forensic scan makes them: the bundle is calibrated on what it will see.
+    loader = DataLoader(FaceCrops(samples, scan_transform(size)), batch_size=64)
     logits, labels = [], None
     for run in runs:
         z, labels = _validation_logits(run.model, loader)
@@ -277,6 +298,7 @@ def export_bundle(run_dirs: list[Path], out_dir: Path, name: str | None = None, 
         raise ExportError("give one positive weight per run")
     weight_array = np.asarray(weights, dtype=np.float64)
     assert tuple(CLASSES) == CLASS_ORDER, "trainer labels and the bundle's class order must agree"
+    kind, fixed_threshold = parse_operating_point(operating_point)  # before any work
 
     if calibrate:
         data_dir = Path(data) if data else Path(runs[0].config.get("val_data") or runs[0].config["data"])
@@ -285,10 +307,9 @@ def export_bundle(run_dirs: list[Path], out_dir: Path, name: str | None = None, 
                               f"(give --data DIR, or --no-calibrate to keep temperature 1 and --operating-point fixed:T)")
         calibration = _calibration(runs, weight_array, data_dir, size, operating_point)
     else:
-        kind, _, value = operating_point.partition(":")
         if kind != "fixed":
             raise ExportError("without calibration data the threshold must be given: --operating-point fixed:T")
-        calibration = {"temperature": 1.0, "operating_point": {"criterion": operating_point, "threshold": float(value)}}
+        calibration = {"temperature": 1.0, "operating_point": {"criterion": operating_point, "threshold": fixed_threshold}}
 
     members = calibration.get("members") or [{"temperature": 1.0, "bias": 0.0}] * len(runs)
     with tempfile.TemporaryDirectory() as scratch:

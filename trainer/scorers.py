@@ -17,9 +17,11 @@ gradients differ per crop only by a positive factor ((σ(d/T) − y)/T against �
 fake-minus-real logit), so sign-gradient attacks (FGSM, PGD) take exactly the steps they would
 take on the calibrated probability; with several members the members are weighted differently
 (by w_m / p_m,y against w_m / p_y, and the temperature). A bundle with a member that lacks a
-gradient graph has no white-box gradient at all. The black-box margin is the log-odds of the
-true class under the calibrated ensemble probability (for one member at temperature 1 exactly
-the logit margin), from P clipped to [1e-15, 1 − 1e-15]. Heatmaps are the bundle's class
+gradient graph has no white-box gradient at all. The black-box margin is how far the calibrated
+ensemble P(fake) is on the true class's side of the bundle's threshold, in log-odds:
+±(logit(P) − logit(threshold)), + for fakes, P and the threshold clipped to [1e-15, 1 − 1e-15]
+(so the black-box attack keeps going until the crop is misclassified at the threshold the
+report uses, not at 0.5). Heatmaps are the bundle's class
 activation maps, combined and resized as `forensic scan --heatmaps` draws them; threshold: the
 manifest's decision_threshold.
 """
@@ -149,11 +151,13 @@ class BundleScorer:
         return self.runner.predict_pixels(self._numpy(pixels)).ensemble
 
     def margin(self, pixels: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Log-odds of the true class under the calibrated ensemble P(fake)."""
-        p = np.clip(self.p_fake(pixels), LOG_ODDS_CLIP, 1 - LOG_ODDS_CLIP)
-        log_odds_fake = np.log(p) - np.log1p(-p)
+        """Log-odds of the calibrated ensemble P(fake) beyond the threshold's, on the true class's side."""
+        def log_odds(p):
+            p = np.clip(p, LOG_ODDS_CLIP, 1 - LOG_ODDS_CLIP)
+            return np.log(p) - np.log1p(-p)
+
         sign = np.where(labels.cpu().numpy() == 1, 1.0, -1.0)
-        return torch.from_numpy(sign * log_odds_fake).to(pixels.device)
+        return torch.from_numpy(sign * (log_odds(self.p_fake(pixels)) - log_odds(self.threshold))).to(pixels.device)
 
     def loss_gradient(self, pixels: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         if self.oracle is None:
