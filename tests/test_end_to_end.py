@@ -64,6 +64,13 @@ def test_fit_resume_continues_and_refuses_to_overwrite(run_dir, face_dataset):
     assert resumed.exit_code == 0, resumed.output
     epochs = [json.loads(line)["epoch"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert epochs == [1, 2]
+    # A setting that changes what the run learns is refused, in one line, before any work ...
+    other = runner.invoke(trainer_app, ["fit", "--out", str(run_dir), "--epochs", "3", "--lr", "0.1", "--resume"])
+    assert other.exit_code == 2 and other.output.strip().count("\n") == 0
+    assert "cannot resume with other settings (lr 0.0003 → 0.1)" in other.output
+    # ... and a finished run is not silently retrained.
+    done = runner.invoke(trainer_app, ["fit", "--out", str(run_dir), "--resume"])
+    assert done.exit_code == 2 and "already trained for 2 epochs" in done.output
 
 
 def test_export_writes_a_verified_calibrated_bundle(bundle_dir):

@@ -99,11 +99,14 @@ def fit_command(
     workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Data-loading processes (default 2)."),
     seed: Optional[int] = typer.Option(None, "--seed"),
     device: Optional[str] = typer.Option(None, "--device", help="auto (default), cpu or cuda."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from last.pt."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from last.pt, with its settings (only --epochs, --patience, --workers and --device may change)."),
 ) -> None:
     """Train a real/fake classifier on face crops; validation accuracy and ROC-AUC each epoch."""
     try:
-        values = load_config_file(config_file) if config_file else {}
+        # A resumed run starts from its own settings, so `--out RUN --resume` is enough.
+        saved_run = Path(out) / "config.json" if resume and out is not None else None
+        values = load_config_file(saved_run) if saved_run is not None and saved_run.is_file() else {}
+        values.update(load_config_file(config_file) if config_file else {})
         given = {"data": data, "out": out, "val_data": val_data, "arch": arch, "method": method, "init": init, "epochs": epochs,
                  "batch_size": batch_size, "optimizer": optimizer, "lr": lr, "schedule": schedule, "patience": patience,
                  "size": size, "augment": augment, "sbi": sbi, "freeze": freeze.split(",") if freeze else None, "checkpoint_every": checkpoint_every, "workers": workers,

@@ -95,6 +95,8 @@ class FitConfig:
 
 
 FIELDS = {f.name for f in fields(FitConfig)}
+# What --resume may change: how long and where it runs, not what it learns or from what.
+RESUMABLE = ("epochs", "patience", "workers", "device", "out")
 
 
 def load_config_file(path: Path) -> dict[str, Any]:
@@ -225,14 +227,27 @@ def _schedule(config: FitConfig, optimizer: torch.optim.Optimizer, steps_per_epo
 
 
 def _rng_state() -> dict[str, Any]:
-    return {"torch": torch.get_rng_state(), "numpy": torch.tensor(np.random.get_state()[1].astype(np.int64)),
-            "numpy_pos": int(np.random.get_state()[2]), "python": random.getstate()[1], "python_version": random.getstate()[0]}
+    state = {"torch": torch.get_rng_state(), "numpy": torch.tensor(np.random.get_state()[1].astype(np.int64)),
+             "numpy_pos": int(np.random.get_state()[2]), "python": random.getstate()[1],
+             "python_version": random.getstate()[0]}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()  # dropout and drop-path on the GPU
+    return state
 
 
 def _set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), state["numpy_pos"]))
     random.setstate((state["python_version"], tuple(state["python"]), None))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _resume_differences(saved: dict[str, Any], config: FitConfig) -> list[str]:
+    """The settings that differ from the run being resumed, other than those --resume may change."""
+    current = asdict(config)
+    return [f"{key} {saved.get(key)!r} → {current[key]!r}" for key in sorted(current)
+            if key not in RESUMABLE and saved.get(key) != current[key]]
 
 
 def _save_atomically(obj: Any, path: Path) -> None:
@@ -306,11 +321,14 @@ def fit(config: FitConfig, resume: bool = False,
 
     start_epoch, best, history, stale = 1, None, [], 0
     if resume:
-        state = torch.load(last_path, map_location=device, weights_only=True)
-        saved = state["config"]["fit"]
-        for key in ("arch", "method", "size", "batch_size", "data"):
-            if saved[key] != getattr(config, key):
-                raise RunError(f"{out}: cannot resume: the run used {key}={saved[key]!r}, not {getattr(config, key)!r}")
+        # On the CPU first: RNG states must stay CPU tensors; the optimizer moves its own state.
+        state = torch.load(last_path, map_location="cpu", weights_only=True)
+        differences = _resume_differences(state["config"]["fit"], config)
+        if differences:
+            raise RunError(f"{out}: cannot resume with other settings ({'; '.join(differences)}); only "
+                           f"epochs, patience, workers and device may change (leave the rest out to keep the run's)")
+        if state["epoch"] >= config.epochs:
+            raise RunError(f"{out}: already trained for {state['epoch']} epochs; raise --epochs to train more")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
