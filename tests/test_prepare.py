@@ -18,8 +18,8 @@ from forensic.faces import FaceDetector, crop_face
 from forensic.media import sample_video_frames
 from trainer.cli import app
 from trainer.data import CLASSES, SPLITS
-from trainer.prepare import (PrepareError, assign_splits, crop_landmarks, find_videos, group_videos, prepare_dataset,
-                             video_ids)
+from trainer.prepare import (PrepareError, assign_splits, check_group_pattern, crop_landmarks, find_videos, group_videos,
+                             prepare_dataset, video_ids)
 from trainer.sbi import LANDMARKS_FILE, load_landmarks
 from trainer.synthetic import panning_frames, self_blend, write_video
 
@@ -74,6 +74,20 @@ def test_group_videos_joins_everything_sharing_an_identity():
     chained = group_videos([Path("a/001_002.mp4"), Path("b/002_003.mp4"), Path("003.png"), Path("clip.mp4"), Path("44.mp4"), Path("044.mp4")])
     assert [len(g) for g in chained] == [3, 1, 2], "transitive; no number: own group; 44 is 044"
     assert video_ids("044_945") == ("44", "945")
+
+
+def test_numbers_outside_ffpp_names_are_not_identities_unless_a_pattern_says_so():
+    # Grouping 'clip_2023_01' with every other 2023 clip, or every LFW '_0001' photo together
+    # while one person's '_0002' lands in another split, would both be wrong.
+    names = ["clip_2023_01.mp4", "clip_2023_02.mp4", "Aaron_Peirsol_0001.jpg", "Aaron_Peirsol_0002.jpg",
+             "Ann_Veneman_0001.jpg"]
+    assert [len(g) for g in group_videos(names)] == [1, 1, 1, 1, 1]
+    by_person = group_videos(names, pattern=r"(.+)_\d+")
+    assert [[Path(n).stem for n in g] for g in by_person] == [
+        ["clip_2023_01", "clip_2023_02"], ["Aaron_Peirsol_0001", "Aaron_Peirsol_0002"], ["Ann_Veneman_0001"]]
+    for bad in ("(", "no_group_\\d+"):
+        with pytest.raises(PrepareError, match="--group-pattern"):
+            check_group_pattern(bad)
 
 
 def test_assign_splits_keeps_identities_apart_and_balances_videos():
@@ -153,7 +167,7 @@ def test_prepare_json_counts_and_skipped(prepared, source):
     out, result = prepared
     manifest = json.loads((out / "prepare.json").read_text())
     assert manifest["settings"] == {"frames": FRAMES, "size": SIZE, "margin": MARGIN, "split": [0.7, 0.15, 0.15],
-                                    "seed": 0, "sbi": 0}
+                                    "seed": 0, "sbi": 0, "group_pattern": None}
     assert manifest["complete"] is True and manifest["counts"] == result.counts
     assert result.processed == 6 and result.reused == 0
     skipped = {entry["video"]: entry["reason"] for entry in manifest["skipped"]}

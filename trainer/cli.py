@@ -213,6 +213,7 @@ def prepare_command(
     split: str = typer.Option("0.7,0.15,0.15", "--split", help="train,validation,test fractions (of videos; split by identity)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the split assignment and the self-blends."),
     sbi: int = typer.Option(0, "--sbi", min=0, help="Self-blended fakes per real training crop, written to train/fake/sbi-*.png."),
+    group_pattern: Optional[str] = typer.Option(None, "--group-pattern", metavar="REGEX", help="Identity of a file name stem: the regex's first group (e.g. '(.+)_\\d+' for LFW names). Default: FF++ numbers (044_945), else each name is its own identity."),
     device: str = typer.Option("auto", "--device", help="Face detection on auto, cpu or cuda."),
 ) -> None:
     """Extract face crops from real and fake videos into a dataset split by identity (resumable)."""
@@ -239,7 +240,7 @@ def prepare_command(
 
     try:
         result = prepare_dataset(src, out, frames=frames, size=size, margin=margin, split=split, seed=seed,
-                                 sbi=sbi, device=device, on_progress=on_progress, log=log)
+                                 sbi=sbi, group_pattern=group_pattern, device=device, on_progress=on_progress, log=log)
     except (PrepareError, ForensicError, OSError) as exc:
         stop_progress()
         _fail(exc)

@@ -9,9 +9,11 @@ regrouped by video. Frames are sampled, faces detected and cropped by exactly th
 `forensic scan` uses (forensic.media.sample_video_frames, forensic.faces.FaceDetector and
 crop_face), so the model trains on the framing it will be shown.
 
-Splits are by identity: the numbers in a stem are its identities (`044`; `044` and `945` for
-`044_945`) and every video sharing an identity with another lands in the same split, so no face
-is seen in training and tested on.
+Splits are by identity: the numbers in a FaceForensics++ stem are its identities (`044`; `044`
+and `945` for `044_945`) and every video sharing an identity with another lands in the same
+split, so no face is seen in training and tested on. Other names say nothing reliable about who
+is in them, so each is its own identity unless `--group-pattern REGEX` says (its first group is
+the identity: `'(.+)_\d+'` puts LFW's `Aaron_Peirsol_0001` and `_0002` together).
 
 Beside the crops:
     {split}/{class}/landmarks.json  crop file name -> MTCNN's five landmarks in crop pixels
@@ -44,7 +46,8 @@ PREPARE_FILE = "prepare.json"
 DONE_FILE = ".done"
 SBI_PREFIX = "sbi-"
 # Settings that decide what the crops are: a folder can only be resumed with the same ones.
-EXTRACTION_SETTINGS = ("frames", "size", "margin", "split", "seed")
+EXTRACTION_SETTINGS = ("frames", "size", "margin", "split", "seed", "group_pattern")
+FFPP_STEM = re.compile(r"\d+(?:_\d+)*")  # 044, 044_945
 
 T = TypeVar("T")
 Progress = Callable[[str, int, int], None]
@@ -67,16 +70,29 @@ class SourceVideo:
     name: str  # the stem, prefixed by the method (sub-folders) for fakes: Deepfakes-044_945
     kind: str  # "video" or "image"
 
-    @property
-    def ids(self) -> tuple[str, ...]:
-        return video_ids(self.path.stem)
+def video_ids(stem: str, pattern: str | None = None) -> tuple[str, ...]:
+    """The identities in a stem. With `pattern`, the regex's first group where it matches the whole
+    stem. Otherwise a FaceForensics++ stem gives its numbers ('044_945' -> ('44', '945'); leading
+    zeros dropped, so 044 and 44 are one person). Any other stem is its own identity: numbers in
+    names like 'clip_2023_01' or 'Aaron_Peirsol_0001' are not people."""
+    if pattern is not None:
+        match = re.fullmatch(pattern, stem)
+        if match is not None and match.group(1):
+            return (f"id:{match.group(1)}",)
+    elif FFPP_STEM.fullmatch(stem):
+        return tuple(str(int(n)) for n in stem.split("_"))
+    return (f"name:{stem}",)
 
 
-def video_ids(stem: str) -> tuple[str, ...]:
-    """The identities in a FaceForensics++ stem: its numbers ('044_945' -> ('44', '945')); a stem
-    without numbers is its own identity. Leading zeros are dropped so 044 and 44 are one person."""
-    numbers = re.findall(r"\d+", stem)
-    return tuple(str(int(n)) for n in numbers) if numbers else (f"name:{stem}",)
+def check_group_pattern(pattern: str | None) -> None:
+    if pattern is None:
+        return
+    try:
+        compiled = re.compile(pattern)
+    except re.error as exc:
+        raise PrepareError(f"--group-pattern {pattern!r}: not a regular expression ({exc})") from None
+    if compiled.groups < 1:
+        raise PrepareError(f"--group-pattern {pattern!r}: needs a group, e.g. '(.+)_\\d+', whose match is the identity")
 
 
 def find_videos(src: Path) -> list[SourceVideo]:
@@ -105,9 +121,10 @@ def _stem(item) -> str:
     return item.path.stem if isinstance(item, SourceVideo) else Path(item).stem
 
 
-def group_videos(videos: Iterable[T]) -> list[list[T]]:
+def group_videos(videos: Iterable[T], pattern: str | None = None) -> list[list[T]]:
     """Group videos (SourceVideo, paths or file names) that share an identity, transitively
-    (union-find over the identities in their stems). Groups in order of first appearance."""
+    (union-find over the identities in their stems, see video_ids). Groups in order of first
+    appearance."""
     items = list(videos)
     parent: dict[str, str] = {}
 
@@ -119,7 +136,7 @@ def group_videos(videos: Iterable[T]) -> list[list[T]]:
         return x
 
     for item in items:
-        ids = video_ids(_stem(item))
+        ids = video_ids(_stem(item), pattern)
         for other in ids[1:]:
             a, b = find(ids[0]), find(other)
             if a != b:
@@ -127,7 +144,7 @@ def group_videos(videos: Iterable[T]) -> list[list[T]]:
         find(ids[0])
     groups: dict[str, list[T]] = {}
     for item in items:
-        groups.setdefault(find(video_ids(_stem(item))[0]), []).append(item)
+        groups.setdefault(find(video_ids(_stem(item), pattern)[0]), []).append(item)
     return list(groups.values())
 
 
@@ -294,6 +311,7 @@ def prepare_dataset(
     split: str | Sequence[float] = (0.7, 0.15, 0.15),
     seed: int = 0,
     sbi: int = 0,
+    group_pattern: str | None = None,
     detector: FaceDetector | None = None,
     device: str = "auto",
     on_progress: Progress | None = None,
@@ -311,14 +329,19 @@ def prepare_dataset(
     if frames < 1 or size < 8 or margin <= 0 or sbi < 0:
         raise PrepareError("--frames must be >= 1, --size >= 8, --margin > 0 and --sbi >= 0")
     ratios = parse_ratios(split)
+    check_group_pattern(group_pattern)
     settings = {"frames": frames, "size": size, "margin": margin, "split": [round(r, 6) for r in ratios],
-                "seed": seed, "sbi": sbi}
+                "seed": seed, "sbi": sbi, "group_pattern": group_pattern}
     videos = find_videos(src)
     _check_out(out, src, settings)
     progress = on_progress or (lambda phase, done, total: None)
     log = log or (lambda line: None)
 
-    groups = group_videos(videos)
+    groups = group_videos(videos, group_pattern)
+    largest = max(len(group) for group in groups)
+    if len(videos) >= 10 and largest > len(videos) / 2:
+        log(f"warning: one identity group holds {largest} of {len(videos)} videos, so the splits cannot be "
+            f"balanced; check the names (--group-pattern)")
     group_splits = assign_splits(groups, ratios, seed)
     assignment = {video.name: split for group, split in zip(groups, group_splits) for video in group}
     for split_name in SPLITS:
