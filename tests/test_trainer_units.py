@@ -428,3 +428,28 @@ def test_lite0_mid_is_lite0_up_to_its_fifth_block_with_imagenet_weights():
         assert torch.allclose(mid.features(pixels), features, atol=1e-6)
         assert mid(pixels).shape == (2, 2)
     assert mid.backbone.get_classifier().in_features == features.shape[1] == 112
+
+
+def test_config_files_are_checked_as_the_command_line_is(tmp_path):
+    from trainer.fit import RunError, load_config_file
+
+    yaml_file = tmp_path / "run.yaml"
+    yaml_file.write_text("data: crops\nlr: 3e-4\nepochs: 3\nfreeze: [conv_stem, bn1]\n")
+    values = load_config_file(yaml_file)
+    assert values["lr"] == 0.0003 and isinstance(values["lr"], float)  # YAML 1.1 reads 3e-4 as a string
+    assert values["epochs"] == 3 and values["freeze"] == ["conv_stem", "bn1"]
+    for name, text, problem in (
+        ("zero.toml", "batch_size = 0\n", "batch_size must be an integer >= 1, not 0"),
+        ("epochs.toml", "epochs = 0\n", "epochs must be an integer >= 1"),
+        ("lr.yaml", "lr: fast\n", "lr must be a number >= 0, not 'fast'"),
+        ("sbi.toml", "sbi = 1\n", "sbi must be true or false"),
+        ("freeze.toml", "freeze = \"conv_stem\"\n", "freeze must be a list of module paths"),
+        ("broken.yaml", "data: [unclosed\n", "cannot parse"),
+    ):
+        path = tmp_path / name
+        path.write_text(text)
+        with pytest.raises(RunError, match=problem) as info:
+            load_config_file(path)
+        assert str(info.value).startswith(str(path)) and "\n" not in str(info.value)
+    with pytest.raises(RunError, match="cannot read"):
+        load_config_file(tmp_path)

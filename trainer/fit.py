@@ -95,6 +95,11 @@ class FitConfig:
 
 
 FIELDS = {f.name for f in fields(FitConfig)}
+# Config-file values, checked as the command line checks its options: (kind, smallest allowed).
+_INTS = {"epochs": 1, "batch_size": 1, "patience": 1, "size": 16, "checkpoint_every": 0, "workers": 0, "seed": None}
+_FLOATS = {"lr": 0.0, "weight_decay": 0.0, "momentum": 0.0, "warmup_epochs": 0.0}
+_STRINGS = ("data", "out", "val_data", "arch", "method", "init", "optimizer", "schedule", "augment", "device")
+_BOOLS = ("sbi", "amp")
 # What --resume may change: how long and where it runs, not what it learns or from what.
 RESUMABLE = ("epochs", "patience", "workers", "device", "out")
 
@@ -107,9 +112,14 @@ def load_config_file(path: Path) -> dict[str, Any]:
         if path.suffix == ".toml":
             values = tomllib.loads(text)
         elif path.suffix in (".yaml", ".yml"):
-            import yaml
-
-            values = yaml.safe_load(text)
+            try:
+                import yaml
+            except ImportError:
+                raise RunError(f"{path}: reading YAML needs PyYAML (pip install pyyaml); or use .toml") from None
+            try:
+                values = yaml.safe_load(text)
+            except yaml.YAMLError as exc:
+                raise RunError(f"{path}: cannot parse ({' '.join(str(exc).split())})") from None
         elif path.suffix == ".json":
             values = json.loads(text)
             values = values.get("fit", values)
@@ -117,6 +127,8 @@ def load_config_file(path: Path) -> dict[str, Any]:
             raise RunError(f"{path}: config files must be .toml, .yaml or .json")
     except FileNotFoundError:
         raise RunError(f"{path}: no such config file") from None
+    except OSError as exc:
+        raise RunError(f"{path}: cannot read ({exc.strerror or exc})") from None
     except (tomllib.TOMLDecodeError, json.JSONDecodeError, ValueError) as exc:
         raise RunError(f"{path}: cannot parse ({exc})") from None
     if not isinstance(values, dict):
@@ -124,7 +136,36 @@ def load_config_file(path: Path) -> dict[str, Any]:
     unknown = sorted(set(values) - FIELDS)
     if unknown:
         raise RunError(f"{path}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(FIELDS))}")
-    return values
+    return {key: _checked(path, key, value) for key, value in values.items()}
+
+
+def _checked(path: Path, key: str, value: Any) -> Any:
+    """A config-file value of the right type and range (None keeps the default)."""
+    def bad(expected: str) -> RunError:
+        return RunError(f"{path}: {key} must be {expected}, not {value!r}")
+
+    if value is None:
+        return None
+    if key in _INTS:
+        if isinstance(value, bool) or not isinstance(value, int) or (_INTS[key] is not None and value < _INTS[key]):
+            raise bad("an integer" + (f" >= {_INTS[key]}" if _INTS[key] is not None else ""))
+    elif key in _FLOATS:
+        try:  # YAML 1.1 reads 3e-4 (no dot) as a string
+            number = float(value) if not isinstance(value, bool) else math.nan
+        except (TypeError, ValueError):
+            number = math.nan
+        if not math.isfinite(number) or number < _FLOATS[key]:
+            raise bad(f"a number >= {_FLOATS[key]:g}")
+        return number
+    elif key in _STRINGS and not isinstance(value, str):
+        raise bad("a string")
+    elif key in _BOOLS and not isinstance(value, bool):
+        raise bad("true or false")
+    elif key == "freeze" and not (isinstance(value, list) and all(isinstance(item, str) for item in value)):
+        raise bad("a list of module paths")
+    elif key == "options" and not isinstance(value, dict):
+        raise bad("a table of method options")
+    return value
 
 
 @dataclass
