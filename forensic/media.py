@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from fnmatch import fnmatch
 from pathlib import Path
@@ -55,7 +56,11 @@ def collect_inputs(paths: Iterable[Path], include: Iterable[str] = (), exclude: 
     include, exclude = tuple(include), tuple(exclude)
     found: list[Path] = []
     for path in paths:
-        if path.is_dir():
+        try:
+            is_dir = path.is_dir()
+        except OSError:  # unreadable or a name too long: reported as that file's error, not a crash
+            is_dir = False
+        if is_dir:
             found.extend(
                 p for p in sorted(path.rglob("*"))
                 if p.is_file() and media_kind(p) is not None
@@ -63,11 +68,12 @@ def collect_inputs(paths: Iterable[Path], include: Iterable[str] = (), exclude: 
             )
         else:
             found.append(path)
-    seen: set[Path] = set()
+    seen: set[str] = set()
     unique = []
     for path in found:
-        if path.resolve() not in seen:
-            seen.add(path.resolve())
+        key = os.path.realpath(path)
+        if key not in seen:
+            seen.add(key)
             unique.append(path)
     return unique
 

@@ -186,3 +186,24 @@ def test_from_stdin_reads_a_path_list(sample_media):
     assert result.exit_code == 1  # the corrupt file
     files = json.loads(result.stdout)["files"]
     assert [(Path(f["path"]).name, f["verdict"]) for f in files] == [("coffee_no_face.jpg", "no-face"), ("corrupt.jpg", "error")]
+
+
+def test_a_file_that_changes_while_it_is_scanned_is_an_error_not_a_verdict(sample_media, tmp_path):
+    # Its SHA-256 was taken first: a verdict would pin a hash to content that was not analysed.
+    import shutil
+
+    from forensic.bundle import DEFAULT_BUNDLE, load_bundle
+    from forensic.scan import Scanner
+
+    video = tmp_path / "still_copying.mp4"
+    shutil.copyfile(sample_media["astronaut_pan.mp4"], video)
+    scanner = Scanner(load_bundle(DEFAULT_BUNDLE), device="cpu", frames=20)
+
+    def grow(frames_done: int) -> None:
+        with open(video, "ab") as handle:
+            handle.write(b"\0")
+
+    changed = scanner.scan_file(video, on_frames=grow)
+    assert changed.verdict == "error" and changed.score is None
+    assert changed.error.startswith(f"{video}: changed while it was being scanned")
+    assert scanner.scan_file(video).verdict in ("real", "fake", "uncertain")  # left alone, it is scanned
