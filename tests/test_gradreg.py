@@ -108,3 +108,18 @@ def test_options_are_checked():
         create_method("gradreg", alpha=1.5)
     with pytest.raises(TypeError):
         create_method("gradreg", radius=0.1)
+
+
+def test_perturbed_pass_leaves_batch_norm_running_statistics_alone(batch):
+    # The tiny detector with a batch norm after the shallow layer, where the perturbation acts.
+    def with_norm() -> Detector:
+        model = tiny_detector()
+        model.backbone.deep.insert(1, nn.BatchNorm2d(16))
+        return model
+
+    stepped, once = with_norm(), with_norm()
+    create_method("gradreg", r=0.5).step(stepped.train(), *batch, torch.optim.SGD(stepped.parameters(), lr=0.0))
+    once.train()(batch[0])  # one clean forward: what the statistics should have seen
+    norm, expected = stepped.backbone.deep[1], once.backbone.deep[1]
+    assert torch.equal(norm.running_mean, expected.running_mean) and torch.equal(norm.running_var, expected.running_var)
+    assert int(norm.num_batches_tracked) == 1 and norm.momentum == expected.momentum

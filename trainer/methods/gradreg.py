@@ -7,8 +7,12 @@ parameter gradient are exactly ERM's, and ∂L/∂δμ, ∂L/∂δσ are the gra
 the feature statistics holding f_norm fixed (Eq. 6). (Taking μ, σ detached after the forward,
 as some public re-implementations do, gives zero gradient and silently turns this into ERM.)
 The perturbation Δ = r · ∇_(μ,σ) L / ‖∇_(μ,σ) L‖₂ (Eq. 9) is injected on a second pass (the
-Perturbation Injection Module), and the step uses g = (1 − α)·g1 + α·g2 (Eq. 12). The hook
-exists only during training steps: inference and export never see it.
+Perturbation Injection Module), and the step uses g = (1 − α)·g1 + α·g2 (Eq. 12). As in SAM
+(whose ascent step this is, in feature-statistics space), ‖·‖ is taken over the whole batch, so
+the per-sample perturbation shrinks as the batch grows: keep r and --batch-size together. The
+perturbed pass leaves batch-norm running statistics alone (as SAM implementations do): they
+must describe clean features. The hook exists only during training steps: inference and
+export never see it.
 """
 
 from __future__ import annotations
@@ -43,6 +47,23 @@ class StatisticsPerturbation:
         self.delta_mu = torch.zeros_like(mu, requires_grad=True)
         self.delta_sigma = torch.zeros_like(sigma, requires_grad=True)
         return normalised * (sigma + self.delta_sigma) + (mu + self.delta_mu)
+
+
+@contextmanager
+def running_statistics_frozen(model: nn.Module):
+    """Batch norm still normalises with the batch's statistics, but its running estimates are not updated."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    counts = [None if m.num_batches_tracked is None else m.num_batches_tracked.clone() for m in norms]
+    for m in norms:
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, momentum, count in zip(norms, momenta, counts):
+            m.momentum = momentum
+            if count is not None:
+                m.num_batches_tracked.copy_(count)
 
 
 @register_method("gradreg")
@@ -86,7 +107,8 @@ class GradientRegularization(TrainingMethod):
 
             optimizer.zero_grad(set_to_none=True)
             hook.injected = delta
-            perturbed_loss = F.cross_entropy(model(pixels), labels)
+            with running_statistics_frozen(model):
+                perturbed_loss = F.cross_entropy(model(pixels), labels)
             perturbed_loss.backward()
         for p, first in zip(params, g1):
             if p.grad is None and first is None:
