@@ -178,11 +178,15 @@ def _check_manifest(manifest: dict, bundle_dir: Path) -> None:
 def _check_file_entry(entry: dict, what: str, bundle_dir: Path) -> None:
     """A file the manifest names: a plain name inside the bundle folder, and its SHA-256."""
     file = entry.get("file")
-    _require(isinstance(file, str) and file not in ("", ".", "..") and Path(file).name == file
-             and "\\" not in file, bundle_dir, f"{what}: file {file!r} must be a plain file name inside the bundle")
+    _require(_is_plain_file_name(file), bundle_dir, f"{what}: file {file!r} must be a plain file name inside the bundle")
     digest = entry.get("sha256")
     _require(isinstance(digest, str) and re.fullmatch(r"[0-9a-f]{64}", digest) is not None, bundle_dir,
              f"{what}: sha256 must be 64 lowercase hex digits")
+
+
+def _is_plain_file_name(name) -> bool:
+    """A file directly inside the bundle folder: no path, no parent, nothing absolute."""
+    return isinstance(name, str) and name not in ("", ".", "..") and Path(name).name == name and "\\" not in name
 
 
 def _is_number(value) -> bool:
@@ -259,7 +263,7 @@ def _bundle_files(bundle_dir: Path) -> set[str]:
     except (OSError, ValueError, KeyError, TypeError):
         return set()
     # Only plain names inside the folder: a manifest must not make us delete anything else.
-    return {name for name in names if isinstance(name, str) and Path(name).name == name}
+    return {name for name in names if _is_plain_file_name(name)}
 
 
 def write_bundle(out_dir: Path, manifest: dict, model_files: dict[str, Path], force: bool = False) -> Bundle:

@@ -88,7 +88,7 @@ def deciding_identities(identities: list[IdentityResult]) -> list[IdentityResult
     return [identity for identity in identities if identity.counts] or identities
 
 
-def _identity(path: Path) -> tuple[int, int, int, int]:
+def _file_state(path: Path) -> tuple[int, int, int, int]:
     """What changes when a file is rewritten, replaced or still being written."""
     stat = path.stat()
     return stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns
@@ -250,7 +250,7 @@ class Scanner:
             started = time.perf_counter()
             # Chain of custody: the input's hash is taken before any analysis, and the file must
             # be the same one when the analysis ends (a file still being copied is not).
-            before = _identity(path)
+            before = _file_state(path)
             result.sha256 = sha256_file(path)
             timings["hash"] = time.perf_counter() - started
             if kind is None:
@@ -265,7 +265,7 @@ class Scanner:
                 result.frames.extend(self._analyse(chunk, timings, result))
                 if on_frames:
                     on_frames(len(result.frames))
-            if _identity(path) != before:
+            if _file_state(path) != before:
                 raise MediaError(f"{path}: changed while it was being scanned (size or modification time); "
                                  f"its hash may not be of what was analysed — scan it again once it is complete")
             result.timings = {k: round(v, 4) for k, v in timings.items()}
