@@ -25,7 +25,7 @@ manifest.json, schema version 1:
     training         what the models were trained on and how well they did (free form)
 
 The bundle's identity (`sha256` in reports) is the SHA-256 of manifest.json, which itself
-pins every model file by its SHA-256.
+pins every model file by its SHA-256; a model must be one file (no ONNX external data).
 """
 
 from __future__ import annotations
@@ -211,8 +211,47 @@ def _verify_file(path: Path, expected: str) -> None:
         )
 
 
+def _graph_tensors(graph):
+    """Every tensor stored in an ONNX graph or function: initializers and node attributes,
+    subgraphs included."""
+    yield from getattr(graph, "initializer", ())
+    for sparse in getattr(graph, "sparse_initializer", ()):
+        yield sparse.values
+        yield sparse.indices
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.HasField("t"):
+                yield attribute.t
+            yield from attribute.tensors
+            if attribute.HasField("g"):
+                yield from _graph_tensors(attribute.g)
+            for subgraph in attribute.graphs:
+                yield from _graph_tensors(subgraph)
+
+
+def _refuse_external_data(path: Path) -> None:
+    """The manifest pins a model by its file's SHA-256; weights kept in a separate external-data
+    file would be loaded by ONNX Runtime without that check, so such a model is refused."""
+    import onnx  # only parsed here; an unparseable file is reported by ONNX Runtime when it loads
+    from onnx.external_data_helper import uses_external_data
+
+    try:
+        model = onnx.load_model(str(path), load_external_data=False)
+    except Exception:
+        return
+    for graph in [model.graph, *model.functions]:
+        for tensor in _graph_tensors(graph):
+            if uses_external_data(tensor):
+                location = next((item.value for item in tensor.external_data if item.key == "location"), "?")
+                raise BundleError(
+                    f"{path}: keeps tensor {tensor.name or '(unnamed)'!r} in an external data file "
+                    f"({location}) that the manifest's SHA-256 does not cover; re-export the model as one file"
+                )
+
+
 def load_bundle(bundle_dir: Path) -> Bundle:
-    """Read and verify a bundle: the manifest's shape and every model file's SHA-256."""
+    """Read and verify a bundle: the manifest's shape, every model file's SHA-256, and that no
+    model keeps weights in an external-data file that SHA-256 would not cover."""
     bundle_dir = Path(bundle_dir)
     manifest_path = bundle_dir / MANIFEST_NAME
     if not manifest_path.is_file():
@@ -227,9 +266,11 @@ def load_bundle(bundle_dir: Path) -> Bundle:
     models = []
     for entry in manifest["models"]:
         _verify_file(bundle_dir / entry["file"], entry["sha256"])
+        _refuse_external_data(bundle_dir / entry["file"])
         graph = entry.get("gradient_graph") or {}
         if graph.get("file"):
             _verify_file(bundle_dir / graph["file"], graph.get("sha256", ""))
+            _refuse_external_data(bundle_dir / graph["file"])
         models.append(
             ModelEntry(
                 name=entry["name"],
@@ -287,10 +328,12 @@ def write_bundle(out_dir: Path, manifest: dict, model_files: dict[str, Path], fo
         for entry in manifest["models"]:
             target = staging / entry["file"]
             shutil.copyfile(model_files[entry["file"]], target)
+            _refuse_external_data(target)
             entry["sha256"] = sha256_file(target)
             graph = entry.get("gradient_graph") or {}
             if graph.get("file"):
                 shutil.copyfile(model_files[graph["file"]], staging / graph["file"])
+                _refuse_external_data(staging / graph["file"])
                 graph["sha256"] = sha256_file(staging / graph["file"])
         _check_manifest(manifest, staging)
         (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")

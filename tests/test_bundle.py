@@ -178,6 +178,35 @@ def test_modified_model_file_is_refused(bundle_dir):
     assert "model.onnx" in str(info.value)
 
 
+def _external_data_copy(onnx_path: Path, folder: Path) -> Path:
+    """The same model saved with its weights in a separate external-data file beside it."""
+    import onnx
+
+    folder.mkdir(parents=True, exist_ok=True)
+    onnx.save_model(onnx.load(str(onnx_path)), str(folder / "model.onnx"), save_as_external_data=True,
+                    all_tensors_to_one_file=True, location="model.weights", size_threshold=0)
+    assert (folder / "model.weights").is_file()
+    return folder / "model.onnx"
+
+
+def test_model_with_external_data_is_refused_on_load(bundle_dir, nets, tmp_path):
+    # Its weights would be loaded by ONNX Runtime from a file no SHA-256 pins.
+    external = _external_data_copy(nets["first"][1], tmp_path / "external")
+    (bundle_dir / "model.onnx").write_bytes(external.read_bytes())
+    (bundle_dir / "model.weights").write_bytes((tmp_path / "external" / "model.weights").read_bytes())
+    rewrite_manifest(bundle_dir, lambda m: m["models"][0].update(sha256=sha256_file(bundle_dir / "model.onnx")))
+    with pytest.raises(BundleError, match="external data file \\(model.weights\\)") as info:
+        load_bundle(bundle_dir)
+    assert "model.onnx" in str(info.value)
+
+
+def test_write_bundle_refuses_a_model_with_external_data(tmp_path, nets):
+    external = _external_data_copy(nets["first"][1], tmp_path / "external")
+    with pytest.raises(BundleError, match="external data"):
+        write_bundle(tmp_path / "b", make_manifest([{"name": "n", "file": "n.onnx"}]), {"n.onnx": external})
+    assert not (tmp_path / "b").exists()
+
+
 def test_missing_model_file_is_refused(bundle_dir):
     (bundle_dir / "model.onnx").unlink()
     with pytest.raises(BundleError, match="missing"):
