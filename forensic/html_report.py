@@ -125,5 +125,6 @@ def render(report: dict, results: list[FileResult], weights: dict[str, float]) -
 
 def write_html(report: dict, results: list[FileResult], weights: dict[str, float], destination: Path) -> Path:
     destination.parent.mkdir(parents=True, exist_ok=True)
-    destination.write_text(render(report, results, weights), encoding="utf-8")
+    # A name that is not valid UTF-8 is shown with its odd bytes escaped (bad\udcff.jpg).
+    destination.write_text(render(report, results, weights), encoding="utf-8", errors="backslashreplace")
     return destination

@@ -86,9 +86,12 @@ def check_output(destination: Path, inputs: list[Path]) -> None:
 
 
 def write_csv(report: dict, destination: Path) -> Path:
-    """One row per file: the report's summary fields."""
+    """One row per file: the report's summary fields. A path that is not valid UTF-8 (Linux
+    allows any bytes in a name) is written as the file system's own bytes, so it still names
+    the file; the JSON report escapes it instead (`\\udcff`, which json.loads + os.fsencode
+    turn back into those bytes)."""
     destination.parent.mkdir(parents=True, exist_ok=True)
-    with open(destination, "w", newline="", encoding="utf-8") as handle:
+    with open(destination, "w", newline="", encoding="utf-8", errors="surrogateescape") as handle:
         writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(report["files"])

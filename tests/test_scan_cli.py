@@ -160,6 +160,26 @@ def test_file_names_are_shown_as_they_are_not_as_markup(sample_media, tmp_path):
     assert [f["path"] for f in files] == [str(tagged), str(closing)]
 
 
+def test_a_name_that_is_not_utf8_is_reported_in_every_output(sample_media, tmp_path):
+    # Linux names are bytes; such a name once made --csv and --html end in a UnicodeEncodeError
+    # traceback after the scan, leaving a CSV with only its header.
+    import os
+    import shutil
+
+    raw_name = os.fsencode(tmp_path) + b"/caf\xe9.jpg"  # Latin-1, as an old camera or zip writes it
+    shutil.copyfile(sample_media["coffee_no_face.jpg"], raw_name)
+    name = os.fsdecode(raw_name)
+    result = runner.invoke(app, ["scan", name, "--json", str(tmp_path / "r.json"), "--csv", str(tmp_path / "r.csv"),
+                                 "--html", str(tmp_path / "html")])
+    assert result.exit_code == 0, result.output
+    [entry] = json.loads((tmp_path / "r.json").read_text(encoding="ascii"))["files"]
+    assert os.fsencode(entry["path"]) == raw_name and entry["verdict"] == "no-face"
+    with open(tmp_path / "r.csv", newline="", encoding="utf-8", errors="surrogateescape") as handle:
+        [row] = csv.DictReader(handle)
+    assert os.fsencode(row["path"]) == raw_name and row["verdict"] == "no-face"  # the name's own bytes
+    assert "caf\\udce9.jpg" in (tmp_path / "html" / "index.html").read_text(encoding="utf-8")
+
+
 def test_outputs_are_checked_before_scanning_and_never_overwrite_an_input(sample_media, tmp_path):
     image = sample_media["astronaut.png"]
     before = image.read_bytes()
