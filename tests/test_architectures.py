@@ -21,6 +21,7 @@ SIZE = 64  # small enough for 2 CPU cores; every architecture reduces it to a >=
 # (channels, side) of the shallow feature map at SIZE: stride 4 for the timm nets, 2 for resnet_se.
 SHALLOW_SHAPES = {"convnext_tiny": (96, SIZE // 4), "effnet_vit": (24, SIZE // 4), "efficientnet_b0": (24, SIZE // 4),
                   "efficientnet_lite0": (24, SIZE // 4), "efficientnet_lite0_mid": (24, SIZE // 4),
+                  "efficientnet_lite0_stats": (24, SIZE // 4),
                   "resnet_se": (128, SIZE // 2)}
 
 

