@@ -494,6 +494,13 @@ def test_queue_runs_requests_first_and_stop_holds_only_the_folder():
     queue.add([ScanJob(Path("a")), ScanJob(Path("b"))])
     queue.add([ScanJob(Path("b"), force=True, urgent=True)])  # replaces b's waiting job
     assert queue.take(0) == ScanJob(Path("b"), force=True, urgent=True)
+    # A second request for a waiting file keeps what the first asked for: s then r, r then s.
+    queue.add([ScanJob(Path("s"), self_test=True, urgent=True)])
+    queue.add([ScanJob(Path("s"), force=True, urgent=True)])
+    queue.add([ScanJob(Path("r"), force=True, urgent=True)])
+    queue.add([ScanJob(Path("r"), self_test=True, urgent=True)])
+    assert [queue.take(0), queue.take(0)] == [ScanJob(Path("s"), force=True, self_test=True, urgent=True),
+                                              ScanJob(Path("r"), force=True, self_test=True, urgent=True)]
     queue.set_stopped(True)
     assert queue.take(0) is None and len(queue) == 1
     queue.add([ScanJob(Path("c"), urgent=True)])
@@ -540,6 +547,19 @@ def test_cache_round_trip_and_what_invalidates_it(sample_media, settings, tmp_pa
     assert cache.get(sample_media["astronaut_blended_pan.mp4"], self_test=(2, (1 / 255,))) is None  # no self-test
     other_settings = ResultCache(tmp_path, ScanSettings(settings.bundle, frames=5, device="cpu").build_scanner())
     assert other_settings.get(sample_media["astronaut_blended_pan.mp4"]) is None
+
+    # A damaged entry is a miss (the file is scanned again), never an error row that stays.
+    entry_path = next((tmp_path / settings.bundle.sha256).glob("*.json"))
+    crops_path = entry_path.with_suffix(".npz")
+    good_crops, good_entry = crops_path.read_bytes(), entry_path.read_bytes()
+    for damaged_crops, damaged_entry in ((good_crops[:len(good_crops) // 2], good_entry),  # BadZipFile
+                                         (b"", good_entry),  # EOFError
+                                         (good_crops, b"[1, 2]")):  # JSON of another shape
+        crops_path.write_bytes(damaged_crops)
+        entry_path.write_bytes(damaged_entry)
+        assert cache.get(sample_media["astronaut_blended_pan.mp4"]) is None
+    cache.put(result)
+    assert file_entry(cache.get(sample_media["astronaut_blended_pan.mp4"])) == file_entry(result)
 
     monkeypatch.setenv("FORENSIC_CACHE_DIR", str(tmp_path / "elsewhere"))
     assert default_cache_dir() == tmp_path / "elsewhere"

@@ -88,18 +88,21 @@ class ResultCache:
         epsilons), only an entry that holds a self-test made with those settings."""
         try:
             digest = sha256_file(path)
-            entry_path, crops_path = self._paths(digest)
-            stored = json.loads(entry_path.read_text("utf-8"))
-        except (OSError, ValueError):
-            return None  # unreadable input, no entry, or a damaged one: scan again
-        if stored.get("settings") != self.settings or stored["entry"].get("sha256") != digest:
-            return None
-        if self_test is not None and not self_test_matches(stored["entry"].get("self_test"), *self_test):
-            return None
+        except OSError:
+            return None  # unreadable input: the scan reports it
+        entry_path, crops_path = self._paths(digest)
         try:
+            stored = json.loads(entry_path.read_text("utf-8"))
+            if stored.get("settings") != self.settings or stored["entry"].get("sha256") != digest:
+                return None
+            if self_test is not None and not self_test_matches(stored["entry"].get("self_test"), *self_test):
+                return None
             result = result_from_entry(stored["entry"])
             result.crops = _load_crops(crops_path, stored.get("crops", []))
-        except (OSError, ValueError, KeyError, TypeError):
+        except Exception:
+            # No entry, or a damaged one (a truncated .npz raises BadZipFile, an empty one
+            # EOFError, JSON of another shape AttributeError): a miss, so the file is scanned
+            # again and put() replaces the entry.
             return None
         result.path = str(path)  # the same content may have been scanned under another name
         return result

@@ -62,13 +62,15 @@ class ScanQueue:
         self._stopped = False
 
     def add(self, jobs: Iterable[ScanJob]) -> None:
-        """Queue jobs; a file's new job replaces the one it had waiting."""
-        jobs = list(jobs)
-        paths = {job.path for job in jobs}
+        """Queue jobs; a file's new job takes the place of the one it had waiting and keeps what
+        that one asked for (a rescan, a self-test, urgency), so no request is lost."""
         with self._condition:
-            self._urgent = deque(job for job in self._urgent if job.path not in paths)
-            self._background = deque(job for job in self._background if job.path not in paths)
             for job in jobs:
+                waiting = next((old for old in (*self._urgent, *self._background) if old.path == job.path), None)
+                if waiting is not None:
+                    (self._urgent if waiting.urgent else self._background).remove(waiting)
+                    job = ScanJob(job.path, force=job.force or waiting.force, self_test=job.self_test or waiting.self_test,
+                                  urgent=job.urgent or waiting.urgent)
                 (self._urgent if job.urgent else self._background).append(job)
             self._condition.notify_all()
 
