@@ -18,6 +18,7 @@ from rich.text import Text
 
 from forensic import __version__
 from forensic.bundle import DEFAULT_BUNDLE, load_bundle
+from forensic.display import printable
 from forensic.errors import ForensicError
 from forensic.selftest import SelfTestSettings
 from forensic.html_report import write_html
@@ -66,8 +67,8 @@ def _table(results: list[FileResult]) -> Table:
         table.add_column(column, justify=justify)
     for r in results:
         score = "-" if r.score is None else f"{r.score:.3f}"
-        # File names are data, never markup: '[id].mp4' is a common download name.
-        table.add_row(Text(r.path), Text(r.verdict, style=VERDICT_STYLE[r.verdict]), score, str(r.faces), str(r.frames_analyzed))
+        # File names are data, never markup ('[id].mp4' is a common download name) nor terminal codes.
+        table.add_row(Text(printable(r.path)), Text(r.verdict, style=VERDICT_STYLE[r.verdict]), score, str(r.faces), str(r.frames_analyzed))
     return table
 
 
@@ -150,18 +151,18 @@ def scan(
     with progress:
         task = progress.add_task("scanning", total=len(inputs))
         for path in inputs:
-            progress.update(task, description=f"scanning {escape(path.name)}")
-            result = scanner.scan_file(path, on_frames=lambda n, name=path.name: progress.update(
+            progress.update(task, description=f"scanning {escape(printable(path.name))}")
+            result = scanner.scan_file(path, on_frames=lambda n, name=printable(path.name): progress.update(
                 task, description=f"scanning {escape(name)}: {n} frames analysed"))
             results.append(result)
             if result.error:
-                errors.print(f"error: {result.error}", markup=False, highlight=False, soft_wrap=True)
+                errors.print(f"error: {printable(result.error)}", markup=False, highlight=False, soft_wrap=True)
             progress.advance(task)
 
     report = build_report(results, scanner)
     console.print(_table(results))
     console.print(
-        f"bundle {loaded.name} ({loaded.sha256[:12]}) on {report['provider']}, threshold {scanner.threshold:g}"
+        f"bundle {printable(loaded.name)} ({loaded.sha256[:12]}) on {report['provider']}, threshold {scanner.threshold:g}"
         + (f" ± {scanner.uncertain_band:g} uncertain" if scanner.uncertain_band else "")
         + (f" (given; the bundle's is {loaded.threshold:g})" if scanner.threshold != loaded.threshold else ""),
         markup=False, highlight=False, soft_wrap=True,
@@ -179,10 +180,10 @@ def scan(
     unwritten = False
     for what, write in writers:  # each is tried: one that fails does not lose the others
         try:
-            console.print(f"{what} written to {write()}", markup=False, highlight=False, soft_wrap=True)
+            console.print(f"{what} written to {printable(str(write()))}", markup=False, highlight=False, soft_wrap=True)
         except OSError as exc:
             unwritten = True
-            errors.print(f"error: {exc.filename or what}: cannot write the {what} ({exc.strerror or exc})",
+            errors.print(printable(f"error: {exc.filename or what}: cannot write the {what} ({exc.strerror or exc})"),
                          markup=False, highlight=False, soft_wrap=True)
 
     if fail_on_fake and any(r.verdict == "fake" for r in results):
@@ -201,7 +202,7 @@ def _self_test_settings(errors: Console, epsilons: str, steps: int) -> SelfTestS
 
 
 def _usage_error(errors: Console, message: str) -> NoReturn:
-    errors.print(f"error: {message}", markup=False, highlight=False, soft_wrap=True)
+    errors.print(f"error: {printable(message)}", markup=False, highlight=False, soft_wrap=True)
     raise typer.Exit(EXIT_USAGE)
 
 

@@ -160,6 +160,22 @@ def test_file_names_are_shown_as_they_are_not_as_markup(sample_media, tmp_path):
     assert [f["path"] for f in files] == [str(tagged), str(closing)]
 
 
+def test_terminal_codes_in_a_file_name_are_shown_escaped_and_reported_as_they_are(sample_media, tmp_path):
+    # A downloaded file can be named so that printing it retitles the window and clears the screen.
+    import shutil
+
+    from forensic.tui.state import FileRecord
+
+    hostile = tmp_path / "evil\x1b]0;PWNED\x07\x1b[2J\u202egpj.exe"
+    shutil.copyfile(sample_media["corrupt.jpg"], hostile)
+    result = runner.invoke(app, ["scan", str(hostile), "--json", str(tmp_path / "r.json")], env={"COLUMNS": "400"})
+    assert result.exit_code == 1  # the file is corrupt
+    assert "\x1b" not in result.output and "\u202e" not in result.output
+    assert "evil\\x1b]0;PWNED\\x07\\x1b[2J\\u202egpj.exe" in result.output  # in the table and the error line
+    assert json.loads((tmp_path / "r.json").read_text())["files"][0]["path"] == str(hostile)  # the report keeps it
+    assert FileRecord.for_path(hostile, tmp_path).name == "evil\\x1b]0;PWNED\\x07\\x1b[2J\\u202egpj.exe"  # the TUI's
+
+
 def test_a_name_that_is_not_utf8_is_reported_in_every_output(sample_media, tmp_path):
     # Linux names are bytes; such a name once made --csv and --html end in a UnicodeEncodeError
     # traceback after the scan, leaving a CSV with only its header.

@@ -14,6 +14,7 @@ from textual.binding import Binding
 from textual.widgets import Footer, Input
 
 from forensic.bundle import load_bundle
+from forensic.display import printable
 from forensic.errors import ForensicError
 from forensic.media import collect_inputs
 from forensic.scan import FileResult, Scanner
@@ -166,7 +167,7 @@ class ForensicApp(App[None]):
         bundle = self.settings.bundle
         parts = [f"sort {self.sort}", f"filter {self.filter}"] + ([f"search '{self.search}'"] if self.search else [])
         parts += [f"{shown}/{len(records)} shown"] + ([f"{marked} marked"] if marked else [])
-        parts.append(bundle.name + (f" on {self.provider.replace('ExecutionProvider', '')}" if self.provider else ""))
+        parts.append(printable(bundle.name) + (f" on {self.provider.replace('ExecutionProvider', '')}" if self.provider else ""))
         status.show_view(" · ".join(parts))
 
     def _progress_text(self, records: list[FileRecord], finished: int) -> str:
@@ -196,7 +197,7 @@ class ForensicApp(App[None]):
 
     def on_scanner_failed(self, message: ScannerFailed) -> None:
         self.failure = message.reason
-        self.notify(message.reason, severity="error", timeout=30, markup=False)
+        self.notify(printable(message.reason), severity="error", timeout=30, markup=False)
         self.update_status()
 
     def on_file_started(self, message: FileStarted) -> None:
@@ -226,7 +227,7 @@ class ForensicApp(App[None]):
         self._record_changed(record)
 
     def on_scan_notice(self, message: ScanNotice) -> None:
-        self.notify(message.text, severity="warning", timeout=15, markup=False)
+        self.notify(printable(message.text), severity="warning", timeout=15, markup=False)
 
     # Table events.
 
@@ -327,10 +328,10 @@ class ForensicApp(App[None]):
 
     def on_export_finished(self, message: ExportFinished) -> None:
         self.last_export = message.destination
-        self.notify(f"{message.files} file(s) exported to {message.destination}", markup=False)
+        self.notify(printable(f"{message.files} file(s) exported to {message.destination}"), markup=False)
 
     def on_export_failed(self, message: ExportFailed) -> None:
-        self.notify(message.reason, severity="error", timeout=15, markup=False)
+        self.notify(printable(message.reason), severity="error", timeout=15, markup=False)
 
     def action_help(self) -> None:
         self.push_screen(HelpScreen(self.cache_root, default_export_path(self.folder, "json").parent))

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Literal
 
+from forensic.display import printable
 from forensic.media import MediaKind, media_kind
 from forensic.scan import FileResult
 
@@ -35,7 +36,7 @@ class FileRecord:
     """One input file: where it is, how far its scan is and, once scanned, its result."""
 
     path: Path
-    name: str  # path relative to the scanned folder, as shown
+    name: str  # path relative to the scanned folder, as shown (terminal codes escaped)
     kind: MediaKind | None
     size: int | None
     status: Status = "queued"
@@ -53,7 +54,7 @@ class FileRecord:
             name = path.relative_to(folder).as_posix()
         except ValueError:
             name = str(path)
-        return cls(path=path, name=name, kind=media_kind(path), size=size)
+        return cls(path=path, name=printable(name), kind=media_kind(path), size=size)
 
     @property
     def key(self) -> str:

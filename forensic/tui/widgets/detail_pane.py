@@ -12,6 +12,7 @@ from textual.widgets import Label, Static
 
 from forensic.bundle import Bundle
 from forensic.cli import VERDICT_STYLE
+from forensic.display import printable
 from forensic.heatmaps import combine, overlay
 from forensic.scan import FileResult, deciding_identities, verdict_for
 from forensic.tui.cache import identity_face_keys
@@ -39,12 +40,12 @@ def facts_table(record: FileRecord, bundle: Bundle) -> Table:
     facts = Table.grid(padding=(0, 2))
     facts.add_column(style="bold", no_wrap=True)
     facts.add_column(overflow="fold")
-    facts.add_row("path", Text(str(record.path)))  # names and paths are data, never markup
+    facts.add_row("path", Text(printable(str(record.path))))  # names and paths are data, never markup
     scanned = f"{result.frames_analyzed} frame(s) analysed, {result.faces} face(s)"
     facts.add_row("file", f"{record.kind or 'unsupported type'}, {format_size(record.size)}; {scanned}; "
                           f"{'from the cache' if record.status == 'cached' else 'scanned now'}")
     facts.add_row("SHA-256", result.sha256 or "– (not read)")
-    facts.add_row("bundle", Text(f"{bundle.name} ({bundle.sha256[:12]})"))
+    facts.add_row("bundle", Text(f"{printable(bundle.name)} ({bundle.sha256[:12]})"))
     return facts
 
 
@@ -61,7 +62,7 @@ def votes_table(result: FileResult, bundle: Bundle) -> Table | None:
     for model in bundle.models:
         score = max(identity.model_scores[model.name] for identity in deciding)
         vote = verdict_for(score, result.threshold, bundle.uncertain_band)
-        table.add_row(Text(model.name), f"{model.weight / total:.2f}", f"{score:.4f}", Text(vote, style=VERDICT_STYLE[vote]))
+        table.add_row(Text(printable(model.name)), f"{model.weight / total:.2f}", f"{score:.4f}", Text(vote, style=VERDICT_STYLE[vote]))
     return table
 
 
@@ -135,7 +136,7 @@ class DetailPane(VerticalScroll):
         yield Static(verdict_line(result, self.bundle.uncertain_band))
         yield Static(facts_table(record, self.bundle))
         if result.error:
-            yield Static(Text(f"error: {result.error}", style="bold magenta"))
+            yield Static(Text(f"error: {printable(result.error)}", style="bold magenta"))
         for table in (votes_table(result, self.bundle), identities_table(result)):
             if table is not None:
                 yield Static(table)

@@ -9,6 +9,8 @@ from textual.widget import Widget
 from rich.text import Text
 from textual.widgets import Label, ProgressBar
 
+from forensic.display import printable
+
 
 class ScanStatus(Widget):
     DEFAULT_CSS = """
@@ -28,7 +30,7 @@ class ScanStatus(Widget):
 
     def show_progress(self, finished: int, total: int, text: str) -> None:
         self.query_one(ProgressBar).update(total=total, progress=finished)
-        self.query_one("#progress", Label).update(Text(text))  # holds a file name: not markup
+        self.query_one("#progress", Label).update(Text(printable(text)))  # holds a file name: not markup
 
     def show_view(self, text: str) -> None:
-        self.query_one("#view", Label).update(Text(text))
+        self.query_one("#view", Label).update(Text(printable(text)))
