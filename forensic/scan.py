@@ -163,11 +163,14 @@ class Scanner:
             detector = FaceDetector(device="cuda" if use_cuda else "cpu", min_face_size=min_face)
         self.detector = detector
 
-    def _frames(self, path: Path, kind: str) -> Iterator[Frame]:
+    def _frames(self, path: Path, kind: str, check: Callable[[], None] | None) -> Iterator[Frame]:
         if kind == "image":
             yield Frame(index=0, time=None, image=load_image(path))
-        else:
-            yield from sample_video_frames(path, self.frames, self.fps)
+            return
+        for frame in sample_video_frames(path, self.frames, self.fps):
+            if check:
+                check()  # a long video decodes for a while before its first batch is analysed
+            yield frame
 
     def _analyse(self, frames: list[Frame], timings: dict[str, float], result: FileResult) -> list[FrameResult]:
         started = time.perf_counter()
@@ -238,8 +241,11 @@ class Scanner:
         except OSError as exc:
             raise ForensicError(f"{target}: cannot write the heatmap ({exc.strerror or exc})") from None
 
-    def scan_file(self, path: Path, on_frames: Callable[[int], None] | None = None) -> FileResult:
-        """Scan one file; `on_frames(n)` is told how many frames are analysed so far."""
+    def scan_file(self, path: Path, on_frames: Callable[[int], None] | None = None,
+                  check: Callable[[], None] | None = None) -> FileResult:
+        """Scan one file; `on_frames(n)` is told how many frames are analysed so far. `check()`
+        is called between small units of work (a decoded frame, a self-test step): it may raise
+        an exception that is not an `Exception` (the TUI's ScanAborted) to abandon the file."""
         path = Path(path)
         kind = media_kind(path)
         result = FileResult(path=str(path), kind=kind, sha256=None, verdict="error", score=None, threshold=self.threshold)
@@ -255,7 +261,7 @@ class Scanner:
             timings["hash"] = time.perf_counter() - started
             if kind is None:
                 raise MediaError(f"{path}: unsupported file type '{path.suffix or '(none)'}'")
-            frame_iter = self._frames(path, kind)
+            frame_iter = self._frames(path, kind, check)
             while True:
                 started = time.perf_counter()
                 chunk = list(islice(frame_iter, self.detector.batch_size))
@@ -269,13 +275,13 @@ class Scanner:
                 raise MediaError(f"{path}: changed while it was being scanned (size or modification time); "
                                  f"its hash may not be of what was analysed — scan it again once it is complete")
             result.timings = {k: round(v, 4) for k, v in timings.items()}
-            return self._decide(result)
+            return self._decide(result, check)
         except ForensicError as exc:
             return self._failed(result, str(exc), timings)
         except Exception as exc:  # one broken file must not stop the batch
             return self._failed(result, f"{path}: unexpected {type(exc).__name__}: {exc}", timings)
 
-    def _decide(self, result: FileResult) -> FileResult:
+    def _decide(self, result: FileResult, check: Callable[[], None] | None = None) -> FileResult:
         """Identities, the file's score and verdict, heatmaps and the self-test, from its analysed frames."""
         result.frames_analyzed = len(result.frames)
         result.identities = self._identities(result)
@@ -288,7 +294,7 @@ class Scanner:
         result.verdict = verdict_for(result.score, self.threshold, self.uncertain_band)
         if self.self_test is not None:
             started = time.perf_counter()
-            result.self_test = self._self_test(result)
+            result.self_test = self._self_test(result, check)
             result.timings["self_test"] = round(time.perf_counter() - started, 4)
         return result
 
@@ -300,14 +306,14 @@ class Scanner:
         return max(aggregate(per_identity[identity.identity], self.aggregation)
                    for identity in deciding_identities(result.identities))
 
-    def _self_test(self, result: FileResult) -> dict:
+    def _self_test(self, result: FileResult, check: Callable[[], None] | None = None) -> dict:
         keys = sorted(result.crops)
         pixels = self.runner.to_pixels(np.stack([result.crops[key][0] for key in keys]))
         fake_side = result.score >= self.threshold
         labels = np.full(len(keys), 1 if fake_side else 0, dtype=np.int64)
         trials, fragility = [], None
         for epsilon in self.self_test.epsilons:
-            adversarial = attack(self.runner, self.gradient_oracle, pixels, labels, epsilon, self.self_test)
+            adversarial = attack(self.runner, self.gradient_oracle, pixels, labels, epsilon, self.self_test, check)
             scores = self.runner.predict_pixels(adversarial).ensemble
             score = self._file_score(result, dict(zip(keys, scores.tolist())))
             flipped = (score >= self.threshold) != fake_side

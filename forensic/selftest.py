@@ -13,6 +13,7 @@ fall back to SPSA (gradient-free, from the ensemble's own scores), and the repor
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import onnxruntime as ort
@@ -69,12 +70,15 @@ def _spsa_gradient(runner: EnsembleRunner, pixels: np.ndarray, labels: np.ndarra
 
 
 def attack(runner: EnsembleRunner, oracle: GradientOracle | None, pixels: np.ndarray, labels: np.ndarray,
-           epsilon: float, settings: SelfTestSettings) -> np.ndarray:
-    """L∞ PGD that raises the loss of `labels` (the current verdict), inside the ε-ball and [0, 1]."""
+           epsilon: float, settings: SelfTestSettings, check: Callable[[], None] | None = None) -> np.ndarray:
+    """L∞ PGD that raises the loss of `labels` (the current verdict), inside the ε-ball and [0, 1].
+    `check()` is called before each step: it may raise to abandon the attack."""
     rng = np.random.default_rng(settings.seed)
     step = 2.5 * epsilon / settings.steps
     adversarial = pixels.copy()
     for _ in range(settings.steps):
+        if check:
+            check()
         if oracle is not None:
             grad = oracle(adversarial, labels)
         else:

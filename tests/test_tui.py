@@ -531,6 +531,25 @@ def test_stopping_mid_file_puts_the_file_back_in_the_queue(sample_media, setting
     assert service.queue.stopped and len(service.queue) == 1
 
 
+def test_quitting_during_a_self_test_stops_it_within_a_step(sample_media, settings, tmp_path):
+    # Quitting used to wait for the whole self-test (all its PGD steps at every ε): the UI was
+    # gone but the prompt did not come back.
+    messages = []
+
+    def post(message):
+        messages.append(message)
+        if isinstance(message, FileProgress):  # an image's only batch is analysed: the self-test comes next
+            service.shutdown()
+
+    service = ScanService(ScanSettings(settings.bundle, frames=1, device="cpu"), tmp_path, post)
+    service.queue.add([ScanJob(sample_media["astronaut.png"], self_test=True, urgent=True)])
+    thread = threading.Thread(target=service.run)
+    thread.start()
+    thread.join(timeout=600)
+    assert not thread.is_alive()
+    assert [type(m) for m in messages] == [ScannerReady, FileStarted, FileProgress, FileRequeued]
+
+
 def test_cache_round_trip_and_what_invalidates_it(sample_media, settings, tmp_path, monkeypatch):
     scanner = settings.build_scanner()
     result = scanner.scan_file(sample_media["astronaut_blended_pan.mp4"])

@@ -47,7 +47,8 @@ class ScanJob:
 
 
 class ScanAborted(BaseException):
-    """Raised from the progress callback to stop a file mid-scan (stop or quit). A BaseException,
+    """Raised from the scanner's check (between decoded frames and self-test steps) to stop a
+    file mid-scan (stop or quit). A BaseException,
     so that Scanner.scan_file's per-file error handling does not turn it into an error verdict."""
 
 
@@ -176,7 +177,8 @@ class ScanService:
         scanner = self._scanner(self_test)
         # The cache lookup hashed the file already; scan_file hashes it again, before analysis,
         # as the chain of custody asks (it may have changed in between).
-        result = scanner.scan_file(job.path, on_frames=lambda frames: self._progress(job.path, frames))
+        result = scanner.scan_file(job.path, on_frames=lambda frames: self._progress(job.path, frames),
+                                   check=self._check_abort)
         keep_identity_crops(result)
         if result.verdict != "error":  # errors are not cached: a file may become readable
             try:
@@ -194,7 +196,10 @@ class ScanService:
             self._self_tester = self.settings.build_scanner(self_test=True, scanner=self.scanner)
         return self._self_tester
 
-    def _progress(self, path: Path, frames: int) -> None:
+    def _check_abort(self) -> None:
         if self._abort.is_set():
             raise ScanAborted
+
+    def _progress(self, path: Path, frames: int) -> None:
+        self._check_abort()
         self._post(FileProgress(path, frames))
