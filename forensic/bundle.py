@@ -16,7 +16,8 @@ manifest.json, schema version 1:
     input            {size, color_order "RGB", layout "NCHW", pixel_range [0, 1], mean, std,
                       normalize_in_graph}: when normalize_in_graph is true the model takes
                       pixels in [0, 1] and applies mean/std itself
-    face_crop        {margin}: square crop side = margin x the face box's longer side
+    face_crop        {margin, source}: square crop side = margin x the face box's longer side
+                      (the margin the training crops were made at; source says where that is recorded)
     class_order      ["real", "fake"]: the order of the model's output logits
     decision_threshold  probability of "fake" at or above which a file is called fake
     temperature      logits are divided by it before the softmax (1.0: uncalibrated)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -416,6 +417,51 @@ def test_export_takes_a_checkpoint_per_run_and_calibrates_each_member_on_the_val
     assert (manifest["calibration"]["operating_point"]["n_real"], manifest["calibration"]["operating_point"]["n_fake"]) == (6, 6)
     with pytest.raises(ExportError, match="one per run"):
         export_bundle([run, run], tmp_path / "other", checkpoint=["best"], gradient_graphs=False)
+
+
+def test_export_takes_the_face_crop_margin_from_the_training_crops(tmp_path):
+    # forensic crops faces with the bundle's margin: it must be the one training crops were made with.
+    from types import SimpleNamespace
+
+    from trainer.export import ExportError, _training_face_crop
+
+    def run_on(name: str, margin: float | None) -> SimpleNamespace:
+        data = tmp_path / name
+        data.mkdir()
+        if margin is not None:
+            (data / "prepare.json").write_text(json.dumps({"settings": {"margin": margin, "frames": 16}}))
+        return SimpleNamespace(config={"data": str(data)})
+
+    wide, also_wide, default, unrecorded = run_on("wide", 2.0), run_on("wide2", 2.0), run_on("std", 1.3), run_on("synth", None)
+    assert _training_face_crop([wide, also_wide], None)["margin"] == 2.0
+    assert _training_face_crop([wide, unrecorded], None)["margin"] == 2.0
+    assert _training_face_crop([unrecorded], None) == {
+        "margin": 1.3, "source": "not recorded for the runs' training data (no prepare.json): the default"}
+    with pytest.raises(ExportError, match="different margins"):
+        _training_face_crop([wide, default], None)
+    with pytest.raises(ExportError, match="margin 1.3 was asked for, but the runs' crops were made at 2"):
+        _training_face_crop([wide], 1.3)
+    (tmp_path / "std" / "prepare.json").write_text("{not json")
+    with pytest.raises(ExportError, match="cannot read the crops' margin"):
+        _training_face_crop([default], None)
+
+
+def test_export_refuses_a_broken_checkpoint_and_a_non_finite_weight_in_one_line(two_dataset_run, tmp_path):
+    from trainer.export import ExportError, export_bundle
+
+    run, _ = two_dataset_run
+    with pytest.raises(ExportError, match="finite weight"):
+        export_bundle([run, run], tmp_path / "b", weights=[float("nan"), 1.0], gradient_graphs=False)
+    for name, content in (("junk", b"not a checkpoint"), ("bare", None)):
+        (tmp_path / name).mkdir()
+        if content is None:  # a bare state dict, not a trainer fit checkpoint
+            torch.save(create_model("efficientnet_lite0").state_dict(), tmp_path / name / "best.pt")
+        else:
+            (tmp_path / name / "best.pt").write_bytes(content)
+        with pytest.raises(ExportError, match="not a usable `trainer fit` checkpoint") as info:
+            export_bundle([tmp_path / name], tmp_path / "b", gradient_graphs=False)
+        assert str(tmp_path / name / "best.pt") in str(info.value) and "\n" not in str(info.value)
+    assert not (tmp_path / "b").exists()
 
 
 def test_lite0_mid_is_lite0_up_to_its_fifth_block_with_imagenet_weights():

@@ -38,6 +38,7 @@ from torch.utils.data import DataLoader
 from forensic.bundle import CLASS_ORDER, Bundle, write_bundle
 from forensic.inference import member_probability
 from trainer.data import CLASSES, FaceCrops, list_split, scan_transform
+from trainer.prepare import PREPARE_FILE
 from trainer.models import DetectorWithCAM, create_model, model_spec
 from forensic.versions import library_versions
 
@@ -70,10 +71,14 @@ def load_run_model(run_dir: Path, checkpoint: str = "best") -> RunModel:
     path = run_dir / f"{checkpoint}.pt"
     if not path.is_file():
         raise ExportError(f"{path}: no such checkpoint (is {run_dir} a `trainer fit` run directory?)")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    config = {**state["config"], **state["config"]["fit"]}
-    model = create_model(config["arch"], init="random")
-    model.load_state_dict(state["model"])
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        config = {**state["config"], **state["config"]["fit"]}
+        model = create_model(config["arch"], init="random")
+        model.load_state_dict(state["model"])
+    except Exception as exc:  # unreadable, not a checkpoint, another architecture's weights
+        first = (str(exc).splitlines() or [""])[0]
+        raise ExportError(f"{path}: not a usable `trainer fit` checkpoint ({type(exc).__name__}: {first})") from None
     metrics_path = run_dir / "metrics.jsonl"
     history = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()] \
         if metrics_path.exists() else []
@@ -276,12 +281,40 @@ def _export_model(run: RunModel, size: int, path: Path) -> tuple[bool, dict]:
     return True, {"method": "Grad-CAM of the logit margin (traced head gradient)", "cosine": info["cam_cosine"]}
 
 
+def _training_face_crop(runs: list[RunModel], margin: float | None) -> dict:
+    """The face-crop margin the runs' training crops were made with, from `trainer prepare`'s
+    record beside them: `forensic scan` must crop faces as training did."""
+    found = {}
+    for run in runs:
+        record = Path(run.config["data"]) / PREPARE_FILE
+        try:
+            found[str(record)] = float(json.loads(record.read_text(encoding="utf-8"))["settings"]["margin"])
+        except FileNotFoundError:
+            continue  # crops not made by trainer prepare (trainer synth, or moved since)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ExportError(f"{record}: cannot read the crops' margin ({type(exc).__name__}: {exc})") from None
+    if len(set(found.values())) > 1:
+        raise ExportError("the runs were trained on face crops of different margins ("
+                          + ", ".join(f"{m:g} in {record}" for record, m in found.items())
+                          + "); forensic crops every face one way, so they cannot form one bundle")
+    if found:
+        recorded = next(iter(found.values()))
+        if margin is not None and not math.isclose(margin, recorded):
+            raise ExportError(f"margin {margin:g} was asked for, but the runs' crops were made at {recorded:g} "
+                              f"({next(iter(found))})")
+        return {"margin": recorded, "source": "; ".join(sorted(found))}
+    chosen = DEFAULT_MARGIN if margin is None else margin
+    return {"margin": chosen, "source": "not recorded for the runs' training data (no prepare.json): "
+                                        + ("the default" if margin is None else "as given")}
+
+
 def export_bundle(run_dirs: list[Path], out_dir: Path, name: str | None = None, checkpoint: str | list[str] = "best",
                   calibrate: bool = True, data: Path | None = None, operating_point: str = "eer",
-                  uncertain_band: float = DEFAULT_UNCERTAIN_BAND, margin: float = DEFAULT_MARGIN,
+                  uncertain_band: float = DEFAULT_UNCERTAIN_BAND, margin: float | None = None,
                   weights: list[float] | None = None, gradient_graphs: bool = True, force: bool = False) -> Bundle:
     """Export runs as one bundle (several runs make a weighted ensemble). `checkpoint`: one name
-    for every run, or one per run in run order."""
+    for every run, or one per run in run order. The face-crop margin is the one the runs'
+    training crops were made with (their prepare.json); `margin` may only confirm it."""
     out_dir = Path(out_dir)
     checkpoints = [checkpoint] * len(run_dirs) if isinstance(checkpoint, str) else list(checkpoint)
     if len(checkpoints) != len(run_dirs):
@@ -294,8 +327,9 @@ def export_bundle(run_dirs: list[Path], out_dir: Path, name: str | None = None, 
     if weights is None:
         # Validation-accuracy weighting, as the ensemble seed does.
         weights = [max(1e-3, (run.validation or {}).get("val_accuracy", 1.0)) for run in runs]
-    if len(weights) != len(runs) or any(w <= 0 for w in weights):
-        raise ExportError("give one positive weight per run")
+    if len(weights) != len(runs) or not all(math.isfinite(w) and w > 0 for w in weights):
+        raise ExportError("give one positive, finite weight per run")
+    face_crop = _training_face_crop(runs, margin)
     weight_array = np.asarray(weights, dtype=np.float64)
     assert tuple(CLASSES) == CLASS_ORDER, "trainer labels and the bundle's class order must agree"
     kind, fixed_threshold = parse_operating_point(operating_point)  # before any work
@@ -347,7 +381,7 @@ def export_bundle(run_dirs: list[Path], out_dir: Path, name: str | None = None, 
             "models": entries,
             "input": {"size": size, "color_order": "RGB", "layout": "NCHW", "pixel_range": [0, 1],
                       "mean": first["mean"], "std": first["std"], "normalize_in_graph": True},
-            "face_crop": {"margin": margin},
+            "face_crop": face_crop,
             "class_order": list(CLASS_ORDER),
             "decision_threshold": calibration["operating_point"]["threshold"],
             "temperature": calibration["temperature"],
