@@ -229,6 +229,26 @@ def test_resume_skips_done_videos_and_sbi_adds_blended_fakes(prepared, source, t
     assert fewer.sbi_removed == len(reals) and not list(out.glob("train/fake/sbi-*"))
 
 
+def test_self_blending_leaves_fakes_from_an_sbi_folder_alone(detector, tmp_path):
+    # fake/sbi/ (fakes made by the SBI method) gives crops named sbi-…: they are data, not the
+    # self-blends prepare makes, and were once deleted as stale ones on every run.
+    src = tmp_path / "src"
+    (src / "real").mkdir(parents=True)
+    (src / "fake" / "sbi").mkdir(parents=True)
+    astronaut = data.astronaut()
+    Image.fromarray(astronaut).save(src / "real" / "044.png")
+    Image.fromarray(self_blend(astronaut, BOX, np.random.default_rng(0), ratio=1.0)).save(src / "fake" / "sbi" / "044_945.png")
+    out = tmp_path / "dataset"
+    for sbi in (1, 0):
+        result = prepare_dataset(src, out, frames=1, size=SIZE, margin=MARGIN, split=(1, 0, 0), seed=0,
+                                 sbi=sbi, detector=detector)
+        fakes = sorted(p.name for p in (out / "train" / "fake").glob("*.png"))
+        assert "sbi-044_945_0000_0.png" in fakes  # the SBI video's crop stays
+        assert ("sbi-044_0000_0_0.png" in fakes) == bool(sbi)  # the self-blend of the real crop
+        assert result.counts["train"]["sbi"] == sbi and result.counts["train"]["fake"] == 1 + sbi
+    assert result.sbi_removed == 1
+
+
 # --------------------------------------------------------------------------------------------
 # Errors
 

@@ -417,7 +417,7 @@ def prepare_dataset(
         if name in current and record["status"] == "done":
             landmarks[(record["split"], record["label"])].update(record["crops"])
 
-    sbi_written, sbi_removed = _self_blend_training_reals(out, landmarks, sbi, seed, progress)
+    sbi_written, sbi_removed, sbi_made = _self_blend_training_reals(out, landmarks, sbi, seed, progress)
 
     for (split_name, label), entries in landmarks.items():
         _write_json(out / split_name / label / LANDMARKS_FILE, dict(sorted(entries.items())))
@@ -428,7 +428,7 @@ def prepare_dataset(
     for split_name in SPLITS:
         in_split = [v for v in videos if assignment[v.name] == split_name]
         crops_in = {c: len(landmarks[(split_name, c)]) for c in CLASSES}
-        sbi_count = sum(1 for name in landmarks[(split_name, "fake")] if name.startswith(SBI_PREFIX))
+        sbi_count = sbi_made if split_name == "train" else 0  # self-blends are made for training only
         counts[split_name] = {
             "groups": sum(1 for s in group_splits if s == split_name),
             "videos": len(in_split),
@@ -489,12 +489,15 @@ def _still_done(record: dict, out: Path, split_name: str, label: str) -> bool:
 
 
 def _self_blend_training_reals(out: Path, landmarks: dict[tuple[str, str], dict[str, list]], per_crop: int,
-                               seed: int, progress: Progress) -> tuple[int, int]:
+                               seed: int, progress: Progress) -> tuple[int, int, int]:
     """Make train/fake/sbi-{crop stem}_{k}.png for k < per_crop from every real training crop
-    (existing ones are kept: same name, same seed, same image); remove other sbi-* files."""
+    (existing ones are kept: same name, same seed, same image); remove other sbi-* files, except
+    crops of fake videos whose names happen to start so (a `fake/sbi/` folder of SBI fakes).
+    Returns how many were written, removed and are there now."""
     real_dir, fake_dir = out / "train" / "real", out / "train" / "fake"
     reals = sorted(landmarks[("train", "real")].items())
     fake_landmarks = landmarks[("train", "fake")]
+    from_videos = set(fake_landmarks)
     wanted: set[str] = set()
     written = 0
     for position, (name, points) in enumerate(reals):
@@ -502,6 +505,9 @@ def _self_blend_training_reals(out: Path, landmarks: dict[tuple[str, str], dict[
         image = None
         for k in range(per_crop):
             target = f"{SBI_PREFIX}{Path(name).stem}_{k}.png"
+            if target in from_videos:
+                raise PrepareError(f"{fake_dir / target}: a fake video's crop has the name of a self-blended fake "
+                                   f"of {name}; rename that video")
             wanted.add(target)
             fake_landmarks[target] = points  # the blend keeps the face where it was, within a few %
             if (fake_dir / target).is_file():
@@ -515,10 +521,10 @@ def _self_blend_training_reals(out: Path, landmarks: dict[tuple[str, str], dict[
     progress("self-blending", len(reals), len(reals))
     removed = 0
     for path in sorted(fake_dir.glob(f"{SBI_PREFIX}*.png")):
-        if path.name not in wanted:
+        if path.name not in wanted and path.name not in from_videos:
             path.unlink()
             removed += 1
-    return written, removed
+    return written, removed, len(wanted)
 
 
 def summary_lines(result: PrepareResult) -> list[str]:
