@@ -100,6 +100,10 @@ def test_video_level_groups_crops_by_name():
     assert video_id("Deepfakes-044_945_0012_0.png") == "Deepfakes-044_945"
     assert video_id(Path("x/000_0003_1.png")) == "000"
     assert video_id("loose.png") == "loose"
+    assert video_id("Aaron_Peirsol_0001_0000_0.png") == "Aaron_Peirsol_0001"  # prepare's crop of an LFW photo
+    # Names not made by trainer prepare are their own videos, not cut at their underscores.
+    for name in ("George_W_Bush_0001.png", "celeb_id0_0001.png", "astronaut_000_0.png"):
+        assert video_id(name) == Path(name).stem
     names = ["a_0000_0.png", "a_0001_0.png", "b_0000_0.png", "b_0005_1.png", "b_0009_0.png", "c_0000_0.png"]
     labels = np.array([0, 0, 1, 1, 1, 0])
     scores = np.array([0.1, 0.3, 0.9, 0.6, 0.3, 0.7])
@@ -463,6 +467,9 @@ def test_bundle_eval_scores_as_forensic_and_is_black_box_only_without_gradient_g
 
     bundle_dir, data = black_box_bundle
     out = tmp_path / "report"
+    (out / "heatmaps").mkdir(parents=True)
+    (out / "heatmaps" / "notes.txt").write_text("the user's own file")
+    (out / "heatmaps" / "tp-00099-fake-from_an_earlier_report.png").write_bytes(b"old")
     result = runner.invoke(app, ["eval", "--bundle", str(bundle_dir), "--data", str(data), "--out", str(out),
                                  "--no-corruptions", "--save-adv", "--device", "cpu"])
     assert result.exit_code == 0, result.output
@@ -488,6 +495,7 @@ def test_bundle_eval_scores_as_forensic_and_is_black_box_only_without_gradient_g
     assert white_box["skipped_attacks"] == [spec.name for spec in DEFAULT_ATTACKS]
     assert [r["name"] for r in report["attacks"]["results"]] == ["square eps=4/255"]
     assert report["gradient_masking"]["nonzero_gradients"]["passed"] is None
+    assert report["gradient_masking"]["passed"] is None  # nothing could be checked: not "passed"
     page = (out / "index.html").read_text()
     assert "<p class='fail'>Black-box only" in page and "has no gradient graph" in page
 
@@ -496,6 +504,8 @@ def test_bundle_eval_scores_as_forensic_and_is_black_box_only_without_gradient_g
     referenced = re.findall(r"(?:src|href)='([^']+)'", page)
     assert {f["file"] for f in report["heatmaps"]["files"]} <= set(referenced)
     assert all((out / name).is_file() for name in referenced)
+    assert (out / "heatmaps" / "notes.txt").read_text() == "the user's own file"  # only old heatmaps go
+    assert not (out / "heatmaps" / "tp-00099-fake-from_an_earlier_report.png").exists()
 
     # --save-adv: REPORT/adversarial/, within eps of the clean crops.
     saved = sorted((out / "adversarial" / "square_eps=4-255").glob("*.png"))

@@ -75,7 +75,6 @@ import html
 import json
 import math
 import re
-import shutil
 import time
 import zlib
 from dataclasses import dataclass, field
@@ -210,11 +209,16 @@ def condition_metrics(y_true: np.ndarray, y_score: np.ndarray, clean: dict | Non
 
 # ------------------------------------------------------------------------------------- videos
 
+CROP_FIELDS = re.compile(r"\d{4,}_\d+")  # the frame and face numbers trainer prepare appends
+
 def video_id(name: str | Path) -> str:
-    """`{video}_{frame:04d}_{face}.png` → video (a name with fewer fields is its own video)."""
+    """`{video}_{frame:04d}_{face}.png` (trainer prepare's crop names) → video; any other name
+    (`George_W_Bush_0001.png`) is its own video rather than being cut at its underscores."""
     stem = Path(name).stem
     parts = stem.rsplit("_", 2)
-    return parts[0] if len(parts) == 3 and parts[0] else stem
+    if len(parts) == 3 and parts[0] and CROP_FIELDS.fullmatch(f"{parts[1]}_{parts[2]}"):
+        return parts[0]
+    return stem
 
 
 def video_scores(names: Iterable[str | Path], labels: np.ndarray, scores: np.ndarray) -> dict:
@@ -706,7 +710,8 @@ def summarise(collected: Collected, *, seed: int = 0, bootstrap: int = BOOTSTRAP
         }
         summary["gradient_masking"] = gradient_masking_checks(collected, results)
         checked = [summary["gradient_masking"][k]["passed"] for k in CHECK_NAMES]
-        summary["gradient_masking"]["passed"] = all(v for v in checked if v is not None)
+        done = [v for v in checked if v is not None]
+        summary["gradient_masking"]["passed"] = all(done) if done else None  # None: nothing could be checked
     else:
         summary["attacks"] = None
         summary["gradient_masking"] = None
@@ -760,8 +765,11 @@ def write_heatmaps(scorer: Scorer, crops: Dataset, collected: Collected, out: Pa
                    seed: int = 0) -> dict:
     """heatmaps/{cell}-{index}-{class}-{crop}.png: the crop and its heatmap overlay side by side."""
     folder = out / "heatmaps"
-    if folder.is_dir():  # files of an earlier report in this folder would be left unreferenced
-        shutil.rmtree(folder)
+    # An earlier report's heatmaps would be left unreferenced: remove them, and only them (the
+    # folder may hold the user's own files).
+    for key, *_ in CELLS:
+        for stale in folder.glob(f"{key}-[0-9][0-9][0-9][0-9][0-9]-*.png"):
+            stale.unlink()
     sample = heatmap_sample(collected.labels, collected.scores["clean"], collected.threshold, per_cell, seed)
     chosen = [(key, index) for key, indices in sample.items() for index in indices]
     rule = (f"up to {per_cell} crops per confusion-matrix cell, drawn at random (seed {seed}); each PNG is the "
