@@ -110,6 +110,29 @@ def test_platt_scaling_stays_finite_when_validation_is_separable():
     assert temperature > 0.05 and p[labels == 1].mean() < 0.99 and p[labels == 0].mean() > 0.01
 
 
+def test_a_temperature_at_its_search_bound_is_warned_about():
+    from trainer.export import TEMPERATURE_BOUNDS, _temperature_warning
+
+    labels = np.r_[np.zeros(60), np.ones(120)].astype(int)
+    separable = np.stack([np.zeros(180), np.r_[np.linspace(-1.5, -0.1, 60), np.linspace(0.1, 1.5, 120)]], axis=1)
+    temperature, _, _ = fit_temperature([separable], np.array([1.0]), labels)
+    assert temperature == pytest.approx(TEMPERATURE_BOUNDS[0], rel=1e-3)
+    assert "separable" in _temperature_warning(temperature)
+    noise = np.stack([np.zeros(180), np.random.default_rng(0).normal(0, 1e-3, 180)], axis=1)
+    temperature, _, _ = fit_temperature([noise], np.array([1.0]), labels)
+    assert "almost no information" in _temperature_warning(temperature)
+    assert _temperature_warning(1.0) is None
+
+
+def test_an_fpr_operating_point_that_cannot_be_met_is_refused():
+    # Reals scoring exactly 1.0 (saturated scores) stay above every threshold in [0, 1].
+    labels = np.r_[np.zeros(10), np.ones(10)].astype(int)
+    scores = np.r_[np.full(2, 1.0), np.linspace(0.1, 0.5, 8), np.full(10, 1.0)]
+    with pytest.raises(ExportError, match="no threshold in \\[0, 1\\] keeps the validation FPR at or below 0.01"):
+        choose_threshold(labels, scores, "fpr:0.01")
+    assert choose_threshold(labels, scores, "fpr:0.2")["validation_fpr"] == 0.2
+
+
 @pytest.mark.parametrize("text", ["fpr:abc", "fpr:", "fpr:-0.1", "fixed:1.5", "fixed:x", "eer:2", "best", ""])
 def test_bad_operating_points_are_refused_in_one_line(text):
     with pytest.raises(ExportError, match="operating.point") as info:

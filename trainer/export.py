@@ -173,14 +173,32 @@ def _nll(p: np.ndarray, targets: np.ndarray) -> float:
     return float(-np.mean(targets * np.log(p) + (1 - targets) * np.log(1 - p)))
 
 
+TEMPERATURE_BOUNDS = (0.05, 20.0)
+
+
 def fit_temperature(logits: list[np.ndarray], weights: np.ndarray, labels: np.ndarray,
                     members: list[tuple[float, float]] | None = None) -> tuple[float, float, float]:
-    """The temperature minimising the ensemble's NLL; returns (T, NLL at T=1, NLL at T)."""
+    """The temperature minimising the ensemble's NLL, within TEMPERATURE_BOUNDS; returns
+    (T, NLL at T=1, NLL at T)."""
     def nll(log_t: float) -> float:
         return _nll(ensemble_probability(logits, weights, math.exp(log_t), members), labels)
 
-    best = minimize_scalar(nll, bounds=(math.log(0.05), math.log(20.0)), method="bounded")
+    low, high = TEMPERATURE_BOUNDS
+    best = minimize_scalar(nll, bounds=(math.log(low), math.log(high)), method="bounded")
     return math.exp(best.x), nll(0.0), float(best.fun)
+
+
+def _temperature_warning(temperature: float) -> str | None:
+    """What a temperature at the edge of its search range means: the NLL wanted one beyond it."""
+    low, high = TEMPERATURE_BOUNDS
+    if temperature <= low * 1.01:
+        return (f"the temperature stopped at its lower bound {low:g}: the validation crops are (nearly) "
+                f"separable, so the NLL kept sharpening the scores; they are overconfident and many may be "
+                f"exactly 0 or 1 — calibrate on more, or harder, validation data")
+    if temperature >= high * 0.99:
+        return (f"the temperature stopped at its upper bound {high:g}: the scores carry almost no information "
+                f"on the validation crops, so every P(fake) is pulled to the same value")
+    return None
 
 
 def parse_operating_point(operating_point: str) -> tuple[str, float | None]:
@@ -215,6 +233,11 @@ def choose_threshold(labels: np.ndarray, scores: np.ndarray, operating_point: st
         threshold = value
     threshold = float(min(max(threshold, 0.0), 1.0))  # the first ROC threshold is +inf
     predicted = scores >= threshold
+    if kind == "fpr" and predicted[labels == 0].mean() > value:
+        # Only when reals score exactly 1.0: no threshold in [0, 1] keeps them below it.
+        raise ExportError(f"--operating-point {operating_point}: no threshold in [0, 1] keeps the validation FPR "
+                          f"at or below {value:g} ({int(predicted[labels == 0].sum())} real crops score "
+                          f"{threshold:g}); choose another operating point")
     real, fake = labels == 0, labels == 1
     return {"criterion": operating_point, "threshold": threshold,
             "validation_fpr": float(predicted[real].mean()), "validation_tpr": float(predicted[fake].mean()),
@@ -238,7 +261,8 @@ def _calibration(runs: list[RunModel], weights: np.ndarray, data_dir: Path, size
     point = choose_threshold(labels, scores, operating_point)
     calibration = {"temperature": temperature, "data": str(data_dir), "operating_point": point,
                    "nll_uncalibrated": float(_nll(ensemble_probability(logits, weights, 1.0), labels)),
-                   "nll_calibrated": nll_after}
+                   "nll_calibrated": nll_after,
+                   "warnings": [warning for warning in [_temperature_warning(temperature)] if warning]}
     if members:
         calibration["members"] = [{"temperature": t, "bias": b} for t, b in members]
         calibration["nll_members_calibrated"] = nll_before  # before the ensemble's own temperature
