@@ -271,6 +271,10 @@ def test_errors_name_the_problem(tmp_path, prepared, source):
     assert result.exit_code == 2 and result.output.startswith("error: ") and str(tmp_path / "empty") in result.output
     result = runner.invoke(app, ["prepare", str(source), "--out", str(tmp_path / "d"), "--split", "0.7,0.3"])
     assert result.exit_code == 2 and "--split" in result.output
+    # A pattern with a typo would silently make every file its own identity (leaking people across splits).
+    result = runner.invoke(app, ["prepare", str(source), "--out", str(tmp_path / "d"), "--group-pattern", r"(id\d+)_\d{5}"])
+    assert result.exit_code == 2 and "matches none of the 6 names" in result.output and r"(id\d+)_\d{5}'" in result.output
+    assert len(result.output.strip().splitlines()) == 1
     # An existing folder that prepare did not make, and a prepared one with other settings.
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "keep.txt").write_text("mine")

@@ -337,6 +337,12 @@ def prepare_dataset(
     progress = on_progress or (lambda phase, done, total: None)
     log = log or (lambda line: None)
 
+    if group_pattern is not None:
+        matched = sum(1 for video in videos if video_ids(video.path.stem, group_pattern)[0].startswith("id:"))
+        if matched == 0:
+            raise PrepareError(f"--group-pattern '{group_pattern}' matches none of the {len(videos)} names "
+                               f"(e.g. {videos[0].path.stem!r}); every file would be its own identity")
+        log(f"--group-pattern: {matched} of {len(videos)} names matched; the others are each their own identity")
     groups = group_videos(videos, group_pattern)
     largest = max(len(group) for group in groups)
     if len(videos) >= 10 and largest > len(videos) / 2:
