@@ -99,6 +99,13 @@ def test_eer_threshold_is_the_best_of_all_thresholds_not_of_the_thinned_roc():
     assert np.abs(thinned_fpr - (1 - thinned_tpr)).min() > best + 0.05  # the case this test is about
 
 
+def test_platt_scaling_refuses_a_constant_member():
+    labels = np.r_[np.zeros(20), np.ones(20)].astype(int)
+    margin = 0.3 + np.random.default_rng(0).normal(0, 1e-8, 40)
+    with pytest.raises(ExportError, match="constant on the validation split"):
+        fit_platt(np.stack([np.zeros(40), margin], axis=1), labels)
+
+
 def test_platt_scaling_stays_finite_when_validation_is_separable():
     # Unsmoothed 0/1 targets would push the scale up until every P(fake) is 0 or 1 (1e-12 away).
     labels = np.r_[np.zeros(60), np.ones(120)].astype(int)

@@ -152,6 +152,9 @@ def fit_platt(logits: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
     would have its scale grow without bound and decide the ensemble alone. Raises ExportError
     when the model ranks the validation crops backwards."""
     margin = logits[:, 1] - logits[:, 0]
+    if not margin.std() > 1e-6:  # the fit would return its starting point: a scale of 1e6
+        raise ExportError(f"a model's fake-minus-real logit is constant on the validation split (spread "
+                          f"{margin.std():.1e}); it carries no information and cannot be an ensemble member")
     n_fake, n_real = int((labels == 1).sum()), int((labels == 0).sum())
     targets = np.where(labels == 1, (n_fake + 1) / (n_fake + 2), 1 / (n_real + 2))
 
