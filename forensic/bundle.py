@@ -40,6 +40,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from forensic.errors import BundleError
 
@@ -49,10 +50,14 @@ CLASS_ORDER = ("real", "fake")
 DEFAULT_BUNDLE = Path(__file__).resolve().parent.parent / "exports" / "default"
 
 
-def sha256_file(path: Path) -> str:
+def sha256_file(path: Path, check: Callable[[], None] | None = None) -> str:
+    """The file's SHA-256; `check()`, if given, is called before each MiB is read (it may raise
+    to abandon hashing a large video)."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
+            if check:
+                check()
             digest.update(block)
     return digest.hexdigest()
 

@@ -244,7 +244,7 @@ class Scanner:
     def scan_file(self, path: Path, on_frames: Callable[[int], None] | None = None,
                   check: Callable[[], None] | None = None) -> FileResult:
         """Scan one file; `on_frames(n)` is told how many frames are analysed so far. `check()`
-        is called between small units of work (a decoded frame, a self-test step): it may raise
+        is called between small units of work (a MiB hashed, a decoded frame, a self-test step): it may raise
         an exception that is not an `Exception` (the TUI's ScanAborted) to abandon the file."""
         path = Path(path)
         kind = media_kind(path)
@@ -257,7 +257,7 @@ class Scanner:
             # Chain of custody: the input's hash is taken before any analysis, and the file must
             # be the same one when the analysis ends (a file still being copied is not).
             before = _file_state(path)
-            result.sha256 = sha256_file(path)
+            result.sha256 = sha256_file(path, check)
             timings["hash"] = time.perf_counter() - started
             if kind is None:
                 raise MediaError(f"{path}: unsupported file type '{path.suffix or '(none)'}'")

@@ -17,6 +17,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import jsonschema
+import numpy as np
 import pytest
 from textual.app import App
 from typer.testing import CliRunner
@@ -548,6 +549,25 @@ def test_quitting_during_a_self_test_stops_it_within_a_step(sample_media, settin
     thread.join(timeout=600)
     assert not thread.is_alive()
     assert [type(m) for m in messages] == [ScannerReady, FileStarted, FileProgress, FileRequeued]
+
+
+def test_quitting_while_a_large_file_is_hashed_stops_within_a_mebibyte(settings, tmp_path):
+    messages = []
+
+    def post(message):
+        messages.append(message)
+        if isinstance(message, FileStarted):  # before the cache lookup hashes the file
+            service.shutdown()
+
+    big = tmp_path / "media" / "big.mp4"
+    big.parent.mkdir()
+    big.write_bytes(np.random.default_rng(0).bytes(8 << 20))
+    service = ScanService(ScanSettings(settings.bundle, frames=1, device="cpu"), tmp_path / "cache", post)
+    service.queue.add([ScanJob(big)])
+    thread = threading.Thread(target=service.run)
+    thread.start()
+    thread.join(timeout=600)
+    assert [type(m) for m in messages] == [ScannerReady, FileStarted, FileRequeued]
 
 
 def test_cache_round_trip_and_what_invalidates_it(sample_media, settings, tmp_path, monkeypatch):

@@ -14,6 +14,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -83,11 +84,12 @@ class ResultCache:
     def _paths(self, file_sha256: str) -> tuple[Path, Path]:
         return self.folder / f"{file_sha256}.json", self.folder / f"{file_sha256}.npz"
 
-    def get(self, path: Path, self_test: tuple[int, tuple[float, ...]] | None = None) -> FileResult | None:
+    def get(self, path: Path, self_test: tuple[int, tuple[float, ...]] | None = None,
+            check: Callable[[], None] | None = None) -> FileResult | None:
         """The cached result for the file now at `path`, or None. With `self_test` (steps,
         epsilons), only an entry that holds a self-test made with those settings."""
         try:
-            digest = sha256_file(path)
+            digest = sha256_file(path, check)  # check may abandon hashing a large file
         except OSError:
             return None  # unreadable input: the scan reports it
         entry_path, crops_path = self._paths(digest)

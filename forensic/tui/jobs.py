@@ -171,7 +171,7 @@ class ScanService:
         self_test = job.self_test or self.settings.self_test_every_file
         if not job.force:
             wanted = (self.settings.self_test.steps, self.settings.self_test.epsilons) if self_test else None
-            cached = self._cache.get(job.path, self_test=wanted)
+            cached = self._cache.get(job.path, self_test=wanted, check=self._check_abort)
             if cached is not None:
                 return cached, True
         scanner = self._scanner(self_test)
