@@ -61,8 +61,13 @@ def crop_face(image: np.ndarray, box, margin: float, size: int) -> np.ndarray:
     return cv2.resize(canvas, (size, size), interpolation=interpolation)
 
 
+MTCNN_SMALLEST_FACE = 12  # pixels: the size of P-Net's window
+
+
 class FaceDetector:
-    """MTCNN run on frames downscaled so their long side is at most `max_side` pixels."""
+    """MTCNN run on frames downscaled so their long side is at most `max_side` pixels (for speed),
+    but never so far that a face of `min_face_size` pixels falls below the 12 pixels MTCNN can
+    find: in a 4032 px photo a 40 px face would otherwise be missed."""
 
     def __init__(
         self,
@@ -80,7 +85,7 @@ class FaceDetector:
 
     def _scale_for(self, image: np.ndarray) -> float:
         long_side = max(image.shape[:2])
-        return min(1.0, self.max_side / long_side)
+        return min(1.0, max(self.max_side / long_side, MTCNN_SMALLEST_FACE / self.min_face_size))
 
     def detect(self, images: list[np.ndarray]) -> list[list[Face]]:
         """Faces in each image, most probable first. Same-sized images are batched together."""
@@ -92,10 +97,12 @@ class FaceDetector:
             scale = self._scale_for(images[indices[0]])
             # MTCNN's smallest face is in the pixels it sees (smaller means more pyramid levels,
             # so slower); faces are filtered again at full resolution.
-            self._mtcnn.min_face_size = max(12, int(self.min_face_size * scale))
+            self._mtcnn.min_face_size = max(MTCNN_SMALLEST_FACE, int(self.min_face_size * scale))
             for start in range(0, len(indices), self.batch_size):
                 chunk = indices[start : start + self.batch_size]
                 small = np.stack([self._downscale(images[i], scale) for i in chunk])
+                if min(small.shape[1:3]) < self._mtcnn.min_face_size:
+                    continue  # no face that large fits (and MTCNN's image pyramid would be empty: it raises)
                 with torch.inference_mode():
                     boxes, probs, points = self._mtcnn.detect(small, landmarks=True)
                 for i, b, p, pts in zip(chunk, boxes, probs, points):

@@ -194,3 +194,19 @@ def test_min_face_size_filters_smaller_faces(astronaut):
     assert 35 <= found[0].size < 60
     np.testing.assert_allclose(found[0].box, ASTRONAUT_BOX / 2, atol=8)
     assert strict.detect([small]) == [[]]
+
+
+def test_a_small_face_in_a_large_photo_is_found(detector, astronaut):
+    # Shrinking a 4032 px photo to 720 px would make this 54 px face under 10 px, below what
+    # MTCNN finds; it is now shrunk only so far that a 40 px face keeps 12 px.
+    face = cv2.resize(astronaut, (320, 320), interpolation=cv2.INTER_AREA)
+    photo = np.full((3024, 4032, 3), 110, np.uint8)
+    photo[1500:1820, 2000:2320] = face
+    found = detector.detect([photo])[0]
+    assert len(found) == 1 and found[0].size >= detector.min_face_size
+    np.testing.assert_allclose(found[0].box, ASTRONAUT_BOX * 0.625 + [2000, 1500, 2000, 1500], atol=12)
+
+
+def test_an_image_smaller_than_the_smallest_face_has_no_face_and_no_error(detector):
+    # MTCNN's image pyramid is empty there, and facenet-pytorch raised from torch.cat([]).
+    assert detector.detect([np.full((30, 30, 3), 128, np.uint8), np.full((35, 640, 3), 128, np.uint8)]) == [[], []]
