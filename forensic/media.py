@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from dataclasses import dataclass
 from fnmatch import fnmatch
 from pathlib import Path
@@ -14,6 +15,12 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from forensic.errors import MediaError
+
+# Pillow refuses images over 2 x 89.5 megapixels as possible decompression bombs, which takes in
+# the 200 MP photos of current phone cameras. This limit (about 750 MB as RGB) is checked from
+# the header, before any pixel is decoded; Pillow's own check then sits at twice it.
+MAX_IMAGE_PIXELS = 250_000_000
+Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
 VIDEO_SUFFIXES = frozenset({".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v"})
@@ -105,11 +112,20 @@ def _to_rgb(image: Image.Image, path: Path) -> Image.Image:
 def load_image(path: Path) -> np.ndarray:
     """Decode an image file into an RGB uint8 array, with its EXIF orientation applied."""
     try:
-        with Image.open(path) as image:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # refused just below instead
+            opened = Image.open(path)
+        with opened as image:
+            if image.width * image.height > MAX_IMAGE_PIXELS:
+                raise MediaError(f"{path}: {image.width}x{image.height} is {image.width * image.height / 1e6:.0f} "
+                                 f"megapixels; images over {MAX_IMAGE_PIXELS / 1e6:.0f} are refused (memory)")
             image = ImageOps.exif_transpose(image)
             return np.asarray(_to_rgb(image, path)).copy()
     except FileNotFoundError:
         raise MediaError(f"{path}: no such file") from None
+    except Image.DecompressionBombError:
+        raise MediaError(f"{path}: declares over {2 * MAX_IMAGE_PIXELS / 1e6:.0f} megapixels; refused "
+                         f"(a possible decompression bomb)") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise MediaError(f"{path}: cannot decode image ({exc})") from None
 

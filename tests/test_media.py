@@ -235,6 +235,32 @@ def test_load_image_truncated_png_raises_media_error(tmp_path):
     assert str(path) in str(info.value)
 
 
+def _png_header_only(path: Path, width: int, height: int) -> Path:
+    """A PNG that declares its size and holds no pixels: enough for the header checks."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b""))
+    return path
+
+
+@pytest.mark.parametrize("width, height, problem", [
+    (20000, 15000, "20000x15000 is 300 megapixels; images over 250 are refused"),  # over ours
+    (40000, 30000, "declares over 500 megapixels"),  # over Pillow's bomb limit, twice ours
+])
+def test_load_image_refuses_huge_images_from_their_header_in_one_line(tmp_path, width, height, problem):
+    # A 200 MP phone photo (16320 x 12240) is under the limit; Pillow alone refused it ("unexpected
+    # DecompressionBombError").
+    path = _png_header_only(tmp_path / "huge.png", width, height)
+    with pytest.raises(MediaError, match=problem) as info:
+        load_image(path)
+    assert str(info.value).startswith(str(path))
+
+
 def test_load_image_missing_file_raises_media_error(tmp_path):
     path = tmp_path / "missing.png"
     with pytest.raises(MediaError) as info:
