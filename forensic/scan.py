@@ -8,6 +8,7 @@ DFDC winner's confident strategy by default); a file is as fake as its most fake
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from itertools import islice
@@ -235,7 +236,10 @@ class Scanner:
         crop, cams = result.crops[key]
         weights = {name: self.runner.model_weight(name) for name in cams}
         cam = combine(cams, weights, crop.shape[0])
-        target = self.heatmap_dir / f"{Path(result.path).stem}_{result.sha256[:8]}_identity{identity}.png"
+        # The stem is cut to 100 bytes: the file's hash prefix identifies it, and a long name
+        # plus the suffix would pass the 255-byte limit of most file systems.
+        stem = os.fsdecode(os.fsencode(Path(result.path).stem)[:100])
+        target = self.heatmap_dir / f"{stem}_{result.sha256[:8]}_identity{identity}.png"
         try:
             return write_png(overlay(crop, cam), target)
         except OSError as exc:

@@ -202,6 +202,15 @@ def test_a_heatmap_that_cannot_be_written_fails_its_file_not_the_batch(bundle_di
     assert f"error: {blocked}: cannot write the heatmap" in result.output
     assert clip["verdict"] in ("real", "fake", "uncertain") and Path(clip["identities"][0]["heatmap"]).is_file()
 
+    # A legal 246-character name made a heatmap name over 255 bytes: the verdict was lost.
+    long_name = tmp_path / ("a" * 246 + ".png")
+    long_name.write_bytes(image.read_bytes())
+    result = runner.invoke(forensic_app, ["scan", str(long_name), "--bundle", str(bundle_dir),
+                                          "--heatmaps", str(heatmaps), "--json", str(report_path)])
+    assert result.exit_code == 0, result.output
+    [entry] = json.loads(report_path.read_text())["files"]
+    assert entry["verdict"] in ("real", "fake", "uncertain") and Path(entry["identities"][0]["heatmap"]).is_file()
+
     # A heatmap folder that cannot be made is refused before anything is scanned.
     not_a_folder = tmp_path / "file.txt"
     not_a_folder.write_text("x")
