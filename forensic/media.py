@@ -161,7 +161,10 @@ def sample_video_frames(path: Path, count: int | None = 32, fps: float | None = 
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         if count is not None:
-            total = stream.frames or _count_video_frames(path)
+            # AVI headers count the empty chunks that stand for dropped frames, which decode
+            # to nothing: trusting them left the last wanted frames unreached.
+            header_count = 0 if "avi" in container.format.name.split(",") else stream.frames
+            total = header_count or _count_video_frames(path)
             if total == 0:
                 raise MediaError(f"{path}: video has no frames")
             wanted = _evenly_spaced(total, count)

@@ -324,6 +324,32 @@ def test_video_one_frame_gives_the_first(grey_video):
     assert [f.index for f in frames] == [0]
 
 
+def test_avi_with_dropped_frames_is_sampled_over_all_its_frames(tmp_path):
+    # 25 frames, one every 5 ticks of a 50 fps AVI: its header counts 121 frames, the empty
+    # chunks of dropped ones included, and sampling by that count reached only the first few.
+    from fractions import Fraction
+
+    import av
+
+    path = tmp_path / "dropped.avi"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mjpeg", rate=50)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuvj420p"
+        stream.codec_context.time_base = Fraction(1, 50)
+        for i in range(FRAME_COUNT):
+            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), _level(i), np.uint8), format="rgb24")
+            frame.pts, frame.time_base = i * 5, Fraction(1, 50)
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    with av.open(str(path)) as container:
+        assert container.streams.video[0].frames > FRAME_COUNT  # what the header says
+    frames = list(sample_video_frames(path, 5))
+    assert [f.index for f in frames] == [0, 6, 12, 18, 24]
+    assert [_frame_number(f.image) for f in frames] == [0, 6, 12, 18, 24]
+
+
 def test_video_in_container_without_frame_count(tmp_path):
     # Matroska does not store a frame count, so the frames are counted by demuxing.
     path = tmp_path / "levels.mkv"
