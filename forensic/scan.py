@@ -79,8 +79,9 @@ class FileResult:
     frames: list[FrameResult] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     self_test: dict | None = None
-    # Face crops (and their models' CAMs) kept for heatmaps and reports, keyed by
-    # (frame position, face index); not part of the JSON report.
+    # Face crops (and their models' CAMs) kept for heatmaps, the self-test and reports, keyed
+    # by (frame position, face index); once the file is decided, only each identity's most fake
+    # face. Not part of the JSON report.
     crops: dict[tuple[int, int], tuple[np.ndarray, dict[str, np.ndarray]]] = field(default_factory=dict, repr=False)
 
 
@@ -100,6 +101,25 @@ def verdict_for(score: float, threshold: float, uncertain_band: float) -> Verdic
     if uncertain_band > 0 and abs(score - threshold) < uncertain_band:
         return "uncertain"
     return "fake" if score >= threshold else "real"
+
+
+def identity_face_keys(result: FileResult) -> dict[int, tuple[int, int]]:
+    """Each identity's most fake face, as a key of `result.crops`: (frame position, face index)."""
+    keys = {}
+    for identity in result.identities:
+        for position, frame in enumerate(result.frames):
+            if frame.index != identity.most_fake_frame:
+                continue
+            for index, face in enumerate(frame.faces):
+                if face.identity == identity.identity:
+                    keys[identity.identity] = (position, index)
+    return keys
+
+
+def keep_identity_crops(result: FileResult) -> None:
+    """Drop all face crops but each identity's most fake one (a long video has hundreds)."""
+    wanted = set(identity_face_keys(result).values())
+    result.crops = {key: value for key, value in result.crops.items() if key in wanted}
 
 
 class Scanner:
@@ -300,6 +320,9 @@ class Scanner:
             started = time.perf_counter()
             result.self_test = self._self_test(result, check)
             result.timings["self_test"] = round(time.perf_counter() - started, 4)
+        # Heatmaps and the self-test are done with the other faces; reports show only these,
+        # and a long video's crops and maps would otherwise fill memory over a batch.
+        keep_identity_crops(result)
         return result
 
     def _file_score(self, result: FileResult, face_scores: dict[tuple[int, int], float]) -> float:

@@ -33,25 +33,6 @@ def default_cache_dir() -> Path:
     return Path(base).expanduser() / "deepfake-forensics"
 
 
-def identity_face_keys(result: FileResult) -> dict[int, tuple[int, int]]:
-    """Each identity's most fake face, as a key of `result.crops`: (frame position, face index)."""
-    keys = {}
-    for identity in result.identities:
-        for position, frame in enumerate(result.frames):
-            if frame.index != identity.most_fake_frame:
-                continue
-            for index, face in enumerate(frame.faces):
-                if face.identity == identity.identity:
-                    keys[identity.identity] = (position, index)
-    return keys
-
-
-def keep_identity_crops(result: FileResult) -> None:
-    """Drop all face crops but each identity's most fake one (a long video has hundreds)."""
-    wanted = set(identity_face_keys(result).values())
-    result.crops = {key: value for key, value in result.crops.items() if key in wanted}
-
-
 def result_from_entry(entry: dict) -> FileResult:
     """The inverse of `forensic.report.file_entry` (crops aside)."""
     frames = [

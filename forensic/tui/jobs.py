@@ -16,7 +16,7 @@ from forensic.inference import Device
 from forensic.media import media_kind
 from forensic.scan import DEFAULT_FRAMES, FileResult, Scanner
 from forensic.selftest import SelfTestSettings
-from forensic.tui.cache import ResultCache, keep_identity_crops
+from forensic.tui.cache import ResultCache
 from forensic.tui.messages import (FileFinished, FileProgress, FileRequeued, FileStarted, ScanNotice,
                                    ScannerFailed, ScannerReady)
 
@@ -179,7 +179,6 @@ class ScanService:
         # as the chain of custody asks (it may have changed in between).
         result = scanner.scan_file(job.path, on_frames=lambda frames: self._progress(job.path, frames),
                                    check=self._check_abort)
-        keep_identity_crops(result)
         if result.verdict != "error":  # errors are not cached: a file may become readable
             try:
                 self._cache.put(result)

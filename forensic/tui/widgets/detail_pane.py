@@ -14,8 +14,7 @@ from forensic.bundle import Bundle
 from forensic.cli import VERDICT_STYLE
 from forensic.display import printable
 from forensic.heatmaps import combine, overlay
-from forensic.scan import FileResult, deciding_identities, verdict_for
-from forensic.tui.cache import identity_face_keys
+from forensic.scan import FileResult, deciding_identities, identity_face_keys, verdict_for
 from forensic.tui.state import FileRecord, format_epsilon, format_size
 from forensic.tui.widgets.face_image import face_image
 from forensic.tui.widgets.timeline import ScoreTimeline
