@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -47,6 +48,8 @@ def test_fit_writes_config_metrics_and_checkpoints(run_dir):
     epochs = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [e["epoch"] for e in epochs] == [1]
     assert 0.0 <= epochs[0]["val_accuracy"] <= 1.0 and 0.0 <= epochs[0]["val_auc"] <= 1.0
+    # The rate the last step trained with, not the cosine's 0 after it (3 steps: warm-up is 0).
+    assert epochs[0]["lr"] == pytest.approx(3e-4 * 0.5 * (1 + math.cos(math.pi * 2 / 3)))
     assert (run_dir / "best.pt").is_file() and (run_dir / "last.pt").is_file()
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

@@ -499,6 +499,31 @@ def test_lite0_stats_heads_the_mean_and_std_of_lite0s_fourth_block():
     assert classifier.in_features == 2 * features.shape[1] == 160
 
 
+def test_a_methods_learning_rate_applies_only_with_its_own_optimizer():
+    from trainer.fit import FitConfig
+
+    def resolved(method, optimizer=None):
+        config = FitConfig(data="d", out="o", method=method, optimizer=optimizer).resolved()
+        return config.optimizer, config.lr
+
+    assert resolved("gradreg") == ("sgd", 1e-3)  # gradreg's own SGD rate
+    assert resolved("gradreg", "adamw") == ("adamw", 3e-4)  # not SGD's 1e-3 on AdamW
+    assert resolved("fgsm-at") == ("adamw", 3e-5)  # its fine-tuning rate
+    assert resolved("fgsm-at", "sgd") == ("sgd", 1e-3)  # not AdamW's fine-tuning rate on SGD
+    assert resolved("erm", "sgd") == ("sgd", 1e-3)
+
+
+def test_seed_reaches_the_methods_own_random_draws():
+    from trainer.fit import FitConfig, _method_options
+
+    for method in ("fgsm-at", "dual-attacker"):
+        seeded = create_method(method, **_method_options(FitConfig(data="d", out="o", method=method, seed=7)))
+        assert seeded.seed == 7  # it was 0 whatever --seed said: seeds shared the method's draws
+        chosen = FitConfig(data="d", out="o", method=method, seed=7, options={"seed": 3})
+        assert create_method(method, **_method_options(chosen)).seed == 3  # an explicit option wins
+    assert _method_options(FitConfig(data="d", out="o", method="erm", seed=7)) == {}
+
+
 def test_config_files_are_checked_as_the_command_line_is(tmp_path):
     from trainer.fit import RunError, load_config_file
 

@@ -88,7 +88,7 @@ def fit_command(
     epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Default: the method's, else 10."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Default 32."),
     optimizer: Optional[str] = typer.Option(None, "--optimizer", help="adamw or sgd (default: the method's, else adamw)."),
-    lr: Optional[float] = typer.Option(None, "--lr", min=0.0, help="Peak learning rate (default: the method's, else 3e-4 adamw / 1e-3 sgd)."),
+    lr: Optional[float] = typer.Option(None, "--lr", min=0.0, help="Peak learning rate (default: the method's when its optimizer is used, else 3e-4 adamw / 1e-3 sgd)."),
     schedule: Optional[str] = typer.Option(None, "--schedule", help="cosine (after warm-up; default) or constant."),
     patience: Optional[int] = typer.Option(None, "--patience", min=1, help="Stop after this many epochs without a better validation AUC."),
     size: Optional[int] = typer.Option(None, "--size", min=16, help="Input size (default: the architecture's)."),

@@ -16,6 +16,7 @@ A run directory holds:
 from __future__ import annotations
 
 import csv
+import inspect
 import json
 import math
 import random
@@ -79,7 +80,10 @@ class FitConfig:
     def resolved(self) -> "FitConfig":
         """A copy with every None filled: method defaults first, then global ones."""
         values = asdict(self)
-        for key, value in method_class(self.method).defaults.items():
+        defaults = method_class(self.method).defaults
+        for key, value in defaults.items():
+            if key == "lr" and values["optimizer"] not in (None, defaults.get("optimizer", "adamw")):
+                continue  # a method's rate is for its own optimizer (gradreg's 1e-3 SGD rate is 3x AdamW's)
             if values.get(key) is None:
                 values[key] = value
         values["epochs"] = values["epochs"] or 10
@@ -171,7 +175,7 @@ def _checked(path: Path, key: str, value: Any) -> Any:
 @dataclass
 class EpochMetrics:
     epoch: int
-    lr: float
+    lr: float  # the learning rate of the epoch's last step
     train_loss: float
     train_accuracy: float
     val_loss: float
@@ -284,6 +288,13 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _method_options(config: FitConfig) -> dict[str, Any]:
+    """The method's options, with `--seed` as its own seed unless an option sets one: runs with
+    different seeds must differ in the method's draws too (fgsm-at's, the dual attacker's)."""
+    accepted = inspect.signature(method_class(config.method).__init__).parameters
+    return {"seed": config.seed, **config.options} if "seed" in accepted else dict(config.options)
+
+
 def _resume_differences(saved: dict[str, Any], config: FitConfig) -> list[str]:
     """The settings that differ from the run being resumed, other than those --resume may change."""
     current = asdict(config)
@@ -341,7 +352,7 @@ def fit(config: FitConfig, resume: bool = False,
     spec = model_spec(config.arch)
     model = create_model(config.arch, init=config.init).to(device)
     try:
-        method = create_method(config.method, **config.options)
+        method = create_method(config.method, **_method_options(config))
     except TypeError as exc:
         raise RunError(f"--method {config.method}: {exc}") from None
     trainable = freeze_modules(model, config.freeze)
@@ -405,6 +416,7 @@ def fit(config: FitConfig, resume: bool = False,
         for i, (pixels, labels) in enumerate(loader):
             with autocast:
                 logs = method.step(model, pixels.to(device), labels.to(device), optimizer)
+            learning_rate = optimizer.param_groups[0]["lr"]  # the one this step used
             scheduler.step()
             for key in totals:
                 totals[key] += logs[key] * len(labels)
@@ -414,7 +426,7 @@ def fit(config: FitConfig, resume: bool = False,
                 on_progress(f"epoch {epoch}/{config.epochs}", i + 1, len(loader), {**logs, "img/s": rate})
         train_seconds = time.perf_counter() - started
         val_loss, val_accuracy, val_auc = evaluate(model, val_loader, device)
-        metrics = EpochMetrics(epoch, optimizer.param_groups[0]["lr"], totals["loss"] / seen, totals["accuracy"] / seen,
+        metrics = EpochMetrics(epoch, learning_rate, totals["loss"] / seen, totals["accuracy"] / seen,
                                val_loss, val_accuracy, val_auc, round(seen / train_seconds, 2),
                                round(time.perf_counter() - started, 2))
         history.append(asdict(metrics))
