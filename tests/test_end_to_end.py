@@ -38,6 +38,8 @@ def bundle_dir(run_dir, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("bundles") / "tiny"
     result = runner.invoke(trainer_app, ["export", str(run_dir), "--out", str(out)])
     assert result.exit_code == 0, result.output
+    # trainer synth's crops have no prepare.json: export says which margin it used, and why.
+    assert "face crops at margin 1.3 (the default: the runs' training data has no prepare.json)" in result.output
     return out
 
 

@@ -438,7 +438,7 @@ def test_export_takes_the_face_crop_margin_from_the_training_crops(tmp_path):
     assert _training_face_crop([wide, also_wide], None)["margin"] == 2.0
     assert _training_face_crop([wide, unrecorded], None)["margin"] == 2.0
     assert _training_face_crop([unrecorded], None) == {
-        "margin": 1.3, "source": "not recorded for the runs' training data (no prepare.json): the default"}
+        "margin": 1.3, "source": "the default: the runs' training data has no prepare.json"}
     with pytest.raises(ExportError, match="different margins"):
         _training_face_crop([wide, default], None)
     with pytest.raises(ExportError, match="margin 1.3 was asked for, but the runs' crops were made at 2"):

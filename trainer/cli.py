@@ -180,6 +180,8 @@ def export_command(
         console.print(f"calibrated: temperature {manifest['temperature']:.3f}, threshold {point['threshold']:.4f} "
                       f"({point['criterion']}): validation FPR {point['validation_fpr']:.3f} TPR {point['validation_tpr']:.3f} "
                       f"on {point['n_real']} real / {point['n_fake']} fake crops", highlight=False, soft_wrap=True)
+    crop = manifest["face_crop"]
+    console.print(f"face crops at margin {crop['margin']:g} ({crop['source']})", highlight=False, soft_wrap=True)
     for warning in manifest["calibration"].get("warnings", []):
         console.print(f"warning: {warning}", style="yellow", highlight=False, soft_wrap=True)
 

@@ -331,8 +331,8 @@ def _training_face_crop(runs: list[RunModel], margin: float | None) -> dict:
                               f"({next(iter(found))})")
         return {"margin": recorded, "source": "; ".join(sorted(found))}
     chosen = DEFAULT_MARGIN if margin is None else margin
-    return {"margin": chosen, "source": "not recorded for the runs' training data (no prepare.json): "
-                                        + ("the default" if margin is None else "as given")}
+    return {"margin": chosen, "source": ("the default" if margin is None else "as given")
+            + ": the runs' training data has no prepare.json"}
 
 
 def export_bundle(run_dirs: list[Path], out_dir: Path, name: str | None = None, checkpoint: str | list[str] = "best",
