@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image
 
 from forensic.heatmaps import combine, overlay
-from forensic.scan import FileResult
+from forensic.scan import FileResult, identity_face_keys
 
 COLOURS = ["#d62728", "#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]
 VERDICT_COLOURS = {"fake": "#c62828", "real": "#2e7d32", "uncertain": "#ef6c00", "no-face": "#757575", "error": "#6a1b9a"}
@@ -73,12 +73,11 @@ def timeline_svg(result: FileResult, threshold: float, band: float, width: int =
 
 def _identity_rows(result: FileResult, weights: dict[str, float]) -> str:
     rows = []
+    most_fake_faces = identity_face_keys(result)
     for identity in result.identities:
-        position = next(p for p, frame in enumerate(result.frames) if frame.index == identity.most_fake_frame)
-        index = next(i for i, face in enumerate(result.frames[position].faces) if face.identity == identity.identity)
         images = ""
-        if (position, index) in result.crops:
-            crop, cams = result.crops[(position, index)]
+        if most_fake_faces.get(identity.identity) in result.crops:
+            crop, cams = result.crops[most_fake_faces[identity.identity]]
             images = f'<img alt="face" src="{_png_data_uri(crop)}">'
             if cams:
                 cam = combine(cams, {name: weights[name] for name in cams}, crop.shape[0])

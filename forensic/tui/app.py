@@ -167,7 +167,7 @@ class ForensicApp(App[None]):
         bundle = self.settings.bundle
         parts = [f"sort {self.sort}", f"filter {self.filter}"] + ([f"search '{self.search}'"] if self.search else [])
         parts += [f"{shown}/{len(records)} shown"] + ([f"{marked} marked"] if marked else [])
-        parts.append(printable(bundle.name) + (f" on {self.provider.replace('ExecutionProvider', '')}" if self.provider else ""))
+        parts.append(bundle.name + (f" on {self.provider.replace('ExecutionProvider', '')}" if self.provider else ""))
         status.show_view(" · ".join(parts))
 
     def _progress_text(self, records: list[FileRecord], finished: int) -> str:

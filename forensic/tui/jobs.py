@@ -47,9 +47,9 @@ class ScanJob:
 
 
 class ScanAborted(BaseException):
-    """Raised from the scanner's check (between decoded frames and self-test steps) to stop a
-    file mid-scan (stop or quit). A BaseException,
-    so that Scanner.scan_file's per-file error handling does not turn it into an error verdict."""
+    """Raised from the scanner's check (called per MiB hashed, decoded frame and self-test step)
+    to stop a file mid-scan (stop or quit). A BaseException, so that Scanner.scan_file's
+    per-file error handling does not turn it into an error verdict."""
 
 
 class ScanQueue:

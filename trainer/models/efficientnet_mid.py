@@ -20,10 +20,18 @@ KEPT_BLOCKS = 5
 CHANNELS = 112  # blocks.4's output channels in efficientnet_lite0
 
 
-def _truncate(model: nn.Module) -> nn.Module:
-    model.blocks = model.blocks[:KEPT_BLOCKS]
+def cut_lite0(model: nn.Module, kept_blocks: int, channels: int) -> nn.Module:
+    """A timm EfficientNet-Lite0 ending after its first `kept_blocks` blocks (whose output has
+    `channels` channels): no head convolution; the caller sets the pooling and classifier."""
+    model.blocks = model.blocks[:kept_blocks]
     model.conv_head, model.bn2 = nn.Identity(), nn.Identity()
-    model.num_features = model.head_hidden_size = CHANNELS
+    model.num_features = channels
+    return model
+
+
+def _truncate(model: nn.Module) -> nn.Module:
+    cut_lite0(model, KEPT_BLOCKS, CHANNELS)
+    model.head_hidden_size = CHANNELS
     model.classifier = nn.Linear(CHANNELS, 2)
     return model
 

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from trainer.models.efficientnet import LITE0_PYPI
-from trainer.models.efficientnet_mid import load_lite0_pypi_truncated
+from trainer.models.efficientnet_mid import cut_lite0, load_lite0_pypi_truncated
 from trainer.models.registry import register_model
 
 KEPT_BLOCKS = 4
@@ -55,10 +55,8 @@ class Standardize(nn.BatchNorm1d):
 @register_model("efficientnet_lite0_stats", shallow_layer="blocks.1", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
                 default_init=LITE0_PYPI, inits={LITE0_PYPI: load_lite0_pypi_truncated})
 def efficientnet_lite0_stats(imagenet: bool = False) -> nn.Module:
-    model = timm.create_model("efficientnet_lite0", pretrained=imagenet, num_classes=2)
-    model.blocks = model.blocks[:KEPT_BLOCKS]
-    model.conv_head, model.bn2 = nn.Identity(), nn.Identity()
-    model.num_features, model.head_hidden_size = CHANNELS, 2 * CHANNELS
+    model = cut_lite0(timm.create_model("efficientnet_lite0", pretrained=imagenet, num_classes=2), KEPT_BLOCKS, CHANNELS)
+    model.head_hidden_size = 2 * CHANNELS
     model.global_pool = nn.Sequential(MeanStdPool(), Standardize(2 * CHANNELS))
     model.classifier = nn.Linear(2 * CHANNELS, 2)
     return model

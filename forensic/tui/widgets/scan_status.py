@@ -33,4 +33,4 @@ class ScanStatus(Widget):
         self.query_one("#progress", Label).update(Text(printable(text)))  # holds a file name: not markup
 
     def show_view(self, text: str) -> None:
-        self.query_one("#view", Label).update(Text(printable(text)))
+        self.query_one("#view", Label).update(Text(printable(text)))  # holds the bundle's name
