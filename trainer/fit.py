@@ -36,6 +36,7 @@ from torch.utils.data import ConcatDataset, DataLoader, WeightedRandomSampler
 
 from trainer.data import FaceCrops, class_counts, eval_transform, list_split, train_transform, verify_images
 from trainer.methods import create_method, method_class
+from trainer.pairing import PairedBatchSampler, find_partners
 from trainer.models import Detector, create_model, model_spec
 from forensic.versions import library_versions
 
@@ -56,6 +57,7 @@ class FitConfig:
     init: str | None = None  # None: the architecture's default (random, or offline ImageNet weights)
     epochs: int | None = None  # None: the method's default, else 10
     batch_size: int = 32
+    epoch_size: int | None = None  # samples drawn per epoch (None: the training set's size), for large sets
     optimizer: str | None = None  # adamw or sgd; None: the method's default, else adamw
     lr: float | None = None  # None: the method's default, else 3e-4 (adamw) / 1e-3 (sgd)
     weight_decay: float = 1e-4
@@ -64,8 +66,9 @@ class FitConfig:
     warmup_epochs: float = 1.0
     patience: int | None = None  # early stopping: epochs without a better validation AUC
     size: int | None = None  # None: the architecture's input size
-    augment: str = "standard"  # standard (flip, rotation, colour, JPEG, blur) or none
+    augment: str = "standard"  # standard (flip, rotation, colour, JPEG, blur), uploads (trainer.augment) or none
     sbi: bool = False  # add self-blended fakes made on the fly from the real training crops
+    paired: bool = False  # batches of fakes beside their own reals (trainer.pairing)
     # Backbone module paths (e.g. conv_stem, bn1, blocks.0) whose weights and batch-norm
     # statistics stay as initialised: with a few dozen training videos, pretrained early and
     # middle features generalise better than fine-tuned ones.
@@ -100,10 +103,10 @@ class FitConfig:
 
 FIELDS = {f.name for f in fields(FitConfig)}
 # Config-file values, checked as the command line checks its options: (kind, smallest allowed).
-_INTS = {"epochs": 1, "batch_size": 1, "patience": 1, "size": 16, "checkpoint_every": 0, "workers": 0, "seed": None}
+_INTS = {"epochs": 1, "batch_size": 1, "epoch_size": 1, "patience": 1, "size": 16, "checkpoint_every": 0, "workers": 0, "seed": None}
 _FLOATS = {"lr": 0.0, "weight_decay": 0.0, "momentum": 0.0, "warmup_epochs": 0.0}
 _STRINGS = ("data", "out", "val_data", "arch", "method", "init", "optimizer", "schedule", "augment", "device")
-_BOOLS = ("sbi", "amp")
+_BOOLS = ("sbi", "amp", "paired")
 # What --resume may change: how long and where it runs, not what it learns or from what.
 RESUMABLE = ("epochs", "patience", "workers", "device", "out")
 
@@ -308,17 +311,30 @@ def _save_atomically(obj: Any, path: Path) -> None:
     partial.replace(path)  # an interrupted save never corrupts the previous file
 
 
+def _train_transform(config: FitConfig, size: int):
+    if config.augment == "uploads":
+        from trainer.augment import uploads_transform
+
+        return uploads_transform(size)
+    return train_transform(size) if config.augment == "standard" else eval_transform(size)
+
+
 def _train_set(config: FitConfig, samples, size: int):
-    transform = train_transform(size) if config.augment == "standard" else eval_transform(size)
+    """The training dataset, its labels, and each fake's real partner (index -> index) for --paired."""
+    transform = _train_transform(config, size)
     crops = FaceCrops(samples, transform)
+    partners = find_partners(samples) if config.paired else {}
     if not config.sbi:
-        return crops, [s.label for s in samples]
+        return crops, [s.label for s in samples], partners
     from trainer.sbi import SelfBlendedFakes, load_landmarks
 
-    reals = [s for s in samples if s.label == 0]
+    real_indices = [i for i, s in enumerate(samples) if s.label == 0]
+    reals = [samples[i] for i in real_indices]
     landmarks = load_landmarks(Path(config.data) / "train" / "real")
     blended = SelfBlendedFakes(reals, transform, landmarks=landmarks, seed=config.seed)
-    return ConcatDataset([crops, blended]), [s.label for s in samples] + [1] * len(reals)
+    # a self-blend's partner is the real it was blended from
+    partners.update({len(samples) + k: i for k, i in enumerate(real_indices)})
+    return ConcatDataset([crops, blended]), [s.label for s in samples] + [1] * len(reals), partners
 
 
 def fit(config: FitConfig, resume: bool = False,
@@ -336,8 +352,8 @@ def fit(config: FitConfig, resume: bool = False,
     if resume and not last_path.exists():
         raise RunError(f"{out}: nothing to resume (no last.pt)")
     config = config.resolved()
-    if config.augment not in ("standard", "none"):
-        raise RunError(f"unknown augment {config.augment!r}: use standard or none")
+    if config.augment not in ("standard", "uploads", "none"):
+        raise RunError(f"unknown augment {config.augment!r}: use standard, uploads or none")
 
     train_samples = list_split(Path(config.data), "train")
     val_samples = list_split(Path(config.val_data or config.data), "validation")
@@ -361,12 +377,13 @@ def fit(config: FitConfig, resume: bool = False,
     method.setup(model, device)
     optimizer = _optimizer(config, model)
 
-    train_set, train_labels = _train_set(config, train_samples, config.size)
+    train_set, train_labels, partners = _train_set(config, train_samples, config.size)
     counts = {name: train_labels.count(label) for label, name in enumerate(("real", "fake"))}
     # Class-balanced sampling: each batch sees real and fake about equally often.
     sample_weights = torch.tensor([1.0 / counts[("real", "fake")[y]] for y in train_labels], dtype=torch.double)
-    drop_last = len(train_set) > config.batch_size
-    steps_per_epoch = len(train_set) // config.batch_size if drop_last else 1
+    per_epoch = config.epoch_size or len(train_set)
+    drop_last = per_epoch > config.batch_size
+    steps_per_epoch = per_epoch // config.batch_size if drop_last else 1
     scheduler = _schedule(config, optimizer, steps_per_epoch)
     val_loader = DataLoader(FaceCrops(val_samples, eval_transform(config.size)), batch_size=config.batch_size,
                             num_workers=config.workers)
@@ -405,12 +422,19 @@ def fit(config: FitConfig, resume: bool = False,
         started = time.perf_counter()
         # Seeded per epoch so a resumed run draws the same batches as an uninterrupted one.
         generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
-        sampler = WeightedRandomSampler(sample_weights, num_samples=len(train_set), generator=generator)
         for dataset in getattr(train_set, "datasets", []):
             if hasattr(dataset, "set_epoch"):
                 dataset.set_epoch(epoch)
-        loader = DataLoader(train_set, batch_size=config.batch_size, sampler=sampler, num_workers=config.workers,
-                            drop_last=drop_last)
+        if config.paired:
+            batches = PairedBatchSampler([i for i, y in enumerate(train_labels) if y == 1], partners,
+                                         [i for i, y in enumerate(train_labels) if y == 0], config.batch_size,
+                                         steps_per_epoch, seed=config.seed)
+            batches.set_epoch(epoch)
+            loader = DataLoader(train_set, batch_sampler=batches, num_workers=config.workers)
+        else:
+            sampler = WeightedRandomSampler(sample_weights, num_samples=per_epoch, generator=generator)
+            loader = DataLoader(train_set, batch_size=config.batch_size, sampler=sampler, num_workers=config.workers,
+                                drop_last=drop_last)
         model.train()
         totals, seen = {"loss": 0.0, "accuracy": 0.0}, 0
         for i, (pixels, labels) in enumerate(loader):

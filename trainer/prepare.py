@@ -1,4 +1,4 @@
-"""`trainer prepare`: a face-crop dataset from videos in FaceForensics++ layout.
+r"""`trainer prepare`: a face-crop dataset from videos in FaceForensics++ layout.
 
     SRC/real/044.mp4                  real videos (or images: one-frame "videos")
     SRC/fake/<method>/044_945.mp4     fakes: target 044, source 945
@@ -14,6 +14,18 @@ and `945` for `044_945`) and every video sharing an identity with another lands 
 split, so no face is seen in training and tested on. Other names say nothing reliable about who
 is in them, so each is its own identity unless `--group-pattern REGEX` says (its first group is
 the identity: `'(.+)_\d+'` puts LFW's `Aaron_Peirsol_0001` and `_0002` together).
+
+A source folder holding `pairs.csv` (columns `real,fake`: paths under SRC, as
+`../shared/data/dfdc-faces/`) is read as face crops in real/fake pairs: each fake is named after
+its real (`pair-<real stem>`), so the two share an identity group and a split, and `trainer fit
+--paired` can put them in one batch. Such crops are tighter than a scan's framing, so before
+detection and cropping each image is padded by half its size (detection on a black border, the
+crop from a mirrored one, so a crop wider than the source shows no black bars); the fake is cut
+with its real's face box (the pair is aligned: same scene, same frame region), which keeps the
+pair pixel-aligned and detects faces once per pair.
+
+Several SRC folders make one dataset; each is split by identity on its own with the same ratios
+(so a small source keeps its share in every split).
 
 Beside the crops:
     {split}/{class}/landmarks.json  crop file name -> MTCNN's five landmarks in crop pixels
@@ -33,6 +45,7 @@ from itertools import islice
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 
+import cv2
 import numpy as np
 from PIL import Image
 
@@ -47,6 +60,8 @@ DONE_FILE = ".done"
 SBI_PREFIX = "sbi-"
 # Settings that decide what the crops are: a folder can only be resumed with the same ones.
 EXTRACTION_SETTINGS = ("frames", "size", "margin", "split", "seed", "group_pattern")
+PAIRS_FILE = "pairs.csv"
+PAIR_PREFIX = "pair-"  # a paired fake's name: pair-<its real's stem>
 FFPP_STEM = re.compile(r"\d+(?:_\d+)*")  # 044, 044_945
 
 T = TypeVar("T")
@@ -69,6 +84,13 @@ class SourceVideo:
     label: str  # "real" or "fake"
     name: str  # the stem, prefixed by the method (sub-folders) for fakes: Deepfakes-044_945
     kind: str  # "video" or "image"
+    partner: str | None = None  # a paired fake's real (its name); its identity and face box are the real's
+    source: int = 0  # which SRC folder
+    padded: bool = False  # a tight face crop (a pairs.csv source): padded before detection and cropping
+
+    @property
+    def identity_stem(self) -> str:
+        return self.partner if self.partner is not None else self.path.stem
 
 def video_ids(stem: str, pattern: str | None = None) -> tuple[str, ...]:
     """The identities in a stem. With `pattern`, the regex's first group where it matches the whole
@@ -95,11 +117,46 @@ def check_group_pattern(pattern: str | None) -> None:
         raise PrepareError(f"--group-pattern {pattern!r}: needs a group, e.g. '(.+)_\\d+', whose match is the identity")
 
 
-def find_videos(src: Path) -> list[SourceVideo]:
-    """The media under SRC/real and SRC/fake (recursively, sorted); PrepareError when there is none."""
+def _paired_crops(src: Path, source: int) -> list[SourceVideo]:
+    """The pairs listed in SRC/pairs.csv, each real followed by its fake."""
+    import csv
+
+    table = src / PAIRS_FILE
+    try:
+        with open(table, newline="", encoding="utf-8") as handle:
+            rows = list(csv.DictReader(handle))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise PrepareError(f"{table}: unreadable ({exc})") from None
+    items: list[SourceVideo] = []
+    seen: set[str] = set()
+    for number, row in enumerate(rows, start=2):
+        real, fake = (row.get("real") or "").strip(), (row.get("fake") or "").strip()
+        if not real or not fake:
+            raise PrepareError(f"{table}: line {number} needs a real and a fake path")
+        real_path, fake_path = src / real, src / fake
+        for path in (real_path, fake_path):
+            if not path.resolve().is_relative_to(src.resolve()) or media_kind(path) != "image" or not path.is_file():
+                raise PrepareError(f"{table}: line {number}: {path} is not an image file inside {src}")
+        name = real_path.stem
+        if name in seen:
+            raise PrepareError(f"{table}: line {number}: {real} is listed twice")
+        seen.add(name)
+        items.append(SourceVideo(path=real_path, label="real", name=name, kind="image", source=source, padded=True))
+        items.append(SourceVideo(path=fake_path, label="fake", name=PAIR_PREFIX + name, kind="image", partner=name,
+                                 source=source, padded=True))
+    if not items:
+        raise PrepareError(f"{table}: lists no pairs")
+    return items
+
+
+def find_videos(src: Path, source: int = 0) -> list[SourceVideo]:
+    """The media under SRC/real and SRC/fake (recursively, sorted), or the pairs of SRC/pairs.csv;
+    PrepareError when there is none."""
     src = Path(src)
     if not src.is_dir():
         raise PrepareError(f"{src}: no such folder (expected SRC/real/*.mp4 and SRC/fake/<method>/*.mp4)")
+    if (src / PAIRS_FILE).is_file():
+        return _paired_crops(src, source)
     videos: list[SourceVideo] = []
     seen: dict[str, Path] = {}
     for label in CLASSES:
@@ -111,14 +168,14 @@ def find_videos(src: Path) -> list[SourceVideo]:
             if name in seen:
                 raise PrepareError(f"{path}: same video name {name!r} as {seen[name]}; rename one")
             seen[name] = path
-            videos.append(SourceVideo(path=path, label=label, name=name, kind=media_kind(path)))
+            videos.append(SourceVideo(path=path, label=label, name=name, kind=media_kind(path), source=source))
     if not videos:
         raise PrepareError(f"{src}: no videos or images found in {src / 'real'} or {src / 'fake'}")
     return videos
 
 
 def _stem(item) -> str:
-    return item.path.stem if isinstance(item, SourceVideo) else Path(item).stem
+    return item.identity_stem if isinstance(item, SourceVideo) else Path(item).stem
 
 
 def group_videos(videos: Iterable[T], pattern: str | None = None) -> list[list[T]]:
@@ -207,6 +264,44 @@ def _chunks(items: Iterable[T], size: int) -> Iterator[list[T]]:
     iterator = iter(items)
     while chunk := list(islice(iterator, size)):
         yield chunk
+
+
+def pad_tight_crop(image: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """A tight face crop padded by half its longer side on every side: with a black border (for
+    detection: MTCNN boxes a face that fills the whole image too large) and with a mirrored
+    one (for cropping: a scan-framed crop wider than the source then shows no black bars)."""
+    pad = max(image.shape[:2]) // 2
+    black = cv2.copyMakeBorder(image, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=(0, 0, 0))
+    mirrored = cv2.copyMakeBorder(image, pad, pad, pad, pad, cv2.BORDER_REFLECT_101)
+    return black, mirrored, pad
+
+
+@dataclass
+class PairedCrop:
+    """The face box (in padded-image pixels) and crop landmarks of a paired real, for its fake."""
+
+    box: tuple[float, float, float, float]
+    landmarks: np.ndarray
+    shape: tuple[int, ...]
+
+
+def extract_tight_crop(video: SourceVideo, detector: FaceDetector, margin: float, size: int,
+                       partner: PairedCrop | None = None) -> tuple[list[Crop], PairedCrop | None]:
+    """The most probable face of a tight face-crop image (a pairs.csv source), cropped by crop_face
+    from the mirror-padded image; a paired fake is cut with its real's box (`partner`) when the
+    two images have one size."""
+    image = load_image(video.path)
+    black, mirrored, _ = pad_tight_crop(image)
+    if partner is not None and partner.shape == image.shape:
+        box, landmarks = partner.box, partner.landmarks
+    else:
+        faces = detector.detect([black])[0]
+        if not faces:
+            return [], None
+        box = faces[0].box
+        landmarks = crop_landmarks(faces[0].landmarks, box, margin, size)
+    crop = Crop(name=f"{video.name}_0000_0.png", image=crop_face(mirrored, box, margin, size), landmarks=landmarks)
+    return [crop], PairedCrop(box=tuple(float(v) for v in box), landmarks=landmarks, shape=image.shape)
 
 
 def extract_crops(video: SourceVideo, detector: FaceDetector, frames: int, margin: float, size: int) -> list[Crop]:
@@ -303,7 +398,7 @@ def _check_out(out: Path, src: Path, settings: dict) -> None:
 
 
 def prepare_dataset(
-    src: Path,
+    src: Path | Sequence[Path],
     out: Path,
     frames: int = 32,
     size: int = 256,
@@ -325,15 +420,24 @@ def prepare_dataset(
     `sbi`: self-blended fakes per real training crop, written to train/fake/sbi-*.png; the sbi
     files are made to match this number (0 removes earlier ones).
     """
-    src, out = Path(src), Path(out)
+    sources = [Path(s) for s in ([src] if isinstance(src, (str, Path)) else src)]
+    out = Path(out)
+    if not sources:
+        raise PrepareError("give one or more SRC folders")
     if frames < 1 or size < 8 or margin <= 0 or sbi < 0:
         raise PrepareError("--frames must be >= 1, --size >= 8, --margin > 0 and --sbi >= 0")
     ratios = parse_ratios(split)
     check_group_pattern(group_pattern)
     settings = {"frames": frames, "size": size, "margin": margin, "split": [round(r, 6) for r in ratios],
                 "seed": seed, "sbi": sbi, "group_pattern": group_pattern}
-    videos = find_videos(src)
-    _check_out(out, src, settings)
+    videos = [video for number, source in enumerate(sources) for video in find_videos(source, number)]
+    names: dict[str, Path] = {}
+    for video in videos:
+        if video.name in names:
+            raise PrepareError(f"{video.path}: same video name {video.name!r} as {names[video.name]}; rename one")
+        names[video.name] = video.path
+    for source in sources:
+        _check_out(out, source, settings)
     progress = on_progress or (lambda phase, done, total: None)
     log = log or (lambda line: None)
 
@@ -343,12 +447,16 @@ def prepare_dataset(
             raise PrepareError(f"--group-pattern '{group_pattern}' matches none of the {len(videos)} names "
                                f"(e.g. {videos[0].path.stem!r}); every file would be its own identity")
         log(f"--group-pattern: {matched} of {len(videos)} names matched; the others are each their own identity")
-    groups = group_videos(videos, group_pattern)
-    largest = max(len(group) for group in groups)
-    if len(videos) >= 10 and largest > len(videos) / 2:
-        log(f"warning: one identity group holds {largest} of {len(videos)} videos, so the splits cannot be "
-            f"balanced; check the names (--group-pattern)")
-    group_splits = assign_splits(groups, ratios, seed)
+    groups, group_splits = [], []
+    for number in range(len(sources)):  # each source split on its own, so each keeps the ratios
+        in_source = [video for video in videos if video.source == number]
+        source_groups = group_videos(in_source, group_pattern)
+        largest = max(len(group) for group in source_groups)
+        if len(in_source) >= 10 and largest > len(in_source) / 2:
+            log(f"warning: one identity group holds {largest} of {len(in_source)} videos, so the splits cannot be "
+                f"balanced; check the names (--group-pattern)")
+        groups.extend(source_groups)
+        group_splits.extend(assign_splits(source_groups, ratios, seed))
     assignment = {video.name: split for group, split in zip(groups, group_splits) for video in group}
     for split_name in SPLITS:
         chosen = [group for group, s in zip(groups, group_splits) if s == split_name]
@@ -362,7 +470,7 @@ def prepare_dataset(
             (out / split_name / label).mkdir(parents=True, exist_ok=True)
     manifest = {
         "version": 1,
-        "source": str(src.resolve()),
+        "source": str(sources[0].resolve()) if len(sources) == 1 else [str(s.resolve()) for s in sources],
         "settings": settings,
         "detector": None,
         "complete": False,
@@ -374,19 +482,28 @@ def prepare_dataset(
     done_path = out / DONE_FILE
     records = _read_done(done_path)
     processed = reused = 0
+    paired: dict[str, PairedCrop] = {}  # a paired real's box, for its fake (which follows it)
     for position, video in enumerate(videos):
         progress(f"faces: {video.name}", position, len(videos))
         split_name = assignment[video.name]
         record = records.get(video.name)
         if record is not None and _still_done(record, out, split_name, video.label):
             reused += 1
+            if record.get("box") and record["status"] == "done":
+                (name, points), = record["crops"].items()
+                paired[video.name] = PairedCrop(tuple(record["box"]), np.asarray(points, dtype=np.float64),
+                                                tuple(record["shape"]))
             continue
         if record is not None:  # e.g. its group moved split: no crop of it may stay behind
             _remove_crops(out, record)
         if detector is None:
             detector = _detector(device)
+        tight = None
         try:
-            crops = extract_crops(video, detector, frames, margin, size)
+            if video.padded:
+                crops, tight = extract_tight_crop(video, detector, margin, size, paired.get(video.partner or ""))
+            else:
+                crops = extract_crops(video, detector, frames, margin, size)
         except MediaError as exc:
             reason = str(exc)
             crops = None
@@ -396,14 +513,19 @@ def prepare_dataset(
         if crops is not None and not crops:
             reason = f"{video.path}: no face found in {'the image' if video.kind == 'image' else f'{frames} frames'}"
         folder = out / split_name / video.label
+        relative = str(video.path.relative_to(sources[video.source]))
         if crops:
             for crop in crops:
                 _save_png(folder / crop.name, crop.image)
-            record = {"video": video.name, "path": str(video.path.relative_to(src)), "label": video.label,
+            record = {"video": video.name, "path": relative, "source": video.source, "label": video.label,
                       "split": split_name, "status": "done",
                       "crops": {crop.name: _round_points(crop.landmarks) for crop in crops}}
+            if tight is not None:
+                record.update(box=list(tight.box), shape=list(tight.shape))
+                if video.partner is None:
+                    paired[video.name] = tight
         else:
-            record = {"video": video.name, "path": str(video.path.relative_to(src)), "label": video.label,
+            record = {"video": video.name, "path": relative, "source": video.source, "label": video.label,
                       "split": split_name, "status": "skipped", "reason": reason}
         _append_done(done_path, record)
         records[video.name] = record
@@ -417,7 +539,7 @@ def prepare_dataset(
         records.pop(record["video"])
         _append_done(done_path, {"video": record["video"], "status": "removed"})
     if vanished:
-        log(f"removed the crops of {len(vanished)} videos no longer in {src}")
+        log(f"removed the crops of {len(vanished)} videos no longer in {', '.join(map(str, sources))}")
     landmarks: dict[tuple[str, str], dict[str, list]] = {(s, c): {} for s in SPLITS for c in CLASSES}
     for name, record in records.items():
         if name in current and record["status"] == "done":
