@@ -23,7 +23,8 @@ from forensic.errors import ForensicError
 from forensic.selftest import SelfTestSettings
 from forensic.html_report import write_html
 from forensic.media import collect_inputs, read_path_list
-from forensic.report import build_report, check_output, write_csv, write_report
+from forensic.outputs import check_output
+from forensic.report import build_report, write_csv, write_report
 from forensic.scan import DEFAULT_FRAMES, FileResult, Scanner
 
 # Exit codes, for pipelines.

@@ -15,6 +15,8 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from forensic.outputs import atomic_write
+
 
 def combine(cams: dict[str, np.ndarray], weights: dict[str, float], size: int) -> np.ndarray:
     """Weighted mean of the models' (h, w) maps, each resized to (size, size)."""
@@ -36,6 +38,4 @@ def overlay(crop: np.ndarray, cam: np.ndarray, alpha: float = 0.5) -> np.ndarray
 
 
 def write_png(image: np.ndarray, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(image).save(path)
-    return path
+    return atomic_write(path, lambda handle: Image.fromarray(image).save(handle, format="PNG"))

@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image
 
 from forensic.heatmaps import combine, overlay
+from forensic.outputs import atomic_write_text
 from forensic.scan import FileResult, identity_face_keys
 
 COLOURS = ["#d62728", "#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]
@@ -125,5 +126,5 @@ def render(report: dict, results: list[FileResult], weights: dict[str, float]) -
 def write_html(report: dict, results: list[FileResult], weights: dict[str, float], destination: Path) -> Path:
     destination.parent.mkdir(parents=True, exist_ok=True)
     # A name that is not valid UTF-8 is shown with its odd bytes escaped (bad\udcff.jpg).
-    destination.write_text(render(report, results, weights), encoding="utf-8", errors="backslashreplace")
+    atomic_write_text(destination, render(report, results, weights), errors="backslashreplace")
     return destination

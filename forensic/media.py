@@ -13,6 +13,8 @@ from typing import Iterable, Iterator, Literal
 import av
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+# The plugins of IMAGE_FORMATS, registered here: Image.open(formats=...) only knows loaded ones.
+from PIL import BmpImagePlugin, JpegImagePlugin, PngImagePlugin, TiffImagePlugin, WebPImagePlugin  # noqa: F401
 
 from forensic.errors import MediaError
 
@@ -24,6 +26,11 @@ Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
 VIDEO_SUFFIXES = frozenset({".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v"})
+# The decoders a file may reach. Pillow and FFmpeg otherwise choose by content: a PostScript
+# file named .jpg would run Ghostscript, a text file named .mp4 holding an ffconcat playlist
+# would be read as the videos it lists (pixels its SHA-256 does not cover).
+IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF")  # JPEG opens phones' multi-picture (MPO) files too
+VIDEO_DEMUXERS = {".mp4": "mov", ".mov": "mov", ".m4v": "mov", ".mkv": "matroska", ".webm": "matroska", ".avi": "avi"}
 
 MediaKind = Literal["image", "video"]
 
@@ -114,7 +121,7 @@ def load_image(path: Path) -> np.ndarray:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # refused just below instead
-            opened = Image.open(path)
+            opened = Image.open(path, formats=IMAGE_FORMATS)
         with opened as image:
             if image.width * image.height > MAX_IMAGE_PIXELS:
                 raise MediaError(f"{path}: {image.width}x{image.height} is {image.width * image.height / 1e6:.0f} "
@@ -126,7 +133,9 @@ def load_image(path: Path) -> np.ndarray:
     except Image.DecompressionBombError:
         raise MediaError(f"{path}: declares over {2 * MAX_IMAGE_PIXELS / 1e6:.0f} megapixels; refused "
                          f"(a possible decompression bomb)") from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+    except UnidentifiedImageError:
+        raise MediaError(f"{path}: not an image in a supported format ({', '.join(IMAGE_FORMATS)})") from None
+    except (OSError, ValueError, SyntaxError) as exc:
         raise MediaError(f"{path}: cannot decode image ({exc})") from None
 
 
@@ -136,9 +145,35 @@ def _evenly_spaced(total: int, count: int) -> list[int]:
     return sorted({int(round(i)) for i in np.linspace(0, total - 1, count)})
 
 
+def open_video(path: Path) -> av.container.InputContainer:
+    """Open a video with the demuxer its suffix names (mov/mp4, matroska/webm, avi) and the file
+    protocol only: never a playlist, concat list, image sequence, URL or device, whatever the
+    file holds or its name looks like. Raises MediaError."""
+    demuxer = VIDEO_DEMUXERS.get(Path(path).suffix.lower())
+    if demuxer is None:
+        raise MediaError(f"{path}: not a video type forensic reads ({', '.join(sorted(VIDEO_DEMUXERS))})")
+    try:
+        # "file:" makes FFmpeg take the rest of the string as a path (a name like "http:x.mp4"
+        # or "concat:a|b.mp4" would otherwise pick a protocol); the whitelist bars any other
+        # protocol a demuxer might open on its own.
+        container = av.open("file:" + os.path.abspath(path), format=demuxer,
+                            options={"protocol_whitelist": "file"})
+    except FileNotFoundError:
+        raise MediaError(f"{path}: no such file") from None
+    except (av.FFmpegError, OSError) as exc:
+        raise MediaError(f"{path}: cannot open video ({exc})") from None
+    return container
+
+
+def _check_frame_size(path: Path, width: int, height: int) -> None:
+    if width * height > MAX_IMAGE_PIXELS:
+        raise MediaError(f"{path}: {width}x{height} video frames are {width * height / 1e6:.0f} megapixels; frames "
+                         f"over {MAX_IMAGE_PIXELS / 1e6:.0f} are refused (memory)")
+
+
 def _count_video_frames(path: Path) -> int:
     """Count frames by demuxing packets (no decoding), for containers that do not say."""
-    with av.open(str(path)) as container:
+    with open_video(path) as container:
         stream = container.streams.video[0]
         return sum(1 for packet in container.demux(stream) if packet.size > 0)
 
@@ -149,16 +184,12 @@ def sample_video_frames(path: Path, count: int | None = 32, fps: float | None = 
     time (variable frame rate is handled by the timestamps, not the frame numbers)."""
     if (count is None) == (fps is None):
         raise ValueError("give exactly one of count and fps")
-    try:
-        container = av.open(str(path))
-    except FileNotFoundError:
-        raise MediaError(f"{path}: no such file") from None
-    except av.FFmpegError as exc:
-        raise MediaError(f"{path}: cannot open video ({exc})") from None
+    container = open_video(path)
     with container:
         if not container.streams.video:
             raise MediaError(f"{path}: no video stream")
         stream = container.streams.video[0]
+        _check_frame_size(path, stream.codec_context.width, stream.codec_context.height)  # before decoding
         stream.thread_type = "AUTO"
         if count is not None:
             # AVI headers count the empty chunks that stand for dropped frames, which decode
@@ -180,6 +211,7 @@ def sample_video_frames(path: Path, count: int | None = 32, fps: float | None = 
                     if take and time is not None:
                         next_time = (math.floor(time * fps + 1e-6) + 1) / fps
                 if take:
+                    _check_frame_size(path, frame.width, frame.height)  # a stream may change size midway
                     yielded += 1
                     yield Frame(index=index, time=time, image=_display_image(frame))
                 if count is not None and index >= last:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 from dataclasses import asdict, replace
 from datetime import datetime, timezone
@@ -10,7 +11,7 @@ from importlib import resources
 from pathlib import Path
 
 from forensic import __version__
-from forensic.errors import ForensicError
+from forensic.outputs import atomic_write_text
 from forensic.versions import library_versions
 from forensic.scan import FileResult, Scanner
 
@@ -71,34 +72,17 @@ def build_report(results: list[FileResult], scanner: Scanner) -> dict:
 CSV_COLUMNS = ("path", "sha256", "kind", "verdict", "score", "threshold", "frames_analyzed", "faces", "error")
 
 
-def check_output(destination: Path, inputs: list[Path]) -> None:
-    """Refuse, before anything is scanned, an output that could not be written or that would
-    overwrite an input; make its folder."""
-    if destination.is_dir():
-        raise ForensicError(f"{destination}: is a folder, not a file to write to")
-    target = destination.resolve()
-    if any(target == path.resolve() for path in inputs):
-        raise ForensicError(f"{destination}: is one of the inputs, and inputs are never overwritten")
-    try:
-        destination.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ForensicError(f"{destination.parent}: cannot make the folder ({exc.strerror or exc})") from None
-
-
 def write_csv(report: dict, destination: Path) -> Path:
     """One row per file: the report's summary fields. A path that is not valid UTF-8 (Linux
     allows any bytes in a name) is written as the file system's own bytes, so it still names
     the file; the JSON report escapes it instead (`\\udcff`, which json.loads + os.fsencode
     turn back into those bytes)."""
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    with open(destination, "w", newline="", encoding="utf-8", errors="surrogateescape") as handle:
-        writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(report["files"])
-    return destination
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=CSV_COLUMNS, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(report["files"])
+    return atomic_write_text(destination, text.getvalue(), errors="surrogateescape")
 
 
 def write_report(report: dict, destination: Path) -> Path:
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    destination.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    return destination
+    return atomic_write_text(destination, json.dumps(report, indent=2) + "\n")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import wave
 from pathlib import Path
 
+import av
 import numpy as np
 import pytest
 from PIL import Image
@@ -374,8 +375,18 @@ def test_video_audio_only_file_raises_media_error(tmp_path):
         handle.setsampwidth(2)
         handle.setframerate(8000)
         handle.writeframes((np.sin(np.arange(8000) / 10) * 10000).astype("<i2").tobytes())
-    with pytest.raises(MediaError, match="no video stream"):
+    with pytest.raises(MediaError, match="not a video type"):  # a .wav never reaches a demuxer
         list(sample_video_frames(path, 5))
+    audio_only = tmp_path / "tone.mkv"
+    with av.open(str(audio_only), mode="w", format="matroska") as container:
+        stream = container.add_stream("pcm_s16le", rate=8000, layout="mono")
+        samples = (np.sin(np.arange(8000) / 10) * 10000).astype("<i2").reshape(1, -1)
+        frame = av.AudioFrame.from_ndarray(samples, format="s16", layout="mono")
+        frame.sample_rate = 8000
+        for packet in [*stream.encode(frame), *stream.encode()]:
+            container.mux(packet)
+    with pytest.raises(MediaError, match="no video stream"):
+        list(sample_video_frames(audio_only, 5))
 
 
 def test_video_missing_file_raises_media_error(tmp_path):

@@ -7,6 +7,8 @@ and check that the app shows, sorts, filters and exports what that engine found.
 
 from __future__ import annotations
 
+import os
+
 import csv
 import html
 import json
@@ -616,6 +618,17 @@ def test_exports_never_go_into_the_scanned_folder(media, settings, tmp_path):
     assert default_export_path(media, "json", working_dir=tmp_path).name == "media-report-2.json"
     with pytest.raises(ForensicError, match="inside the scanned folder"):
         export_results([], settings.build_scanner(), "json", inside / "report.json", media)
+
+
+def test_an_export_hard_linked_to_a_scanned_file_is_refused(media, settings, tmp_path):
+    scanned = next(p for p in sorted(media.iterdir()) if p.is_file())
+    before = scanned.read_bytes()
+    link = tmp_path / "report.json"
+    os.link(scanned, link)
+    result = FileResult(path=str(scanned), kind="image", sha256=None, verdict="error", score=None, threshold=0.5)
+    with pytest.raises(ForensicError, match="is one of the inputs"):
+        export_results([result], settings.build_scanner(), "json", link, tmp_path / "elsewhere")
+    assert scanned.read_bytes() == before
 
 
 def test_cli_tui_refuses_in_one_line(tmp_path):

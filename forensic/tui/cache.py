@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
 from forensic.bundle import sha256_file
+from forensic.outputs import atomic_write
 from forensic.report import build_report, file_entry
 from forensic.scan import FaceResult, FileResult, FrameResult, IdentityResult, Scanner
 
@@ -100,9 +100,9 @@ class ResultCache:
             for model_number, (model, cam) in enumerate(cams.items()):
                 arrays[f"cam{number}_{model_number}"] = cam
             listing.append({"frame": position, "face": index, "models": list(cams)})
-        _atomic_write(crops_path, lambda handle: np.savez_compressed(handle, **arrays))
+        atomic_write(crops_path, lambda handle: np.savez_compressed(handle, **arrays))
         stored = {"settings": self.settings, "entry": file_entry(result), "crops": listing}
-        _atomic_write(entry_path, lambda handle: handle.write(json.dumps(stored).encode("utf-8")))
+        atomic_write(entry_path, lambda handle: handle.write(json.dumps(stored).encode("utf-8")))
 
 
 def _load_crops(path: Path, listing: list[dict]) -> dict:
@@ -114,13 +114,3 @@ def _load_crops(path: Path, listing: list[dict]) -> dict:
                 for number, item in enumerate(listing)}
 
 
-def _atomic_write(destination: Path, write) -> None:
-    """Write through a temporary file, so that a reader never sees half an entry."""
-    handle = tempfile.NamedTemporaryFile(dir=destination.parent, prefix=".", suffix=destination.suffix, delete=False)
-    try:
-        with handle:
-            write(handle)
-        os.replace(handle.name, destination)
-    except BaseException:
-        Path(handle.name).unlink(missing_ok=True)
-        raise

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from forensic.errors import ForensicError
 from forensic.html_report import write_html
+from forensic.outputs import check_output
 from forensic.report import build_report, write_csv, write_report
 from forensic.scan import FileResult, Scanner
 
@@ -43,6 +44,7 @@ def export_results(results: list[FileResult], scanner: Scanner, export_format: s
                             f"choose a path outside it")
     if destination.is_dir():
         raise ForensicError(f"{destination}: is a folder; give a file name")
+    check_output(destination, [Path(result.path) for result in results])  # e.g. a hard link to a scanned file
     report = build_report(results, scanner)
     try:
         if export_format == "json":

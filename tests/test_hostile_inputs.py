@@ -1,0 +1,99 @@
+"""Hostile input (issue: never overwrite evidence, never judge bytes the hash does not cover,
+never run a decoder we did not choose): each case fails on the code before its fix."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from skimage import data
+from typer.testing import CliRunner
+
+import forensic.media as media
+from forensic.cli import app
+from forensic.errors import ForensicError, MediaError
+from forensic.media import load_image, sample_video_frames
+from forensic.outputs import atomic_write_text, check_output
+from trainer.synthetic import panning_frames, write_video
+
+runner = CliRunner()
+
+
+def digest(path: Path) -> tuple[str, int]:
+    return hashlib.sha256(path.read_bytes()).hexdigest(), path.stat().st_mtime_ns
+
+
+@pytest.fixture()
+def clip(tmp_path) -> Path:
+    path = tmp_path / "payload.mp4"
+    write_video(path, panning_frames(data.astronaut(), count=6))
+    return path
+
+
+def test_an_output_hard_linked_to_an_input_is_refused_and_the_input_kept(sample_media, tmp_path):
+    image = tmp_path / "in.jpg"
+    shutil.copy(sample_media["coffee_no_face.jpg"], image)
+    before = digest(image)
+    for option in ("--json", "--csv"):
+        link = tmp_path / f"out{option}.out"
+        os.link(image, link)
+        result = runner.invoke(app, ["scan", str(image), option, str(link)])
+        assert result.exit_code == 2, result.output
+        assert result.output.startswith("error: ") and "is one of the inputs" in result.output
+        assert result.output.count("\n") == 1
+    assert digest(image) == before
+
+
+def test_outputs_replace_their_file_so_another_link_to_it_keeps_its_bytes(tmp_path):
+    original = tmp_path / "evidence.jpg"
+    original.write_bytes(b"evidence bytes")
+    alias = tmp_path / "report.json"
+    os.link(original, alias)
+    atomic_write_text(alias, "{}\n")
+    assert alias.read_text() == "{}\n" and original.read_bytes() == b"evidence bytes"
+    assert not list(tmp_path.glob(".*partial"))  # no temporary file left behind
+    with pytest.raises(ForensicError, match="is one of the inputs"):
+        check_output(tmp_path / "sub" / ".." / "evidence.jpg", [original])
+
+
+def test_an_ffconcat_playlist_named_mp4_is_not_followed(clip, tmp_path):
+    playlist = tmp_path / "concat.mp4"
+    playlist.write_text(f"ffconcat version 1.0\nfile '{clip.name}'\n")
+    assert len(list(sample_video_frames(clip, 4))) == 4  # the payload itself is a fine video
+    with pytest.raises(MediaError) as info:
+        list(sample_video_frames(playlist, 4))
+    assert str(playlist) in str(info.value)
+    result = runner.invoke(app, ["scan", str(playlist), str(clip), "--json", "-"])
+    files = {Path(f["path"]).name: f for f in json.loads(result.stdout)["files"]}
+    assert files["concat.mp4"]["verdict"] == "error" and files["payload.mp4"]["verdict"] != "error"
+    assert result.exit_code == 1
+
+
+def test_a_name_that_looks_like_a_protocol_is_read_as_a_file(clip, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    odd = Path("concat:payload.mp4|payload.mp4")
+    shutil.copy(clip, odd)
+    frames = list(sample_video_frames(odd, 100))
+    assert len(frames) == 6  # its own six frames, not the concat protocol's twelve
+
+
+def test_postscript_named_jpg_never_reaches_ghostscript(tmp_path):
+    fake = tmp_path / "e.jpg"
+    fake.write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nnewpath 0 0 moveto 10 10 lineto stroke\nshowpage\n")
+    with Image.open(fake) as opened:  # what Pillow would pick by content, unrestricted
+        assert opened.format == "EPS"
+    with pytest.raises(MediaError, match="not an image in a supported format"):
+        load_image(fake)
+
+
+def test_video_frames_over_the_pixel_limit_are_refused_before_decoding(clip, monkeypatch):
+    monkeypatch.setattr(media, "MAX_IMAGE_PIXELS", 64 * 64)
+    with pytest.raises(MediaError, match="video frames are .* megapixels") as info:
+        next(iter(sample_video_frames(clip, 4)))
+    assert str(clip) in str(info.value)
