@@ -391,6 +391,18 @@ def l_inf_to_clean(adversarial: Path, clean: Path) -> float:
     return float(np.abs(adv / 65535.0 - original / 255.0).max())
 
 
+def test_screening_attack_set_runs_pgd10_at_the_goals_two_points_only(tiny_run, tmp_path):
+    run, data = tiny_run
+    out = tmp_path / "screen"
+    result = runner.invoke(app, ["eval", str(run), "--data", str(data), "--out", str(out), "--limit", "6",
+                                 "--attack-set", "pgd10", "--no-corruptions", "--heatmaps", "0", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    attacks = json.loads((out / "metrics.json").read_text())["attacks"]
+    assert [(r["name"], r["box"]) for r in attacks["results"]] == [("pgd10 eps=1/255", "white"), ("pgd10 eps=4/255", "white")]
+    wrong = runner.invoke(app, ["eval", str(run), "--data", str(data), "--out", str(out), "--attack-set", "all"])
+    assert wrong.exit_code == 2 and wrong.output.startswith("error: --attack-set")
+
+
 @pytest.fixture(scope="module")
 def white_box_bundle(trained, tmp_path_factory) -> Path:
     """The trained toy detector as a bundle with its verified gradient graph, temperature 2 and

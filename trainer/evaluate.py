@@ -292,6 +292,8 @@ DEFAULT_ATTACKS: tuple[AttackSpec, ...] = (
     *(AttackSpec("pgd", k / 255, steps, f"{k}/255") for steps in (10, 20) for k in (1, 2, 4)),
 )
 BLACK_BOX = AttackSpec("square", 4 / 255, SQUARE_QUERIES, "4/255")
+# `--attack-set pgd10`: the two points the robustness goals name, for ranking candidates quickly
+SCREENING_ATTACKS: tuple[AttackSpec, ...] = tuple(AttackSpec("pgd", k / 255, 10, f"{k}/255") for k in (1, 4))
 
 
 def _check_eps(eps: float) -> float:
