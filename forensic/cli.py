@@ -18,7 +18,7 @@ from rich.text import Text
 
 from forensic import __version__
 from forensic.bundle import DEFAULT_BUNDLE, load_bundle
-from forensic.display import printable
+from forensic.display import VERDICT_STYLE, printable
 from forensic.errors import ForensicError
 from forensic.selftest import SelfTestSettings
 from forensic.html_report import write_html
@@ -57,9 +57,6 @@ def main(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version and exit."),
 ) -> None:
     pass
-
-
-VERDICT_STYLE = {"fake": "bold red", "real": "green", "uncertain": "bold yellow", "no-face": "yellow", "error": "bold magenta"}
 
 
 def _table(results: list[FileResult]) -> Table:

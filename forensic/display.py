@@ -1,6 +1,10 @@
-"""Showing untrusted text (file names, paths, error messages that contain them) on a terminal."""
+"""Showing results on a terminal, for the CLI and the TUI alike: verdict colours, and untrusted
+text (file names, paths, error messages that contain them) made safe to print."""
 
 from __future__ import annotations
+
+# Rich styles of the verdicts.
+VERDICT_STYLE = {"fake": "bold red", "real": "green", "uncertain": "bold yellow", "no-face": "yellow", "error": "bold magenta"}
 
 
 def printable(text: str) -> str:

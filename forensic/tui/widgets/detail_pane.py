@@ -11,8 +11,7 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import Label, Static
 
 from forensic.bundle import Bundle
-from forensic.cli import VERDICT_STYLE
-from forensic.display import printable
+from forensic.display import VERDICT_STYLE, printable
 from forensic.heatmaps import combine, overlay
 from forensic.scan import FileResult, deciding_identities, identity_face_keys, verdict_for
 from forensic.tui.state import FileRecord, format_epsilon, format_size

@@ -17,7 +17,7 @@ from textual.geometry import Size
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
-from forensic.cli import VERDICT_STYLE
+from forensic.display import VERDICT_STYLE
 from forensic.tui.messages import FileChosen, SortChosen
 from forensic.tui.state import SORTS, FileRecord, format_fragility, format_size, shorten
 
