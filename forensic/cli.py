@@ -7,7 +7,7 @@ import os
 import sys
 from fractions import Fraction
 from pathlib import Path
-from typing import NoReturn, Optional
+from typing import TYPE_CHECKING, NoReturn, Optional
 
 import typer
 from rich.console import Console
@@ -16,16 +16,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from forensic import __version__
-from forensic.bundle import DEFAULT_BUNDLE, load_bundle
+from forensic import DEFAULT_FRAMES, __version__
+from forensic.bundle import DEFAULT_BUNDLE
 from forensic.display import VERDICT_STYLE, printable
 from forensic.errors import ForensicError
-from forensic.selftest import SelfTestSettings
-from forensic.html_report import write_html
-from forensic.media import collect_inputs, read_path_list
-from forensic.outputs import check_output
-from forensic.report import build_report, write_csv, write_report
-from forensic.scan import DEFAULT_FRAMES, FileResult, Scanner
+
+if TYPE_CHECKING:  # the scan's modules (PyTorch, MTCNN, ONNX Runtime) load in the command that needs them
+    from forensic.scan import FileResult
+    from forensic.selftest import SelfTestSettings
 
 # Exit codes, for pipelines.
 EXIT_FILE_ERRORS = 1  # the scan completed but some files could not be analysed or an output not written
@@ -101,6 +99,13 @@ def scan(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No table or progress; only errors (and --json - output)."),
 ) -> None:
     """Scan images, videos and folders; print a verdict per file and optionally a JSON report."""
+    from forensic.bundle import load_bundle
+    from forensic.html_report import write_html
+    from forensic.media import collect_inputs, read_path_list
+    from forensic.outputs import check_output
+    from forensic.report import build_report, write_csv, write_report
+    from forensic.scan import Scanner
+
     json_to_stdout = json_out == "-"
     # With --json -, stdout carries the report and nothing else.
     console = Console(stderr=json_to_stdout, quiet=quiet)
@@ -190,6 +195,8 @@ def scan(
 
 
 def _self_test_settings(errors: Console, epsilons: str, steps: int) -> SelfTestSettings:
+    from forensic.selftest import SelfTestSettings
+
     try:
         values = tuple(float(Fraction(part.strip())) for part in epsilons.split(",") if part.strip())
     except (ValueError, ZeroDivisionError):

@@ -17,6 +17,7 @@ from typing import Callable, Iterator, Literal
 
 import numpy as np
 
+from forensic import DEFAULT_FRAMES
 from forensic.bundle import Bundle, sha256_file
 from forensic.errors import ForensicError, MediaError
 from forensic.faces import FaceDetector, crop_face
@@ -27,7 +28,6 @@ from forensic.selftest import FRAGILE_EPSILON, GradientOracle, SelfTestSettings,
 from forensic.media import Frame, load_image, media_kind, sample_video_frames
 
 Verdict = Literal["fake", "real", "uncertain", "no-face", "error"]
-DEFAULT_FRAMES = 32
 
 
 @dataclass

@@ -14,7 +14,8 @@ from textual.message import Message
 from forensic.bundle import Bundle
 from forensic.inference import Device
 from forensic.media import media_kind
-from forensic.scan import DEFAULT_FRAMES, FileResult, Scanner
+from forensic import DEFAULT_FRAMES
+from forensic.scan import FileResult, Scanner
 from forensic.selftest import SelfTestSettings
 from forensic.tui.cache import ResultCache
 from forensic.tui.messages import (FileFinished, FileProgress, FileRequeued, FileStarted, ScanNotice,
