@@ -124,6 +124,8 @@ def _check_manifest(manifest: dict, bundle_dir: Path) -> None:
     )
     for key in ("name", "models", "input", "face_crop", "class_order", "decision_threshold"):
         _require(key in manifest, bundle_dir, f"missing key '{key}'")
+    _require(isinstance(manifest["name"], str) and manifest["name"].strip() != "", bundle_dir,
+             f"name {manifest['name']!r} must be a non-empty string")
     _require(
         isinstance(manifest["models"], list) and len(manifest["models"]) > 0,
         bundle_dir,

@@ -124,6 +124,8 @@ def scan(
             lines = [os.fsdecode(line) for line in raw.splitlines()]
         except OSError as exc:
             _usage_error(errors, f"{from_list}: cannot read the path list ({exc.strerror})")
+        if any("\0" in line for line in lines):
+            _usage_error(errors, f"{from_list}: the path list holds a NUL byte, which no file name can contain")
         requested += read_path_list(lines)
     if not requested:
         _usage_error(errors, "nothing to scan: give paths or --from FILE")
@@ -199,7 +201,7 @@ def _self_test_settings(errors: Console, epsilons: str, steps: int) -> SelfTestS
 
     try:
         values = tuple(float(Fraction(part.strip())) for part in epsilons.split(",") if part.strip())
-    except (ValueError, ZeroDivisionError):
+    except (ValueError, ZeroDivisionError, OverflowError):
         _usage_error(errors, f"--self-test-eps: cannot read {epsilons!r} (e.g. 1/255,2/255,4/255)")
     if not values or any(not 0 < v <= 1 for v in values):
         _usage_error(errors, "--self-test-eps: each ε must be in (0, 1]")

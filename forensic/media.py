@@ -65,7 +65,9 @@ def collect_inputs(paths: Iterable[Path], include: Iterable[str] = (), exclude: 
 
     Files named explicitly are always kept, whatever their type, so that a file the user asked
     for is reported (as an error if need be) rather than silently dropped. A file reached twice
-    (named twice, or also inside a folder given) is scanned once, under its first name.
+    (named twice, or also inside a folder given) is scanned once, under its first name. A
+    sub-folder that cannot be listed (no permission, a path over the system's length limit) is
+    kept too, so its scan reports why (symlinked folders are not followed, as before).
     """
     include, exclude = tuple(include), tuple(exclude)
     found: list[Path] = []
@@ -74,18 +76,27 @@ def collect_inputs(paths: Iterable[Path], include: Iterable[str] = (), exclude: 
             is_dir = path.is_dir()
         except OSError:  # unreadable or a name too long: reported as that file's error, not a crash
             is_dir = False
-        if is_dir:
-            found.extend(
-                p for p in sorted(path.rglob("*"))
-                if p.is_file() and media_kind(p) is not None
-                and (not include or _matches(p, path, include)) and not _matches(p, path, exclude)
-            )
-        else:
+        if not is_dir:
             found.append(path)
+            continue
+        inside: list[Path] = []
+        for folder, _, names in os.walk(path, onerror=lambda exc: inside.append(Path(exc.filename))):
+            for name in names:
+                p = Path(folder) / name
+                try:
+                    keep = p.is_file() and media_kind(p) is not None
+                except OSError:
+                    keep = True  # cannot be stat'ed: its scan says why
+                if keep and (not include or _matches(p, path, include)) and not _matches(p, path, exclude):
+                    inside.append(p)
+        found.extend(sorted(inside))
     seen: set[str] = set()
     unique = []
     for path in found:
-        key = os.path.realpath(path)
+        try:
+            key = os.path.realpath(path)
+        except (OSError, ValueError):
+            key = str(path)
         if key not in seen:
             seen.add(key)
             unique.append(path)

@@ -30,15 +30,25 @@ def check_output(destination: Path, inputs: Iterable[Path]) -> None:
     one of the inputs (by path or as the same file); make its folder."""
     if destination.is_dir():
         raise ForensicError(f"{destination}: is a folder, not a file to write to")
-    target = destination.resolve()
+    try:
+        target = destination.resolve()
+    except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop
+        raise ForensicError(f"{destination}: cannot be resolved ({exc})") from None
     exists = destination.exists()
     for path in inputs:
-        if target == path.resolve() or (exists and same_file(destination, path)):
+        if target == _resolved(path) or (exists and same_file(destination, path)):
             raise ForensicError(f"{destination}: is one of the inputs ({path}), and inputs are never overwritten")
     try:
         destination.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ForensicError(f"{destination.parent}: cannot make the folder ({exc.strerror or exc})") from None
+
+
+def _resolved(path: Path) -> Path | None:
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError):  # a loop or a name too long: it cannot be the destination
+        return None
 
 
 def atomic_write(destination: Path, write: Callable[[BinaryIO], None]) -> Path:

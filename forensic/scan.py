@@ -275,6 +275,16 @@ class Scanner:
         result = FileResult(path=str(path), kind=kind, sha256=None, verdict="error", score=None, threshold=self.threshold)
         timings = {"hash": 0.0, "decode": 0.0, "detect": 0.0, "classify": 0.0}
         try:
+            try:
+                is_dir = path.is_dir()
+            except OSError as exc:  # e.g. a name over the system's length limit
+                raise MediaError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+            if is_dir:
+                try:
+                    os.listdir(path)
+                except OSError as exc:
+                    raise MediaError(f"{path}: cannot read the folder ({exc.strerror or exc}); its files were not scanned") from None
+                raise MediaError(f"{path}: is a folder")
             if not path.is_file():
                 raise MediaError(f"{path}: no such file")
             started = time.perf_counter()

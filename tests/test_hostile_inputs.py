@@ -97,3 +97,64 @@ def test_video_frames_over_the_pixel_limit_are_refused_before_decoding(clip, mon
     with pytest.raises(MediaError, match="video frames are .* megapixels") as info:
         next(iter(sample_video_frames(clip, 4)))
     assert str(clip) in str(info.value)
+
+
+def test_a_folder_past_the_path_length_limit_is_reported_and_the_rest_scanned(sample_media, tmp_path):
+    top = tmp_path / "batch"
+    top.mkdir()
+    shutil.copy(sample_media["coffee_no_face.jpg"], top / "good.jpg")
+    # nested folders whose full path passes PATH_MAX (4096): made relative to each other
+    deep = os.open(top, os.O_RDONLY)
+    try:
+        for _ in range(18):
+            os.mkdir("d" * 250, dir_fd=deep)
+            inner = os.open("d" * 250, os.O_RDONLY, dir_fd=deep)
+            os.close(deep)
+            deep = inner
+    finally:
+        os.close(deep)
+    result = runner.invoke(app, ["scan", str(top), "--json", "-"])
+    assert result.exit_code == 1, result.output
+    files = json.loads(result.stdout)["files"]
+    verdicts = {Path(f["path"]).name: f["verdict"] for f in files if len(f["path"]) < 200}
+    assert verdicts == {"good.jpg": "no-face"}
+    too_long = [f for f in files if len(f["path"]) > 4000]
+    assert len(too_long) == 1 and too_long[0]["verdict"] == "error" and "File name too long" in too_long[0]["error"]
+
+
+def test_a_symlink_loop_named_as_input_is_that_files_error(sample_media, tmp_path):
+    loop = tmp_path / "loop.jpg"
+    loop.symlink_to(loop)
+    good = tmp_path / "good.jpg"
+    shutil.copy(sample_media["coffee_no_face.jpg"], good)
+    result = runner.invoke(app, ["scan", str(loop), str(good), "--json", str(tmp_path / "report.json")])
+    assert result.exit_code == 1, result.output
+    files = {Path(f["path"]).name: f for f in json.loads((tmp_path / "report.json").read_text())["files"]}
+    assert files["loop.jpg"]["verdict"] == "error" and files["good.jpg"]["verdict"] == "no-face"
+
+
+@pytest.mark.parametrize("args, problem", [
+    (["--self-test", "--self-test-eps", "1e309"], "--self-test-eps"),
+    (["--from", "LIST"], "NUL byte"),
+])
+def test_option_values_no_number_or_name_can_hold_are_one_line_errors(sample_media, tmp_path, args, problem):
+    listing = tmp_path / "list.txt"
+    listing.write_bytes(str(sample_media["coffee_no_face.jpg"]).encode() + b"\n/tmp/a\x00b.jpg\n")
+    args = [str(listing) if a == "LIST" else a for a in args]
+    result = runner.invoke(app, ["scan", str(sample_media["coffee_no_face.jpg"]), *args])
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith("error: ") and problem in result.output and result.output.count("\n") == 1
+
+
+@pytest.mark.parametrize("name", [7, None, ""])
+def test_a_manifest_whose_name_is_not_a_string_is_refused_at_load(tmp_path, name, sample_media):
+    from forensic.bundle import DEFAULT_BUNDLE
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(DEFAULT_BUNDLE, bundle)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["name"] = name
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    result = runner.invoke(app, ["scan", str(sample_media["coffee_no_face.jpg"]), "--bundle", str(bundle)])
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith("error: ") and "must be a non-empty string" in result.output
