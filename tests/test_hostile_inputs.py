@@ -158,3 +158,49 @@ def test_a_manifest_whose_name_is_not_a_string_is_refused_at_load(tmp_path, name
     result = runner.invoke(app, ["scan", str(sample_media["coffee_no_face.jpg"]), "--bundle", str(bundle)])
     assert result.exit_code == 2, result.output
     assert result.output.startswith("error: ") and "must be a non-empty string" in result.output
+
+
+class _RunsCode:
+    """Unpickling this would write a marker file: weights_only loading must refuse it."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path(self.marker).write_text, ("code ran",))
+
+
+def test_trainer_refuses_junk_and_pickled_code_as_checkpoints_in_one_line(face_dataset, tmp_path, monkeypatch):
+    import pickle
+
+    import torch
+
+    from trainer.cli import app as trainer_app
+
+    marker = tmp_path / "marker"
+    evil = tmp_path / "evil.pt"
+    torch.save({"model": _RunsCode(str(marker))}, evil, pickle_protocol=pickle.DEFAULT_PROTOCOL)
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"\x00" * 100)
+    monkeypatch.chdir(tmp_path)
+    relative = os.path.relpath(face_dataset, tmp_path)
+    base = ["fit", "--data", relative, "--arch", "resnet_se", "--size", "32", "--batch-size", "8", "--workers", "0"]
+    for checkpoint in (evil, junk):
+        result = runner.invoke(trainer_app, [*base, "--epochs", "1", "--init", str(checkpoint), "--out", str(tmp_path / f"run-{checkpoint.stem}")])
+        assert result.exit_code == 2, result.output
+        assert result.output.startswith("error: ") and str(checkpoint) in result.output and result.output.count("\n") == 1
+    assert not marker.exists()
+
+    run = tmp_path / "run"
+    assert runner.invoke(trainer_app, [*base, "--epochs", "1", "--out", str(run)]).exit_code == 0
+    # config.json keeps the data folder absolute: --resume works from another folder
+    assert Path(json.loads((run / "config.json").read_text())["fit"]["data"]).is_absolute()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    resumed = runner.invoke(trainer_app, ["fit", "--out", str(run), "--epochs", "2", "--resume"])
+    assert resumed.exit_code == 0, resumed.output
+    (run / "last.pt").write_bytes(b"not a checkpoint")
+    broken = runner.invoke(trainer_app, ["fit", "--out", str(run), "--epochs", "3", "--resume"])
+    assert broken.exit_code == 2 and broken.output.startswith("error: ") and broken.output.count("\n") == 1
+    assert "not a resumable" in broken.output

@@ -39,6 +39,19 @@ def _fail(exc: Exception) -> None:
     raise typer.Exit(2)
 
 
+def _with_progress(progress: Progress, work, expected: tuple[type[Exception], ...]):
+    """`work()`'s result; an expected error is one line after the progress bar (started on first
+    use by the caller's callback, so an input error prints nothing else) is taken down."""
+    try:
+        return work()
+    except expected as exc:
+        error = exc
+    finally:
+        if progress.live.is_started:
+            progress.stop()
+    _fail(error)
+
+
 def _version(value: bool) -> None:
     if value:
         typer.echo(f"trainer {__version__}")
@@ -119,9 +132,10 @@ def fit_command(
         for key in ("data", "out"):
             if values.get(key) is None:
                 raise ValueError(f"--{key} is required (on the command line or in --config)")
-        values["data"], values["out"] = str(values["data"]), str(values["out"])
+        # Absolute, so that `--resume` and `--config RUN/config.json` work from any folder.
+        values["data"], values["out"] = str(Path(values["data"]).absolute()), str(values["out"])
         if values.get("val_data") is not None:
-            values["val_data"] = str(values["val_data"])
+            values["val_data"] = str(Path(values["val_data"]).absolute())
         model_spec(values.get("arch", "efficientnet_lite0"))
         method_class(values.get("method", "erm"))
         config = FitConfig(**values)
@@ -132,14 +146,13 @@ def fit_command(
     task = progress.add_task("starting", total=None, logs="")
 
     def on_progress(phase: str, done: int, total: int, logs: dict) -> None:
+        if not progress.live.is_started:  # started on first use: an input error stays one line
+            progress.start()
         shown = f"loss {logs['loss']:.4f} acc {logs['accuracy']:.3f} {logs['img/s']:.1f} img/s"
         progress.update(task, description=phase, completed=done, total=total, logs=shown)
 
-    try:
-        with progress:
-            best = fit(config, resume=resume, on_progress=on_progress, on_epoch=_print_epoch)
-    except (DatasetError, RunError, InitError, ValueError) as exc:
-        _fail(exc)
+    best = _with_progress(progress, lambda: fit(config, resume=resume, on_progress=on_progress, on_epoch=_print_epoch),
+                          (DatasetError, RunError, InitError, ValueError))
     auc = "n/a" if best["val_auc"] is None else f"{best['val_auc']:.4f}"
     console.print(f"best epoch {best['epoch']}: val acc {best['val_accuracy']:.4f} AUC {auc}; run in {config.out}",
                   highlight=False, soft_wrap=True)
@@ -326,19 +339,11 @@ def eval_command(
             progress.start()
         progress.update(task, description=phase, completed=done, total=total)
 
-    error = None
-    try:
-        if bundle is not None:
-            report = evaluate_bundle(bundle, data, out, settings, on_progress=on_progress)
-        else:
-            report = evaluate_run(paths[0], data, out, settings, checkpoint=checkpoint, on_progress=on_progress)
-    except (EvaluationError, DatasetError, ExportError, ForensicError, OSError, ValueError) as exc:
-        error = exc
-    finally:
-        if progress.live.is_started:
-            progress.stop()
-    if error is not None:
-        _fail(error)
+    report = _with_progress(
+        progress,
+        lambda: evaluate_bundle(bundle, data, out, settings, on_progress=on_progress) if bundle is not None
+        else evaluate_run(paths[0], data, out, settings, checkpoint=checkpoint, on_progress=on_progress),
+        (EvaluationError, DatasetError, ExportError, ForensicError, OSError, ValueError))
     stdout.print(summary_table(report))
     for line in summary_lines(report):
         stdout.print(line, markup=False, soft_wrap=True)

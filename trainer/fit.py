@@ -38,6 +38,7 @@ from trainer.data import FaceCrops, class_counts, eval_transform, list_split, tr
 from trainer.methods import create_method, method_class
 from trainer.pairing import PairedBatchSampler, find_partners
 from trainer.models import Detector, create_model, model_spec
+from trainer.models.registry import checkpoint_problem
 from forensic.versions import library_versions
 
 
@@ -301,8 +302,14 @@ def _method_options(config: FitConfig) -> dict[str, Any]:
 def _resume_differences(saved: dict[str, Any], config: FitConfig) -> list[str]:
     """The settings that differ from the run being resumed, other than those --resume may change."""
     current = asdict(config)
+
+    def same(key: str) -> bool:
+        if key in ("data", "val_data") and saved.get(key) and current[key]:
+            return Path(saved[key]).absolute() == Path(current[key]).absolute()  # runs made before paths were stored absolute
+        return saved.get(key) == current[key]
+
     return [f"{key} {saved.get(key)!r} → {current[key]!r}" for key in sorted(current)
-            if key not in RESUMABLE and saved.get(key) != current[key]]
+            if key not in RESUMABLE and not same(key)]
 
 
 def _save_atomically(obj: Any, path: Path) -> None:
@@ -391,19 +398,28 @@ def fit(config: FitConfig, resume: bool = False,
     start_epoch, best, history, stale = 1, None, [], 0
     if resume:
         # On the CPU first: RNG states must stay CPU tensors; the optimizer moves its own state.
-        state = torch.load(last_path, map_location="cpu", weights_only=True)
-        differences = _resume_differences(state["config"]["fit"], config)
+        try:
+            state = torch.load(last_path, map_location="cpu", weights_only=True)
+            saved_fit = state["config"]["fit"]
+        except Exception as exc:  # junk, truncated, a pickle weights_only refuses, another file's layout
+            first = checkpoint_problem(exc)
+            raise RunError(f"{last_path}: not a resumable `trainer fit` checkpoint ({first})") from None
+        differences = _resume_differences(saved_fit, config)
         if differences:
             raise RunError(f"{out}: cannot resume with other settings ({'; '.join(differences)}); only "
                            f"epochs, patience, workers and device may change (leave the rest out to keep the run's)")
         if state["epoch"] >= config.epochs:
             raise RunError(f"{out}: already trained for {state['epoch']} epochs; raise --epochs to train more")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        method.load_state_dict(state["method"])
-        _set_rng_state(state["rng"])
-        start_epoch, best, history, stale = state["epoch"] + 1, state["best"], state["history"], state["stale"]
+        try:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            method.load_state_dict(state["method"])
+            _set_rng_state(state["rng"])
+            start_epoch, best, history, stale = state["epoch"] + 1, state["best"], state["history"], state["stale"]
+        except Exception as exc:
+            first = checkpoint_problem(exc)
+            raise RunError(f"{last_path}: does not match this run ({first})") from None
 
     out.mkdir(parents=True, exist_ok=True)
     run_config = {"fit": asdict(config), "mean": list(spec.mean), "std": list(spec.std),

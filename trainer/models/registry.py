@@ -113,17 +113,34 @@ class InitError(Exception):
     """An initialisation that cannot be done, described in one line."""
 
 
+def checkpoint_problem(exc: Exception) -> str:
+    """A checkpoint's load error in a few words. torch's own message for a refused pickle advises
+    loading with weights_only=False, which would run whatever code an untrusted file carries."""
+    import pickle
+
+    if isinstance(exc, pickle.UnpicklingError):
+        return "UnpicklingError: it holds Python objects besides tensors; refused unread, since loading them could run code"
+    return f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:200]}"
+
+
 def _load_state_dict_file(model: Detector, path: Path) -> str:
     """A .pth/.pt (loaded with weights_only=True, never unpickled) or .safetensors state dict:
     of a whole Detector, of its backbone, or a `trainer fit` checkpoint (its 'model' entry)."""
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
 
-        state = load_file(str(path))
-    else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if isinstance(state, dict) and isinstance(state.get("model"), dict):
-            state = state["model"]
+            state = load_file(str(path))
+        else:
+            # weights_only: a malicious pickle runs no code; it (or junk) fails here instead
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            if isinstance(state, dict) and isinstance(state.get("model"), dict):
+                state = state["model"]
+    except Exception as exc:
+        first = checkpoint_problem(exc)
+        raise InitError(f"{path}: not a loadable state dict ({first})") from None
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        raise InitError(f"{path}: not a state dict (a mapping of names to tensors)")
     target = model if any(k.startswith("backbone.") for k in state) else model.backbone
     try:
         target.load_state_dict(state)
