@@ -29,6 +29,9 @@ if TYPE_CHECKING:  # the scan's modules (PyTorch, MTCNN, ONNX Runtime) load in t
 EXIT_FILE_ERRORS = 1  # the scan completed but some files could not be analysed or an output not written
 EXIT_USAGE = 2  # bad arguments or an unusable bundle (Typer also uses 2); nothing was scanned
 EXIT_FAKE_FOUND = 3  # only with --fail-on-fake
+# A worker process starts in seconds (PyTorch, MTCNN, ONNX Runtime): by default parallel scanning
+# starts once there are this many files per worker.
+FILES_PER_WORKER = 16
 
 app = typer.Typer(
     add_completion=False,
@@ -96,6 +99,7 @@ def scan(
     self_test_steps: int = typer.Option(10, "--self-test-steps", min=1, help="PGD steps per ε."),
     device: str = typer.Option("auto", "--device", help="auto (GPU if it truly loads, else CPU), cpu or cuda."),
     fail_on_fake: bool = typer.Option(False, "--fail-on-fake", help="Exit with status 3 when any file is judged fake."),
+    workers: Optional[int] = typer.Option(None, "--workers", "-j", min=1, help=f"Processes scanning files in parallel, each with one thread (default: the cores, {os.cpu_count()}, once there are {FILES_PER_WORKER} files for each; fewer files are scanned in this process, as a worker's start-up costs seconds)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No table or progress; only errors (and --json - output)."),
 ) -> None:
     """Scan images, videos and folders; print a verdict per file and optionally a JSON report."""
@@ -129,12 +133,12 @@ def scan(
         requested += read_path_list(lines)
     if not requested:
         _usage_error(errors, "nothing to scan: give paths or --from FILE")
+    settings = dict(device=device, frames=frames, fps=fps, threshold=threshold, uncertain_band=uncertain_band,
+                    aggregation=aggregation, min_face=min_face, heatmap_dir=heatmaps, keep_crops=html_out is not None,
+                    self_test=_self_test_settings(errors, self_test_eps, self_test_steps) if self_test else None)
     try:
         loaded = load_bundle(bundle)
-        scanner = Scanner(loaded, device=device, frames=frames, fps=fps, threshold=threshold,  # type: ignore[arg-type]
-                          uncertain_band=uncertain_band, aggregation=aggregation, min_face=min_face,
-                          heatmap_dir=heatmaps, keep_crops=html_out is not None,
-                          self_test=_self_test_settings(errors, self_test_eps, self_test_steps) if self_test else None)  # type: ignore[arg-type]
+        scanner = Scanner(loaded, **settings)  # type: ignore[arg-type]
     except ForensicError as exc:
         _usage_error(errors, str(exc))
     inputs = collect_inputs(requested, include=include, exclude=exclude)
@@ -153,16 +157,30 @@ def scan(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
         console=errors, transient=True, disable=quiet,
     )
+    def finished(result: FileResult) -> None:
+        if result.error:
+            errors.print(f"error: {printable(result.error)}", markup=False, highlight=False, soft_wrap=True)
+        progress.advance(task)
+
     with progress:
         task = progress.add_task("scanning", total=len(inputs))
-        for path in inputs:
-            progress.update(task, description=f"scanning {escape(printable(path.name))}")
-            result = scanner.scan_file(path, on_frames=lambda n, name=printable(path.name): progress.update(
-                task, description=f"scanning {escape(name)}: {n} frames analysed"))
-            results.append(result)
-            if result.error:
-                errors.print(f"error: {printable(result.error)}", markup=False, highlight=False, soft_wrap=True)
-            progress.advance(task)
+        processes = min(workers or max(1, min(os.cpu_count() or 1, len(inputs) // FILES_PER_WORKER)), len(inputs))
+        if processes > 1:
+            from forensic.parallel import scan_in_processes
+
+            progress.update(task, description=f"scanning in {processes} processes")
+            try:
+                results = scan_in_processes(inputs, loaded.path, loaded.sha256, settings, processes,
+                                            on_result=lambda index, result: finished(result))
+            except ForensicError as exc:
+                _usage_error(errors, str(exc))
+        else:
+            for path in inputs:
+                progress.update(task, description=f"scanning {escape(printable(path.name))}")
+                result = scanner.scan_file(path, on_frames=lambda n, name=printable(path.name): progress.update(
+                    task, description=f"scanning {escape(name)}: {n} frames analysed"))
+                results.append(result)
+                finished(result)
 
     report = build_report(results, scanner)
     console.print(_table(results))

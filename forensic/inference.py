@@ -24,9 +24,17 @@ def _cuda_usable() -> bool:
     return CUDA in ort.get_available_providers() and torch.cuda.is_available()
 
 
-def _make_session(model_path: str, device: Device) -> ort.InferenceSession:
+def session_options(threads: int = 0) -> ort.SessionOptions:
+    """ONNX Runtime's options for forensic's sessions; `threads` intra-op threads (0: one per
+    core, ONNX Runtime's default; a folder scanned by several processes gives each one)."""
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    options.intra_op_num_threads = threads
+    return options
+
+
+def _make_session(model_path: str, device: Device, threads: int = 0) -> ort.InferenceSession:
+    options = session_options(threads)
     if device == "cpu" or (device == "auto" and not _cuda_usable()):
         return ort.InferenceSession(model_path, options, providers=[CPU])
     # ONNX Runtime's own multi-line load errors would bury ours; the check below reports it.
@@ -57,8 +65,9 @@ class Prediction:
 class EnsembleRunner:
     """All models of a bundle, combined by the manifest's weights."""
 
-    def __init__(self, bundle: Bundle, device: Device = "auto", batch_size: int = 32):
+    def __init__(self, bundle: Bundle, device: Device = "auto", batch_size: int = 32, threads: int = 0):
         self.bundle = bundle
+        self.threads = threads
         self.batch_size = batch_size
         spec = bundle.manifest["input"]
         self._normalize_here = not spec["normalize_in_graph"]
@@ -69,7 +78,7 @@ class EnsembleRunner:
         self.sessions: dict[str, ort.InferenceSession] = {}
         for entry in bundle.models:
             try:
-                self.sessions[entry.name] = _make_session(str(bundle.path / entry.file), device)
+                self.sessions[entry.name] = _make_session(str(bundle.path / entry.file), device, threads)
             except ForensicError:
                 raise
             except Exception as exc:  # onnxruntime raises its own exception types

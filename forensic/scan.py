@@ -139,6 +139,7 @@ class Scanner:
         keep_crops: bool = False,
         self_test: SelfTestSettings | None = None,
         detector: FaceDetector | None = None,
+        threads: int = 0,
     ):
         if fps is not None:
             frames = None
@@ -152,7 +153,7 @@ class Scanner:
         self.uncertain_band = bundle.uncertain_band if uncertain_band is None else uncertain_band
         self.aggregation = aggregation
         aggregate([0.5], aggregation)  # reject an unknown aggregation now, not per file
-        self.runner = EnsembleRunner(bundle, device=device)
+        self.runner = EnsembleRunner(bundle, device=device, threads=threads)
         self.heatmap_dir = Path(heatmap_dir) if heatmap_dir else None
         if self.heatmap_dir and not self.runner.cam_models:
             raise ForensicError(f"{bundle.path}: no model in this bundle has a class-activation-map output, "
@@ -168,7 +169,7 @@ class Scanner:
         self.self_test_fallback: str | None = None
         if self_test is not None:
             try:
-                self.gradient_oracle = GradientOracle(bundle, self.runner.providers)
+                self.gradient_oracle = GradientOracle(bundle, self.runner.providers, threads)
             except LookupError as missing:
                 entry = next(e for e in bundle.models if e.name == str(missing.args[0]))
                 self.self_test_fallback = (f"model {entry.name} has no gradient graph "

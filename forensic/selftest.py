@@ -19,7 +19,7 @@ import numpy as np
 import onnxruntime as ort
 
 from forensic.bundle import Bundle
-from forensic.inference import EnsembleRunner
+from forensic.inference import EnsembleRunner, session_options
 
 DEFAULT_EPSILONS = (1 / 255, 2 / 255, 4 / 255, 8 / 255)
 FRAGILE_EPSILON = 1 / 255
@@ -36,14 +36,14 @@ class SelfTestSettings:
 class GradientOracle:
     """d(weighted loss)/d pixels for a batch of crops, from the bundle's gradient graphs."""
 
-    def __init__(self, bundle: Bundle, providers: list[str]):
+    def __init__(self, bundle: Bundle, providers: list[str], threads: int = 0):
         self.sessions, self.weights = [], []
         total = sum(entry.weight for entry in bundle.models)
         for entry in bundle.models:
             graph = entry.gradient_graph
             if graph is None:
                 raise LookupError(entry.name)
-            self.sessions.append(ort.InferenceSession(str(bundle.path / graph), providers=providers))
+            self.sessions.append(ort.InferenceSession(str(bundle.path / graph), session_options(threads), providers=providers))
             self.weights.append(entry.weight / total)
 
     def __call__(self, pixels: np.ndarray, labels: np.ndarray) -> np.ndarray:

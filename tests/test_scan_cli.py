@@ -243,3 +243,20 @@ def test_a_file_that_changes_while_it_is_scanned_is_an_error_not_a_verdict(sampl
     assert changed.verdict == "error" and changed.score is None
     assert changed.error.startswith(f"{video}: changed while it was being scanned")
     assert scanner.scan_file(video).verdict in ("real", "fake", "uncertain")  # left alone, it is scanned
+
+
+def test_workers_give_the_same_report_in_the_same_order(sample_media, tmp_path):
+    """--workers 2 scans in two processes; the report is the one a single process writes."""
+    paths = [str(sample_media[name]) for name in ("astronaut.png", "coffee_no_face.jpg", "corrupt.jpg", "astronaut_pan.mp4")]
+    reports = {}
+    for workers in (1, 2):
+        out = tmp_path / f"report{workers}.json"
+        result = runner.invoke(app, ["scan", *paths, "--workers", str(workers), "--frames", "4", "--json", str(out)])
+        assert result.exit_code == 1, result.output  # the corrupt file
+        reports[workers] = json.loads(out.read_text())
+    assert [f["path"] for f in reports[2]["files"]] == paths
+
+    def comparable(report: dict) -> list[dict]:
+        return [{k: v for k, v in f.items() if k != "timings"} for f in report["files"]]
+
+    assert comparable(reports[2]) == comparable(reports[1])

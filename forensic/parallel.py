@@ -1,0 +1,59 @@
+"""Scanning a batch of files in several processes (`forensic scan --workers N`).
+
+Each worker process loads the bundle and builds its own Scanner (its own MTCNN and ONNX
+Runtime sessions) with one intra-op thread, so N workers keep N cores busy without
+oversubscribing them. Files are handed out one at a time and the results come back in the
+order of the inputs, so a report does not depend on N. Workers are started with `spawn`:
+forking a process that already holds PyTorch's and ONNX Runtime's thread pools can deadlock.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+from typing import Any, Callable
+
+from forensic.errors import ForensicError
+from forensic.scan import FileResult, Scanner
+
+_scanner: Scanner | None = None
+
+
+def _start_worker(bundle_path: str, bundle_sha256: str, settings: dict[str, Any]) -> None:
+    import torch
+
+    from forensic.bundle import load_bundle
+
+    global _scanner
+    torch.set_num_threads(1)
+    bundle = load_bundle(Path(bundle_path))
+    if bundle.sha256 != bundle_sha256:  # replaced on disk since the parent loaded it
+        raise ForensicError(f"{bundle_path}: changed while the scan was starting")
+    _scanner = Scanner(bundle, threads=1, **settings)
+
+
+def _scan(path: str) -> FileResult:
+    assert _scanner is not None
+    return _scanner.scan_file(Path(path))
+
+
+def scan_in_processes(paths: list[Path], bundle_path: Path, bundle_sha256: str, settings: dict[str, Any],
+                      workers: int, on_result: Callable[[int, FileResult], None] | None = None) -> list[FileResult]:
+    """`Scanner(bundle, **settings).scan_file` on every path, in `workers` processes; results in
+    input order. `on_result(index, result)` is called as each file finishes (in finishing order)."""
+    context = multiprocessing.get_context("spawn")
+    results: list[FileResult | None] = [None] * len(paths)
+    try:
+        with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_start_worker,
+                                 initargs=(str(bundle_path), bundle_sha256, settings)) as pool:
+            futures = {pool.submit(_scan, str(path)): index for index, path in enumerate(paths)}
+            for future in as_completed(futures):
+                index = futures[future]
+                results[index] = future.result()
+                if on_result:
+                    on_result(index, results[index])
+    except BrokenProcessPool as exc:  # a worker could not start (or was killed): nothing to report per file
+        raise ForensicError(f"a scanning process stopped ({exc}); try --workers 1") from None
+    return results  # type: ignore[return-value]
