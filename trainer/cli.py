@@ -269,6 +269,46 @@ def prepare_command(
         log(line)
 
 
+@app.command(name="folds")
+def folds_command(
+    data: Path = typer.Argument(..., metavar="DATASET_DIR", help="A `trainer prepare` folder."),
+    out: Path = typer.Option(..., "--out", metavar="FOLDS_DIR", help="Folder to write: FOLDS_DIR/fold-{i}/{train,validation}/{real,fake}/ (links to the crops) and folds.json."),
+    k: int = typer.Option(5, "--k", min=2, help="Number of folds."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the fold assignment."),
+    splits: str = typer.Option("train,validation", "--splits", help="The prepared splits the folds are made from (the test split stays out)."),
+) -> None:
+    """Grouped K-fold cross-validation views: each identity group's videos in one fold's validation."""
+    from trainer.folds import FoldsError, make_folds
+
+    try:
+        summary = make_folds(data, out, k=k, seed=seed, splits=[s.strip() for s in splits.split(",") if s.strip()])
+    except (FoldsError, OSError, ValueError) as exc:
+        _fail(exc)
+    for fold in summary["folds"]:
+        typer.echo(f"fold-{fold['fold']}: {fold['groups']} identity groups, {len(fold['videos'])} videos "
+                   f"({fold['real_videos']} real, {fold['fake_videos']} fake), {fold['crops']} crops")
+    typer.echo(f"folds in {out} (folds.json lists each fold's videos)")
+
+
+@app.command(name="pool")
+def pool_command(
+    reports: list[Path] = typer.Argument(..., metavar="REPORT_DIR...", help="`trainer eval` folders, one per fold's validation."),
+    threshold: float = typer.Option(0.5, "--threshold", min=0.0, max=1.0, help="P(fake) at which a crop or video is called fake."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the pooled figures here."),
+) -> None:
+    """Pool out-of-fold scores: frame and video AUC with intervals over videos, and each fold's."""
+    from trainer.folds import FoldsError, pool_lines, pool_reports
+
+    try:
+        pooled = pool_reports(reports, threshold=threshold)
+        if json_out is not None:
+            json_out.write_text(json.dumps(pooled, indent=1) + "\n")
+    except (FoldsError, OSError, ValueError) as exc:
+        _fail(exc)
+    for line in pool_lines(pooled):
+        typer.echo(line)
+
+
 @app.command(name="eval")
 def eval_command(
     paths: Optional[list[Path]] = typer.Argument(None, metavar="RUN_DIR | REPORT_DIR...", help="A `trainer fit` run folder (or give --bundle); with --compare, two or more report folders."),

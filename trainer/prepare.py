@@ -337,6 +337,11 @@ def _save_png(path: Path, image: np.ndarray) -> None:
     os.replace(partial, path)
 
 
+def read_records(out: Path) -> dict[str, dict]:
+    """A prepared folder's records, video name -> {video, path, label, split, status, crops: {name: landmarks}}."""
+    return _read_done(Path(out) / DONE_FILE)
+
+
 def _read_done(path: Path) -> dict[str, dict]:
     """Video name -> its last record; a torn last line (an interrupted append) is ignored."""
     records: dict[str, dict] = {}
