@@ -24,7 +24,7 @@ from forensic.faces import FaceDetector, crop_face
 from forensic.heatmaps import combine, overlay, write_png
 from forensic.identities import Aggregation, aggregate, group_identities, minimum_frames
 from forensic.inference import Device, EnsembleRunner
-from forensic.selftest import FRAGILE_EPSILON, GradientOracle, SelfTestSettings, attack
+from forensic.selftest import FRAGILE_EPSILON, GradientOracle, SelfTestSettings, attack, bisect_schedule
 from forensic.media import Frame, load_image, media_kind, sample_video_frames
 
 Verdict = Literal["fake", "real", "uncertain", "no-face", "error"]
@@ -345,22 +345,35 @@ class Scanner:
                    for identity in deciding_identities(result.identities))
 
     def _self_test(self, result: FileResult, check: Callable[[], None] | None = None) -> dict:
-        keys = sorted(result.crops)
+        deciding = {identity.identity for identity in deciding_identities(result.identities)}
+        keys = sorted(key for key in result.crops
+                      if result.frames[key[0]].faces[key[1]].identity in deciding)
         pixels = self.runner.to_pixels(np.stack([result.crops[key][0] for key in keys]))
         fake_side = result.score >= self.threshold
         labels = np.full(len(keys), 1 if fake_side else 0, dtype=np.int64)
-        trials, fragility = [], None
-        for epsilon in self.self_test.epsilons:
-            adversarial = attack(self.runner, self.gradient_oracle, pixels, labels, epsilon, self.self_test, check)
+        epsilons = sorted(self.self_test.epsilons)
+        trials = []
+
+        def file_score(adversarial: np.ndarray) -> float:
             scores = self.runner.predict_pixels(adversarial).ensemble
-            score = self._file_score(result, dict(zip(keys, scores.tolist())))
+            return self._file_score(result, dict(zip(keys, scores.tolist())))
+
+        def flips(epsilon: float) -> bool:
+            adversarial, steps = attack(self.runner, self.gradient_oracle, pixels, labels, epsilon, self.self_test,
+                                        check, done=lambda x: (file_score(x) >= self.threshold) != fake_side)
+            score = file_score(adversarial)
             flipped = (score >= self.threshold) != fake_side
-            trials.append({"epsilon": epsilon, "score": round(score, 6), "flipped": bool(flipped),
+            # Unrounded: an attack stopped at its first flip leaves the score just across the threshold.
+            trials.append({"epsilon": epsilon, "score": score, "flipped": bool(flipped), "steps": steps,
                            "max_perturbation": float(np.abs(adversarial - pixels).max())})
-            if flipped and fragility is None:
-                fragility = epsilon
+            return flipped
+
+        fragility = bisect_schedule(epsilons, flips)
+        trials.sort(key=lambda trial: trial["epsilon"])
         return {"attack": "pgd" if self.gradient_oracle else "spsa", "fallback_reason": self.self_test_fallback,
-                "steps": self.self_test.steps, "faces_attacked": len(keys), "trials": trials,
+                "steps": self.self_test.steps, "epsilons": epsilons, "search": "bisection",
+                "towards": "real" if fake_side else "fake",
+                "faces_attacked": len(keys), "trials": trials,
                 "fragility": fragility, "fragile": fragility is not None and fragility <= FRAGILE_EPSILON + 1e-9}
 
     @staticmethod

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import io
+import math
 
 import pytest
 import torch
@@ -347,3 +348,20 @@ def test_dual_attacker_artifacts_and_options(small_batch):
     logs = no_pgd.step(model, *small_batch, torch.optim.SGD(model.parameters(), lr=0.0))
     assert logs["pgd_loss"] != logs["pgd_loss"]  # NaN
     assert logs["loss"] == pytest.approx((0.4 * logs["clean_loss"] + 0.3 * logs["unet_loss"]) / 0.7, rel=1e-5)
+
+
+def test_bisect_schedule_finds_the_smallest_flipping_epsilon_in_few_trials():
+    from forensic.selftest import bisect_schedule
+
+    for length in range(1, 9):
+        schedule = [k / 255 for k in range(1, length + 1)]
+        for first_flip in range(length + 1):  # the index of the first flip; length: none flips
+            tried: list[float] = []
+
+            def flips(epsilon: float) -> bool:
+                tried.append(epsilon)
+                return schedule.index(epsilon) >= first_flip
+
+            found = bisect_schedule(schedule, flips)
+            assert found == (schedule[first_flip] if first_flip < length else None)
+            assert len(tried) == len(set(tried)) <= math.ceil(math.log2(length + 1))

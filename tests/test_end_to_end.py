@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import jsonschema
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -16,7 +17,8 @@ from forensic import __version__
 from forensic.bundle import load_bundle, sha256_file
 from forensic.cli import app as forensic_app
 from forensic.report import report_schema
-from forensic.scan import verdict_for
+from forensic.scan import Scanner, verdict_for
+from forensic.selftest import GradientOracle, SelfTestSettings, attack
 from trainer.cli import app as trainer_app
 
 runner = CliRunner()
@@ -237,10 +239,31 @@ def test_self_test_attacks_within_epsilon_and_reports_fragility(bundle_dir, samp
     entry = report["files"][0]
     test = entry["self_test"]
     assert test["attack"] == "pgd" and test["fallback_reason"] is None and test["faces_attacked"] == 1
-    assert [t["epsilon"] for t in test["trials"]] == pytest.approx([1 / 255, 4 / 255, 16 / 255])
+    schedule = [1 / 255, 4 / 255, 16 / 255]
+    assert test["epsilons"] == pytest.approx(schedule) and test["search"] == "bisection"
+    tried = [t["epsilon"] for t in test["trials"]]
+    assert tried == sorted(tried) and set(tried) <= set(test["epsilons"]) and len(tried) <= 2, "bisection: 2 of 3"
     for trial in test["trials"]:
         assert 0 < trial["max_perturbation"] <= trial["epsilon"] + 1e-6
-        assert trial["flipped"] == ((trial["score"] >= entry["threshold"]) != (entry["score"] >= entry["threshold"]))
+        assert trial["flipped"] == ((trial["score"] >= entry["threshold"]) == (test["towards"] == "fake"))
+        assert 1 <= trial["steps"] <= 5 and (trial["flipped"] or trial["steps"] == 5), "only a flip stops early"
     flipped = [t["epsilon"] for t in test["trials"] if t["flipped"]]
     assert flipped, "PGD should flip an untrained 1-epoch model's verdict within 16/255"
+    below = [t for t in test["trials"] if t["epsilon"] < min(flipped)]
+    assert min(flipped) == test["epsilons"][0] or (below and not below[-1]["flipped"]
+                                                   and test["epsilons"].index(below[-1]["epsilon"]) + 1
+                                                   == test["epsilons"].index(min(flipped))), "bracketed"
     assert test["fragility"] == min(flipped) and test["fragile"] == (min(flipped) <= 1 / 255 + 1e-9)
+    # The full sweep the bisection and early stops replace (every ε, every step) finds the same ε.
+    bundle = load_bundle(bundle_dir)
+    scanner = Scanner(bundle, device="cpu", keep_crops=True)
+    crops = scanner.scan_file(sample_media["astronaut.png"]).crops
+    assert len(crops) == 1
+    pixels = scanner.runner.to_pixels(np.stack([crop[0] for crop in crops.values()]))
+    labels = np.full(1, int(test["towards"] == "real"), dtype=np.int64)  # the verdict the attack pushes away from
+    oracle = GradientOracle(bundle, ["CPUExecutionProvider"])
+    swept = [eps for eps in schedule
+             if (scanner.runner.predict_pixels(attack(scanner.runner, oracle, pixels, labels, eps,
+                                                      SelfTestSettings(steps=5))[0]).ensemble[0]
+                 >= entry["threshold"]) != bool(labels[0])]
+    assert test["fragility"] == pytest.approx(min(swept))

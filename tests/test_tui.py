@@ -300,7 +300,8 @@ async def test_self_test_of_the_selected_file(media, settings, tmp_path, expecte
         finally:
             release.set()
         await wait_for(pilot, lambda: record.finished and record.self_test is not None, "the self-test")
-        assert [trial["epsilon"] for trial in record.self_test["trials"]] == [1 / 255, 2 / 255]
+        assert record.self_test["epsilons"] == [1 / 255, 2 / 255]
+        assert {trial["epsilon"] for trial in record.self_test["trials"]} <= {1 / 255, 2 / 255}
         assert cell(app, record.name, "fragility") == format_fragility(record.self_test) != ""
         await pilot.press("enter")
         assert "self-test: PGD, 2 steps" in screen_text(app)
