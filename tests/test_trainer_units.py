@@ -547,3 +547,28 @@ def test_config_files_are_checked_as_the_command_line_is(tmp_path):
         assert str(info.value).startswith(str(path)) and "\n" not in str(info.value)
     with pytest.raises(RunError, match="cannot read"):
         load_config_file(tmp_path)
+
+
+def test_registry_tables_name_exactly_what_the_modules_register():
+    # `trainer --help` lists the tables without importing torch; they must not drift from the registries.
+    from trainer.methods import METHODS
+    from trainer.methods import registry as method_registry
+    from trainer.models import ARCHITECTURES
+    from trainer.models import registry as model_registry
+
+    model_spec("efficientnet_lite0")  # loads every architecture module
+    create_method("erm")
+    assert list_models() == model_registry.list_models() == sorted(ARCHITECTURES)
+    assert list_methods() == method_registry.list_methods() == sorted(METHODS)
+
+
+def test_trainer_help_imports_no_heavy_library():
+    import subprocess
+    import sys
+
+    code = ("import sys; from typer.testing import CliRunner; from trainer.cli import app; "
+            "r = CliRunner().invoke(app, ['fit', '--help']); assert r.exit_code == 0 and 'efficientnet_lite0' in r.output; "
+            "print(sorted(m for m in ('torch', 'timm', 'onnxruntime', 'onnx', 'facenet_pytorch', 'cv2') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

@@ -1,4 +1,7 @@
-"""`trainer`: the command line. Thin: parsing and printing; the work is in trainer.fit/export."""
+"""`trainer`: the command line. Thin: parsing and printing; the work is in trainer.fit/export.
+
+Heavy modules (torch, timm, ONNX) are imported inside the commands that need them, so
+`trainer --help` answers without them."""
 
 from __future__ import annotations
 
@@ -13,11 +16,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from forensic.errors import ForensicError
 from trainer import __version__
-from trainer.data import DatasetError
-from trainer.export import ExportError, export_bundle
-from trainer.fit import EpochMetrics, FitConfig, RunError, fit, load_config_file
-from trainer.methods import list_methods, method_class
-from trainer.models import InitError, list_models, model_spec
+from trainer.methods import list_methods
+from trainer.models import list_models
 
 app = typer.Typer(
     add_completion=False,
@@ -65,7 +65,7 @@ def main(
     pass
 
 
-def _print_epoch(m: EpochMetrics) -> None:
+def _print_epoch(m) -> None:  # m: trainer.fit.EpochMetrics
     auc = "n/a" if m.val_auc is None else f"{m.val_auc:.4f}"
     console.print(
         f"epoch {m.epoch}: train loss {m.train_loss:.4f} acc {m.train_accuracy:.4f} | "
@@ -117,6 +117,11 @@ def fit_command(
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from last.pt, with its settings (only --epochs, --patience, --workers and --device may change)."),
 ) -> None:
     """Train a real/fake classifier on face crops; validation accuracy and ROC-AUC each epoch."""
+    from trainer.data import DatasetError
+    from trainer.fit import FitConfig, RunError, fit, load_config_file
+    from trainer.methods import method_class
+    from trainer.models import InitError, model_spec
+
     try:
         # A resumed run starts from its own settings, so `--out RUN --resume` is enough.
         saved_run = Path(out) / "config.json" if resume and out is not None else None
@@ -173,6 +178,9 @@ def export_command(
     force: bool = typer.Option(False, "--force", help="Replace an existing bundle's manifest and model files."),
 ) -> None:
     """Export runs as an ONNX bundle, after checking ONNX Runtime agrees with PyTorch, and calibrate it."""
+    from trainer.data import DatasetError
+    from trainer.export import ExportError, export_bundle
+
     checkpoints = checkpoint.split(",")
     if any(c not in ("best", "last", "final") for c in checkpoints):
         _fail(ValueError(f"--checkpoint must be best, last or final (or one per run, comma-separated), not {checkpoint!r}"))
@@ -333,6 +341,8 @@ def eval_command(
     from trainer.evaluate import (BLACK_BOX, DEFAULT_ATTACKS, DEFAULT_CORRUPTIONS, SCREENING_ATTACKS, EvalSettings, EvaluationError,
                                   compare_reports, compare_table, evaluate_bundle, evaluate_run, summary_lines,
                                   summary_table, write_compare)
+    from trainer.data import DatasetError
+    from trainer.export import ExportError
 
     stdout = Console(highlight=False)
     if not stdout.is_terminal:
