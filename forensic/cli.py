@@ -29,6 +29,7 @@ if TYPE_CHECKING:  # the scan's modules (PyTorch, MTCNN, ONNX Runtime) load in t
 EXIT_FILE_ERRORS = 1  # the scan completed but some files could not be analysed or an output not written
 EXIT_USAGE = 2  # bad arguments or an unusable bundle (Typer also uses 2); nothing was scanned
 EXIT_FAKE_FOUND = 3  # only with --fail-on-fake
+EXIT_INTERRUPTED = 130  # Ctrl-C: the report (marked incomplete) holds the files finished before it
 # A worker process starts in seconds (PyTorch, MTCNN, ONNX Runtime): by default parallel scanning
 # starts once there are this many files per worker.
 FILES_PER_WORKER = 16
@@ -75,7 +76,8 @@ def _table(results: list[FileResult]) -> Table:
     epilog=(
         "Exit status: 0 the scan completed (fakes or not); 1 some files could not be analysed (or a report "
         "could not be written); "
-        "2 bad usage or an unusable bundle; 3 a fake was found, with --fail-on-fake (it wins over 1)."
+        "2 bad usage or an unusable bundle; 3 a fake was found, with --fail-on-fake (it wins over 1); "
+        "130 interrupted (Ctrl-C): the reports asked for are written, marked incomplete, with the files finished."
     )
 )
 def scan(
@@ -162,11 +164,12 @@ def scan(
             errors.print(f"error: {printable(result.error)}", markup=False, highlight=False, soft_wrap=True)
         progress.advance(task)
 
+    not_scanned = None
     with progress:
         task = progress.add_task("scanning", total=len(inputs))
         processes = min(workers or max(1, min(os.cpu_count() or 1, len(inputs) // FILES_PER_WORKER)), len(inputs))
         if processes > 1:
-            from forensic.parallel import scan_in_processes
+            from forensic.parallel import ScanInterrupted, scan_in_processes
 
             progress.update(task, description=f"scanning in {processes} processes")
             try:
@@ -174,15 +177,24 @@ def scan(
                                             on_result=lambda index, result: finished(result))
             except ForensicError as exc:
                 _usage_error(errors, str(exc))
+            except ScanInterrupted as interrupted:
+                results = [result for result in interrupted.results if result is not None]
+                not_scanned = [path for path, result in zip(inputs, interrupted.results) if result is None]
         else:
-            for path in inputs:
-                progress.update(task, description=f"scanning {escape(printable(path.name))}")
-                result = scanner.scan_file(path, on_frames=lambda n, name=printable(path.name): progress.update(
-                    task, description=f"scanning {escape(name)}: {n} frames analysed"))
-                results.append(result)
-                finished(result)
+            try:
+                for path in inputs:
+                    progress.update(task, description=f"scanning {escape(printable(path.name))}")
+                    result = scanner.scan_file(path, on_frames=lambda n, name=printable(path.name): progress.update(
+                        task, description=f"scanning {escape(name)}: {n} frames analysed"))
+                    results.append(result)
+                    finished(result)
+            except KeyboardInterrupt:
+                not_scanned = inputs[len(results):]
+    if not_scanned is not None:
+        errors.print(f"interrupted: {len(results)} of {len(inputs)} files scanned; the report is marked incomplete "
+                     f"and lists the {len(not_scanned)} not scanned", markup=False, highlight=False, soft_wrap=True)
 
-    report = build_report(results, scanner)
+    report = build_report(results, scanner, not_scanned)
     console.print(_table(results))
     console.print(
         f"bundle {printable(loaded.name)} ({loaded.sha256[:12]}) on {report['provider']}, threshold {scanner.threshold:g}"
@@ -209,6 +221,8 @@ def scan(
             errors.print(printable(f"error: {exc.filename or what}: cannot write the {what} ({exc.strerror or exc})"),
                          markup=False, highlight=False, soft_wrap=True)
 
+    if not_scanned is not None:
+        raise typer.Exit(EXIT_INTERRUPTED)
     if fail_on_fake and any(r.verdict == "fake" for r in results):
         raise typer.Exit(EXIT_FAKE_FOUND)
     raise typer.Exit(EXIT_FILE_ERRORS if unwritten or any(r.verdict == "error" for r in results) else 0)

@@ -5,11 +5,14 @@ Runtime sessions) with one intra-op thread, so N workers keep N cores busy witho
 oversubscribing them. Files are handed out one at a time and the results come back in the
 order of the inputs, so a report does not depend on N. Workers are started with `spawn`:
 forking a process that already holds PyTorch's and ONNX Runtime's thread pools can deadlock.
+Ctrl-C is the parent's alone: workers ignore SIGINT (which the terminal sends to the whole
+process group), and the parent stops them and returns what had finished (ScanInterrupted).
 """
 
 from __future__ import annotations
 
 import multiprocessing
+import signal
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -21,12 +24,21 @@ from forensic.scan import FileResult, Scanner
 _scanner: Scanner | None = None
 
 
+class ScanInterrupted(Exception):
+    """Ctrl-C during a parallel scan; `results` holds the files finished before it (None elsewhere)."""
+
+    def __init__(self, results: list[FileResult | None]):
+        super().__init__("interrupted")
+        self.results = results
+
+
 def _start_worker(bundle_path: str, bundle_sha256: str, settings: dict[str, Any]) -> None:
     import torch
 
     from forensic.bundle import load_bundle
 
     global _scanner
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(1)
     bundle = load_bundle(Path(bundle_path))
     if bundle.sha256 != bundle_sha256:  # replaced on disk since the parent loaded it
@@ -42,18 +54,26 @@ def _scan(path: str) -> FileResult:
 def scan_in_processes(paths: list[Path], bundle_path: Path, bundle_sha256: str, settings: dict[str, Any],
                       workers: int, on_result: Callable[[int, FileResult], None] | None = None) -> list[FileResult]:
     """`Scanner(bundle, **settings).scan_file` on every path, in `workers` processes; results in
-    input order. `on_result(index, result)` is called as each file finishes (in finishing order)."""
+    input order. `on_result(index, result)` is called as each file finishes (in finishing order).
+    Ctrl-C stops the workers at once and raises ScanInterrupted with the finished results."""
     context = multiprocessing.get_context("spawn")
     results: list[FileResult | None] = [None] * len(paths)
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_start_worker,
+                               initargs=(str(bundle_path), bundle_sha256, settings))
     try:
-        with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_start_worker,
-                                 initargs=(str(bundle_path), bundle_sha256, settings)) as pool:
-            futures = {pool.submit(_scan, str(path)): index for index, path in enumerate(paths)}
-            for future in as_completed(futures):
-                index = futures[future]
-                results[index] = future.result()
-                if on_result:
-                    on_result(index, results[index])
+        futures = {pool.submit(_scan, str(path)): index for index, path in enumerate(paths)}
+        for future in as_completed(futures):
+            index = futures[future]
+            results[index] = future.result()
+            if on_result:
+                on_result(index, results[index])
+    except KeyboardInterrupt:
+        pool.shutdown(wait=False, cancel_futures=True)
+        for child in multiprocessing.active_children():  # a worker mid-file would finish it first
+            child.terminate()
+        raise ScanInterrupted(results) from None
     except BrokenProcessPool as exc:  # a worker could not start (or was killed): nothing to report per file
         raise ForensicError(f"a scanning process stopped ({exc}); try --workers 1") from None
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
     return results  # type: ignore[return-value]

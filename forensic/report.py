@@ -38,7 +38,9 @@ def file_entry(result: FileResult) -> dict:
     return entry
 
 
-def build_report(results: list[FileResult], scanner: Scanner) -> dict:
+def build_report(results: list[FileResult], scanner: Scanner, not_scanned: list[Path] | None = None) -> dict:
+    """The report of `results`; `not_scanned`: the inputs an interrupted scan did not reach (the
+    report is then marked incomplete and lists them, so every input is accounted for)."""
     bundle = scanner.bundle
     return {
         "schema_version": REPORT_SCHEMA_VERSION,
@@ -65,6 +67,8 @@ def build_report(results: list[FileResult], scanner: Scanner) -> dict:
             "face_detector_device": scanner.detector.device,
         },
         "versions": library_versions(),
+        "complete": not_scanned is None,
+        "not_scanned": [str(path) for path in not_scanned or []],
         "files": [file_entry(result) for result in results],
     }
 

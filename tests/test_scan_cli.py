@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
 from fractions import Fraction
 from pathlib import Path
 
 import av
 import jsonschema
 import numpy as np
+import pytest
 from typer.testing import CliRunner
 
 from forensic.media import sample_video_frames
@@ -260,3 +266,48 @@ def test_workers_give_the_same_report_in_the_same_order(sample_media, tmp_path):
         return [{k: v for k, v in f.items() if k != "timings"} for f in report["files"]]
 
     assert comparable(reports[2]) == comparable(reports[1])
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_ctrl_c_writes_an_incomplete_report_of_the_files_finished_and_exits_130(sample_media, tmp_path, workers):
+    # A real process and a real SIGINT (what Ctrl-C sends): the first file (sorted) is corrupt, so
+    # its error line on stderr says the scan is under way; 40 photos after it are far from done.
+    folder = tmp_path / "inbox"
+    folder.mkdir()
+    shutil.copy(sample_media["corrupt.jpg"], folder / "000-corrupt.jpg")
+    for n in range(40):
+        shutil.copy(sample_media["astronaut.png"], folder / f"{n + 1:03d}.png")
+    before = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in folder.iterdir()}
+    report_path, csv_path = tmp_path / "report.json", tmp_path / "report.csv"
+    process = subprocess.Popen([sys.executable, "-m", "forensic", "scan", str(folder), "--json", str(report_path),
+                                "--csv", str(csv_path), "--workers", workers],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    stderr_lines = []
+    for line in process.stderr:
+        stderr_lines.append(line)
+        if line.startswith("error:"):
+            break
+    time.sleep(1.0)  # let a file or two more finish
+    process.send_signal(signal.SIGINT)
+    _, rest = process.communicate(timeout=120)
+    stderr = "".join(stderr_lines) + rest
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr and "interrupted:" in stderr
+    report = json.loads(report_path.read_text())
+    jsonschema.validate(report, report_schema())
+    assert report["complete"] is False
+    scanned = [Path(entry["path"]).name for entry in report["files"]]
+    missing = [Path(path).name for path in report["not_scanned"]]
+    assert scanned[0] == "000-corrupt.jpg" and report["files"][0]["verdict"] == "error"
+    assert missing and sorted(scanned + missing) == sorted(before), "every input is accounted for, once"
+    assert all(entry["verdict"] in ("real", "fake", "uncertain") for entry in report["files"][1:])
+    assert len(list(csv.DictReader(open(csv_path)))) == len(scanned)
+    assert {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in folder.iterdir()} == before
+
+
+def test_a_complete_scan_says_so(sample_media, tmp_path):
+    report_path = tmp_path / "r.json"
+    result = runner.invoke(app, ["scan", str(sample_media["astronaut.png"]), "--json", str(report_path)])
+    assert result.exit_code == 0
+    report = json.loads(report_path.read_text())
+    assert report["complete"] is True and report["not_scanned"] == []
