@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import math
 import os
 import warnings
@@ -182,55 +183,165 @@ def _check_frame_size(path: Path, width: int, height: int) -> None:
                          f"over {MAX_IMAGE_PIXELS / 1e6:.0f} are refused (memory)")
 
 
-def _count_video_frames(path: Path) -> int:
-    """Count frames by demuxing packets (no decoding), for containers that do not say."""
-    with open_video(path) as container:
-        stream = container.streams.video[0]
-        return sum(1 for packet in container.demux(stream) if packet.size > 0)
+@dataclass(frozen=True)
+class _PacketIndex:
+    """The stream's frames in presentation order, from its packets alone (no decoding)."""
+
+    pts: list[int]  # each frame's presentation timestamp (stream time base), ascending
+    keyframes: list[int]  # the keyframes' timestamps, ascending
 
 
-def sample_video_frames(path: Path, count: int | None = 32, fps: float | None = None) -> Iterator[Frame]:
-    """Yield frames decoded as a stream (memory stays flat): `count` frames spread evenly over
-    the video, or with `fps`, the first frame at or after every 1/fps seconds of presentation
-    time (variable frame rate is handled by the timestamps, not the frame numbers)."""
+def _index_packets(container: av.container.InputContainer, stream) -> _PacketIndex | None:
+    """None when a packet has no timestamp (the frames cannot be found by seeking)."""
+    pts, keyframes = [], []
+    for packet in container.demux(stream):
+        # Empty packets (an AVI's dropped frames) and those an edit list discards decode to nothing.
+        if packet.size == 0 or packet.is_discard:
+            continue
+        if packet.pts is None:
+            return None
+        pts.append(packet.pts)
+        if packet.is_keyframe:
+            keyframes.append(packet.pts)
+    pts.sort()
+    keyframes.sort()
+    if not keyframes or (pts and keyframes[0] > pts[0]):
+        return None  # frames before the first keyframe could only be reached by decoding from the start
+    return _PacketIndex(pts, keyframes)
+
+
+def _wanted_indices(times: list[float | None], count: int | None, fps: float | None) -> list[int]:
+    """Frame positions to take: `count` evenly spread, or the first at or after every 1/fps s."""
+    if count is not None:
+        return _evenly_spaced(len(times), count)
+    wanted, next_time = [], 0.0
+    for index, time in enumerate(times):
+        if time is None or time >= next_time - 1e-6:
+            wanted.append(index)
+            if time is not None:
+                next_time = (math.floor(time * fps + 1e-6) + 1) / fps
+    return wanted
+
+
+class _SeekFailed(Exception):
+    """The decoded frames do not match the packet index: decode sequentially instead."""
+
+
+def _seek_decode(path: Path, container, stream, index: _PacketIndex, wanted: list[int], stats: dict) -> Iterator[Frame]:
+    """The wanted frames, jumping to the keyframe before a target when the target's group of
+    pictures starts after the frame last decoded, else decoding forward. Raises _SeekFailed
+    (before or between yields) when a target's frame does not come out where the index says."""
+    decoded = None  # the decoder's frame iterator from the last seek
+    position = None  # pts of the last frame decoded
+    for target_index in wanted:
+        target = index.pts[target_index]
+        keyframe = index.keyframes[bisect.bisect_right(index.keyframes, target) - 1]
+        if decoded is None or position is None or keyframe > position:
+            container.seek(keyframe, backward=True, any_frame=False, stream=stream)
+            decoded = container.decode(stream)
+            position = None
+            stats["seeks"] += 1
+        for frame in decoded:
+            stats["decoded"] += 1
+            if frame.pts is None:
+                raise _SeekFailed
+            position = frame.pts
+            if frame.pts == target:
+                _check_frame_size(path, frame.width, frame.height)  # a stream may change size midway
+                yield Frame(index=target_index, time=float(frame.time), image=_display_image(frame))
+                break
+            if frame.pts > target:
+                raise _SeekFailed
+        else:
+            raise _SeekFailed
+
+
+def _sequential_decode(path: Path, container, stream, wanted: list[int] | None, fps: float | None,
+                       after: int, stats: dict) -> Iterator[Frame]:
+    """Decode from the start, taking the frames at `wanted` positions (or, with `fps`, by time);
+    positions up to `after` were yielded already."""
+    wanted_set = set(wanted) if wanted is not None else None
+    last = wanted[-1] if wanted else None
+    next_time = 0.0
+    for index, frame in enumerate(container.decode(stream)):
+        stats["decoded"] += 1
+        time = float(frame.time) if frame.time is not None else None
+        if wanted_set is not None:
+            take = index in wanted_set
+        else:
+            take = time is None or time >= next_time - 1e-6
+            if take and time is not None:
+                next_time = (math.floor(time * fps + 1e-6) + 1) / fps
+        if take and index > after:
+            _check_frame_size(path, frame.width, frame.height)
+            yield Frame(index=index, time=time, image=_display_image(frame))
+        if last is not None and index >= last:
+            break
+
+
+def sample_video_frames(path: Path, count: int | None = 32, fps: float | None = None,
+                        seek: bool = True, stats: dict | None = None) -> Iterator[Frame]:
+    """Yield frames (memory stays flat): `count` frames spread evenly over the video, or with
+    `fps`, the first frame at or after every 1/fps seconds of presentation time (variable frame
+    rate is handled by the timestamps, not the frame numbers).
+
+    The frames are found in an index of the stream's packets (read without decoding), then
+    reached by seeking to the keyframe before each and decoding forward, so a long video is not
+    decoded whole to reach 32 frames. Where the packets carry no timestamps or the decoded frames
+    do not match the index, and with `seek=False`, the video is decoded from the start instead:
+    the same frames either way (tested). `stats`, when given, receives how: method ("seek" or
+    "sequential"), seeks, and frames decoded."""
     if (count is None) == (fps is None):
         raise ValueError("give exactly one of count and fps")
-    container = open_video(path)
-    with container:
-        if not container.streams.video:
-            raise MediaError(f"{path}: no video stream")
-        stream = container.streams.video[0]
-        _check_frame_size(path, stream.codec_context.width, stream.codec_context.height)  # before decoding
-        stream.thread_type = "AUTO"
-        if count is not None:
-            # AVI headers count the empty chunks that stand for dropped frames, which decode
-            # to nothing: trusting them left the last wanted frames unreached.
-            header_count = 0 if "avi" in container.format.name.split(",") else stream.frames
-            total = header_count or _count_video_frames(path)
+    stats = stats if stats is not None else {}
+    stats.update(method="seek" if seek else "sequential", seeks=0, decoded=0)
+    yielded = -1
+    try:
+        with open_video(path) as container:
+            if not container.streams.video:
+                raise MediaError(f"{path}: no video stream")
+            stream = container.streams.video[0]
+            _check_frame_size(path, stream.codec_context.width, stream.codec_context.height)  # before decoding
+            stream.thread_type = "AUTO"
+            index = _index_packets(container, stream)
+            wanted = None  # without an index: positions in decoding order (below)
+            if index is not None:
+                if not index.pts:
+                    raise MediaError(f"{path}: video has no frames")
+                wanted = _wanted_indices([float(pts * stream.time_base) for pts in index.pts], count, fps)
+                if seek:
+                    try:
+                        for frame in _seek_decode(path, container, stream, index, wanted, stats):
+                            yielded = frame.index
+                            yield frame
+                        return
+                    except _SeekFailed:
+                        stats["method"] = "sequential after a failed seek"
+        if index is None:
+            stats["method"] = "sequential (no packet timestamps)"
+        if wanted is None and count is not None:
+            total = _count_video_frames(path)
             if total == 0:
                 raise MediaError(f"{path}: video has no frames")
             wanted = _evenly_spaced(total, count)
-            wanted_set, last = set(wanted), wanted[-1]
-        next_time, yielded = 0.0, 0
-        try:
-            for index, frame in enumerate(container.decode(stream)):
-                time = float(frame.time) if frame.time is not None else None
-                if count is not None:
-                    take = index in wanted_set
-                else:
-                    take = time is None or time >= next_time - 1e-6
-                    if take and time is not None:
-                        next_time = (math.floor(time * fps + 1e-6) + 1) / fps
-                if take:
-                    _check_frame_size(path, frame.width, frame.height)  # a stream may change size midway
-                    yielded += 1
-                    yield Frame(index=index, time=time, image=_display_image(frame))
-                if count is not None and index >= last:
-                    break
-        except av.FFmpegError as exc:
-            raise MediaError(f"{path}: cannot decode video ({exc})") from None
-        if yielded == 0:
-            raise MediaError(f"{path}: video has no decodable frames")
+        with open_video(path) as container:
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            for frame in _sequential_decode(path, container, stream, wanted, fps if wanted is None else None, yielded,
+                                           stats):
+                yielded = frame.index
+                yield frame
+    except av.FFmpegError as exc:
+        raise MediaError(f"{path}: cannot decode video ({exc})") from None
+    if yielded < 0:
+        raise MediaError(f"{path}: video has no decodable frames")
+
+
+def _count_video_frames(path: Path) -> int:
+    """Count frames by demuxing packets (no decoding)."""
+    with open_video(path) as container:
+        stream = container.streams.video[0]
+        return sum(1 for packet in container.demux(stream) if packet.size > 0)
 
 
 def _display_image(frame: av.VideoFrame) -> np.ndarray:

@@ -394,3 +394,54 @@ def test_video_missing_file_raises_media_error(tmp_path):
     with pytest.raises(MediaError) as info:
         list(sample_video_frames(path, 5))
     assert str(path) in str(info.value)
+
+
+def _gop_video(path: Path, frames: int, gop: int, suffix_format: str | None = None, bframes: int = 2) -> Path:
+    """H.264 with a keyframe every `gop` frames and B-frames (presentation order differs from
+    decoding order), each frame a distinct pattern so a wrong frame cannot pass for a right one."""
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 255, size=(48, 64, 3), dtype=np.uint8)
+    with av.open(str(path), mode="w", format=suffix_format) as container:
+        stream = container.add_stream("libx264", rate=25, options={"g": str(gop), "keyint_min": str(gop),
+                                                                   "bf": str(bframes), "sc_threshold": "0"})
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for i in range(frames):
+            image = np.roll(base, i * 3, axis=1)
+            image[:4, :8] = (i * 7) % 256
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+@pytest.mark.parametrize("name", ["long.mp4", "long.mkv"])
+def test_seeking_gives_the_frames_sequential_decoding_gives_while_decoding_a_fraction(tmp_path, name):
+    video = _gop_video(tmp_path / name, frames=600, gop=25)
+    for count, fps in ((8, None), (32, None), (None, 0.5)):
+        stats_seek, stats_seq = {}, {}
+        sought = list(sample_video_frames(video, count=count, fps=fps, stats=stats_seek))
+        decoded = list(sample_video_frames(video, count=count, fps=fps, seek=False, stats=stats_seq))
+        assert stats_seek["method"] == "seek" and stats_seq["method"] == "sequential"
+        assert [(f.index, f.time) for f in sought] == [(f.index, f.time) for f in decoded]
+        assert all(np.array_equal(a.image, b.image) for a, b in zip(sought, decoded))
+        assert len(sought) == (count or 12)
+        if count == 8:  # frames 85 apart, keyframes every 25: only the GOPs that hold them
+            assert stats_seek["seeks"] == 8 and stats_seek["decoded"] <= 8 * 25
+            assert stats_seq["decoded"] == 600
+    # 32 frames of 600 are about 19 apart, closer than a GOP: some are reached by decoding on, not seeking.
+    stats = {}
+    list(sample_video_frames(video, count=32, stats=stats))
+    assert stats["seeks"] < 32 and stats["decoded"] < 600
+
+
+def test_seeking_keeps_variable_frame_rate_timestamps(tmp_path):
+    times = [0.0, 0.04, 0.08, 1.0, 1.04, 2.5, 2.54, 2.58, 4.0]
+    from tests.test_scan_cli import write_vfr_video
+
+    video = write_vfr_video(tmp_path / "vfr.mp4", times)
+    for count, fps in ((4, None), (None, 1.0)):
+        sought = [(f.index, f.time) for f in sample_video_frames(video, count=count, fps=fps)]
+        decoded = [(f.index, f.time) for f in sample_video_frames(video, count=count, fps=fps, seek=False)]
+        assert sought == decoded
+    assert [t for _, t in sought] == pytest.approx([0.0, 1.0, 2.5, 4.0])
