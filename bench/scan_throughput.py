@@ -18,7 +18,7 @@ from forensic.faces import FaceDetector
 from forensic.inference import EnsembleRunner
 from forensic.media import sample_video_frames
 from forensic.scan import Scanner
-from trainer.synthetic import astronaut, panning_frames, write_video
+from trainer.data.synthetic import astronaut, panning_frames, write_video
 
 
 def best_of(repeats: int, work) -> float:

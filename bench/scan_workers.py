@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from trainer.synthetic import astronaut
+from trainer.data.synthetic import astronaut
 
 
 def make_folder(folder: Path, count: int) -> None:

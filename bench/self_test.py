@@ -21,7 +21,7 @@ from skimage import data
 from forensic.bundle import load_bundle
 from forensic.scan import Scanner
 from forensic.selftest import DEFAULT_EPSILONS, SelfTestSettings, attack
-from trainer.synthetic import panning_frames, write_video
+from trainer.data.synthetic import panning_frames, write_video
 
 
 class CapturingScanner(Scanner):

@@ -20,7 +20,7 @@ from forensic.bundle import DEFAULT_BUNDLE, load_bundle
 from forensic.media import collect_inputs
 from forensic.tui.app import ForensicApp
 from forensic.tui.jobs import ScanSettings
-from trainer.synthetic import make_sample_media
+from trainer.data.synthetic import make_sample_media
 
 SIZE = (80, 24)
 GIVE_UP_SECONDS = 1800

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from trainer.synthetic import make_face_dataset, make_sample_media
+from trainer.data.synthetic import make_face_dataset, make_sample_media
 
 
 @pytest.fixture(scope="session")

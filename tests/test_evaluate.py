@@ -1,4 +1,4 @@
-"""`trainer eval` (trainer.evaluate, trainer.scorers, trainer.gradcam, trainer.corruptions):
+"""`trainer eval` (trainer.evaluate, trainer.scorers, trainer.gradcam, trainer.data.corruptions):
 metrics against scikit-learn and their definitions, video grouping, attacks, gradient-masking
 checks, corruptions, Grad-CAM, bundles (scored as forensic scores them, white-box through their
 gradient graphs, black-box only without), the U-Net attack, --save-adv, the report folder and
@@ -22,8 +22,8 @@ from torch import nn
 from typer.testing import CliRunner
 
 from trainer.cli import app
-from trainer.corruptions import DEFAULT_CORRUPTIONS, h264
-from trainer.data import Sample
+from trainer.data.corruptions import DEFAULT_CORRUPTIONS, h264
+from trainer.data.datasets import Sample
 from trainer.evaluate import (CHECK_NAMES, DEFAULT_ATTACKS, AttackSpec, EvalSettings, EvaluationError, auc_score,
                               binary_metrics, bootstrap_auc_ci, collect, equal_error_rate, evaluate_run, fgsm,
                               masking_table_html, pgd, run_attack, square_attack, stratified_subset, summarise,
@@ -297,7 +297,7 @@ def test_corruptions_are_deterministic_and_keep_shape():
 def tiny_run(tmp_path_factory) -> tuple[Path, Path]:
     """A 1-epoch efficientnet_b0 run at 32 px, and a dataset whose test crops form videos of 3."""
     from trainer.fit import FitConfig, fit
-    from trainer.synthetic import make_face_dataset
+    from trainer.data.synthetic import make_face_dataset
 
     root = tmp_path_factory.mktemp("eval")
     data = root / "data"
@@ -463,7 +463,7 @@ def black_box_bundle(tiny_run, tmp_path_factory) -> tuple[Path, Path]:
     """The tiny run exported without a gradient graph (it has a CAM output), and a 48 px test
     split, so the crops are shrunk to the bundle's 32 px."""
     from trainer.export import export_bundle
-    from trainer.synthetic import make_face_dataset
+    from trainer.data.synthetic import make_face_dataset
 
     run, data = tiny_run
     root = tmp_path_factory.mktemp("black-box")
@@ -475,7 +475,7 @@ def black_box_bundle(tiny_run, tmp_path_factory) -> tuple[Path, Path]:
 def test_bundle_eval_scores_as_forensic_and_is_black_box_only_without_gradient_graph(black_box_bundle, tmp_path):
     from forensic.bundle import load_bundle
     from forensic.inference import EnsembleRunner
-    from trainer.data import list_split, read_rgb
+    from trainer.data.datasets import list_split, read_rgb
 
     bundle_dir, data = black_box_bundle
     out = tmp_path / "report"

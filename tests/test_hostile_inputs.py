@@ -20,7 +20,7 @@ from forensic.cli import app
 from forensic.errors import ForensicError, MediaError
 from forensic.media import load_image, sample_video_frames
 from forensic.outputs import atomic_write_text, check_output
-from trainer.synthetic import panning_frames, write_video
+from trainer.data.synthetic import panning_frames, write_video
 
 runner = CliRunner()
 

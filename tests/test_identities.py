@@ -10,7 +10,7 @@ from skimage import data
 
 from forensic.identities import confident_score, group_identities, minimum_frames
 from forensic.scan import verdict_for
-from trainer.synthetic import astronaut, self_blend, write_video
+from trainer.data.synthetic import astronaut, self_blend, write_video
 
 
 def test_two_people_moving_stay_apart():

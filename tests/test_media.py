@@ -12,7 +12,7 @@ from PIL import Image
 
 from forensic.errors import MediaError
 from forensic.media import collect_inputs, load_image, media_kind, sample_video_frames
-from trainer.synthetic import write_video
+from trainer.data.synthetic import write_video
 
 
 def _touch(path: Path, data: bytes = b"x") -> Path:

@@ -14,12 +14,12 @@ from PIL import Image
 from skimage import data
 
 from forensic.faces import FaceDetector, crop_face
-from trainer.augment import degrade, uploads_transform
-from trainer.data import Sample, list_split
+from trainer.data.augment import degrade, uploads_transform
+from trainer.data.datasets import Sample, list_split
 from trainer.fit import FitConfig, fit
-from trainer.pairing import PairedBatchSampler, find_partners, partner_video
-from trainer.prepare import PrepareError, find_videos, pad_tight_crop, prepare_dataset
-from trainer.synthetic import panning_frames, self_blend, write_video
+from trainer.data.pairing import PairedBatchSampler, find_partners, partner_video
+from trainer.data.prepare import PrepareError, find_videos, pad_tight_crop, prepare_dataset
+from trainer.data.synthetic import panning_frames, self_blend, write_video
 
 BOX = (181.0, 62.0, 268.0, 172.0)  # MTCNN's box of scikit-image's astronaut
 SIZE, MARGIN = 48, 1.15

@@ -1,4 +1,4 @@
-"""Self-Blended Images (trainer.sbi): the blend, its mask, determinism, and the on-the-fly dataset."""
+"""Self-Blended Images (trainer.data.sbi): the blend, its mask, determinism, and the on-the-fly dataset."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ from PIL import Image
 from skimage import data
 
 from forensic.faces import crop_face
-from trainer.data import Sample, eval_transform
-from trainer.prepare import crop_landmarks
-from trainer.sbi import (BLEND_RATIOS, LANDMARKS_FILE, SelfBlendedFakes, compose, load_landmarks, self_blend,
-                         self_blend_parts)
+from trainer.data.datasets import Sample, eval_transform
+from trainer.data.prepare import crop_landmarks
+from trainer.data.sbi import (BLEND_RATIOS, LANDMARKS_FILE, SelfBlendedFakes, compose, load_landmarks, self_blend,
+                              self_blend_parts)
 
 BOX = (181.0, 62.0, 268.0, 172.0)  # MTCNN's box of scikit-image's astronaut
 LANDMARKS = np.array([[205.4, 101.5], [246.9, 103.1], [225.1, 129.2], [201.2, 139.6], [245.1, 141.1]])

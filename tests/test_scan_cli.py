@@ -133,7 +133,7 @@ def set_display_rotation(path: Path) -> Path:
 
 
 def test_rotated_video_is_analysed_upright(tmp_path):
-    from trainer.synthetic import astronaut, panning_frames, write_video
+    from trainer.data.synthetic import astronaut, panning_frames, write_video
 
     image, _ = astronaut()
     upright = panning_frames(image, count=3)

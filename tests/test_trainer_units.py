@@ -11,12 +11,12 @@ import torch
 from PIL import Image
 from torch import nn
 
-from trainer.data import DatasetError, Sample, class_counts, list_split, verify_images
+from trainer.data.datasets import DatasetError, Sample, class_counts, list_split, verify_images
 from trainer.methods import create_method, list_methods
 from trainer.methods.registry import register_method
 from trainer.models import Detector, InitError, create_model, list_models, model_spec
 from trainer.models.registry import register_model
-from trainer.synthetic import self_blend
+from trainer.data.synthetic import self_blend
 
 
 def _png(path: Path, value: int = 128, size: int = 8) -> Path:
@@ -34,7 +34,7 @@ def _dataset(root: Path, per_class: int = 2) -> Path:
 
 
 # --------------------------------------------------------------------------------------------
-# trainer.data
+# trainer.data.datasets
 
 
 def test_list_split_lists_sorted_samples_with_labels(tmp_path):
@@ -273,7 +273,7 @@ def test_erm_step_reduces_the_loss():
 
 
 # --------------------------------------------------------------------------------------------
-# trainer.synthetic.self_blend
+# trainer.data.synthetic.self_blend
 
 BOX = (100.0, 80.0, 160.0, 150.0)  # x1, y1, x2, y2 (60 x 70)
 
@@ -356,7 +356,7 @@ def test_freeze_names_an_unknown_module(face_dataset, tmp_path):
 def two_dataset_run(face_dataset, tmp_path_factory) -> tuple[Path, Path]:
     """Two epochs trained on face_dataset's train split, validated on another dataset's."""
     from trainer.fit import FitConfig, fit
-    from trainer.synthetic import make_face_dataset
+    from trainer.data.synthetic import make_face_dataset
 
     root = tmp_path_factory.mktemp("val-data")
     make_face_dataset(root / "other", {"validation": 6}, size=64, seed=3)
@@ -378,7 +378,7 @@ def test_val_data_validates_on_the_other_dataset(two_dataset_run):
 
 
 def test_val_data_without_a_validation_split_is_named(face_dataset, tmp_path):
-    from trainer.data import DatasetError
+    from trainer.data.datasets import DatasetError
     from trainer.fit import FitConfig, fit
 
     (tmp_path / "empty").mkdir()
@@ -391,7 +391,7 @@ def test_val_data_without_a_validation_split_is_named(face_dataset, tmp_path):
 def test_export_takes_a_checkpoint_per_run_and_calibrates_each_member_on_the_val_data(two_dataset_run, tmp_path):
     from forensic.bundle import load_bundle
     from forensic.inference import EnsembleRunner
-    from trainer.data import FaceCrops, eval_transform
+    from trainer.data.datasets import FaceCrops, eval_transform
     from trainer.export import ExportError, ensemble_probability, export_bundle, load_run_model
 
     run, other = two_dataset_run

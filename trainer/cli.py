@@ -117,7 +117,7 @@ def fit_command(
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from last.pt, with its settings (only --epochs, --patience, --workers and --device may change)."),
 ) -> None:
     """Train a real/fake classifier on face crops; validation accuracy and ROC-AUC each epoch."""
-    from trainer.data import DatasetError
+    from trainer.data.datasets import DatasetError
     from trainer.fit import FitConfig, RunError, fit, load_config_file
     from trainer.methods import method_class
     from trainer.models import InitError, model_spec
@@ -178,7 +178,7 @@ def export_command(
     force: bool = typer.Option(False, "--force", help="Replace an existing bundle's manifest and model files."),
 ) -> None:
     """Export runs as an ONNX bundle, after checking ONNX Runtime agrees with PyTorch, and calibrate it."""
-    from trainer.data import DatasetError
+    from trainer.data.datasets import DatasetError
     from trainer.export import ExportError, export_bundle
 
     checkpoints = checkpoint.split(",")
@@ -217,7 +217,7 @@ def synth_command(
     per_split: int = typer.Option(24, "--per-class", min=2, help="Training images per class (validation and test: a third)."),
 ) -> None:
     """Make smoke-test data from scikit-image's astronaut photo (not for real training)."""
-    from trainer.synthetic import make_face_dataset, make_sample_media
+    from trainer.data.synthetic import make_face_dataset, make_sample_media
 
     if dataset is None and media is None:
         _fail(ValueError("give --dataset DIR and/or --media DIR"))
@@ -244,7 +244,7 @@ def prepare_command(
     device: str = typer.Option("auto", "--device", help="Face detection on auto, cpu or cuda."),
 ) -> None:
     """Extract face crops from real and fake videos into a dataset split by identity (resumable)."""
-    from trainer.prepare import PrepareError, prepare_dataset, summary_lines
+    from trainer.data.prepare import PrepareError, prepare_dataset, summary_lines
 
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                         console=console, transient=True)
@@ -341,7 +341,7 @@ def eval_command(
     from trainer.evaluate import (BLACK_BOX, DEFAULT_ATTACKS, DEFAULT_CORRUPTIONS, SCREENING_ATTACKS, EvalSettings, EvaluationError,
                                   compare_reports, compare_table, evaluate_bundle, evaluate_run, summary_lines,
                                   summary_table, write_compare)
-    from trainer.data import DatasetError
+    from trainer.data.datasets import DatasetError
     from trainer.export import ExportError
 
     stdout = Console(highlight=False)

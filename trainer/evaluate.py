@@ -54,7 +54,7 @@ max(0.01, 1/n) in accuracy (one crop of n); a failed check is shown in red in in
                     gradient)
   black_box         black-box accuracy >= the white-box accuracy at the same ε − tol
 
-Corruptions (trainer.corruptions) are applied to the crops at the model's input size; AUC and
+Corruptions (trainer.data.corruptions) are applied to the crops at the model's input size; AUC and
 accuracy and their drop from clean.
 
 Heatmaps: for up to HEATMAPS_PER_CELL crops of each confusion-matrix cell (true/false
@@ -93,8 +93,8 @@ from torchvision.transforms import v2
 from forensic.bundle import load_bundle
 from forensic.heatmaps import overlay, write_png
 from forensic.versions import library_versions
-from trainer.corruptions import DEFAULT_CORRUPTIONS, Corruption
-from trainer.data import CLASSES, FaceCrops, Sample, list_split, scan_crop
+from trainer.data.corruptions import DEFAULT_CORRUPTIONS, Corruption
+from trainer.data.datasets import CLASSES, FaceCrops, Sample, list_split, scan_crop
 from trainer.fit import resolve_device
 from trainer.scorers import RUN_THRESHOLD, BundleScorer, Scorer, TorchScorer
 from trainer.unet_attacker import DEFAULT_EPS as UNET_DEFAULT_EPS

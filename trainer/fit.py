@@ -34,9 +34,9 @@ from sklearn.metrics import roc_auc_score
 from torch import nn
 from torch.utils.data import ConcatDataset, DataLoader, WeightedRandomSampler
 
-from trainer.data import FaceCrops, class_counts, eval_transform, list_split, train_transform, verify_images
+from trainer.data.datasets import FaceCrops, class_counts, eval_transform, list_split, train_transform, verify_images
 from trainer.methods import create_method, method_class
-from trainer.pairing import PairedBatchSampler, find_partners
+from trainer.data.pairing import PairedBatchSampler, find_partners
 from trainer.models import Detector, create_model, model_spec
 from trainer.models.registry import checkpoint_problem
 from forensic.versions import library_versions
@@ -67,9 +67,9 @@ class FitConfig:
     warmup_epochs: float = 1.0
     patience: int | None = None  # early stopping: epochs without a better validation AUC
     size: int | None = None  # None: the architecture's input size
-    augment: str = "standard"  # standard (flip, rotation, colour, JPEG, blur), uploads (trainer.augment) or none
+    augment: str = "standard"  # standard (flip, rotation, colour, JPEG, blur), uploads (trainer.data.augment) or none
     sbi: bool = False  # add self-blended fakes made on the fly from the real training crops
-    paired: bool = False  # batches of fakes beside their own reals (trainer.pairing)
+    paired: bool = False  # batches of fakes beside their own reals (trainer.data.pairing)
     # Backbone module paths (e.g. conv_stem, bn1, blocks.0) whose weights and batch-norm
     # statistics stay as initialised: with a few dozen training videos, pretrained early and
     # middle features generalise better than fine-tuned ones.
@@ -320,7 +320,7 @@ def _save_atomically(obj: Any, path: Path) -> None:
 
 def _train_transform(config: FitConfig, size: int):
     if config.augment == "uploads":
-        from trainer.augment import uploads_transform
+        from trainer.data.augment import uploads_transform
 
         return uploads_transform(size)
     return train_transform(size) if config.augment == "standard" else eval_transform(size)
@@ -333,7 +333,7 @@ def _train_set(config: FitConfig, samples, size: int):
     partners = find_partners(samples) if config.paired else {}
     if not config.sbi:
         return crops, [s.label for s in samples], partners
-    from trainer.sbi import SelfBlendedFakes, load_landmarks
+    from trainer.data.sbi import SelfBlendedFakes, load_landmarks
 
     real_indices = [i for i, s in enumerate(samples) if s.label == 0]
     reals = [samples[i] for i in real_indices]

@@ -17,7 +17,7 @@ from PIL import Image
 from skimage import data
 
 from forensic.faces import FaceDetector, crop_face
-from trainer.sbi import BLEND_RATIOS
+from trainer.data.sbi import BLEND_RATIOS
 
 
 

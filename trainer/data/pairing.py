@@ -24,8 +24,8 @@ from typing import Iterator, Sequence
 import torch
 from torch.utils.data import Sampler
 
-from trainer.data import Sample
-from trainer.prepare import PAIR_PREFIX  # the names prepare gives paired fakes: one definition
+from trainer.data.datasets import Sample
+from trainer.data.prepare import PAIR_PREFIX  # the names prepare gives paired fakes: one definition
 
 _CROP_NAME = re.compile(r"(?P<video>.+)_(?P<frame>\d{4})_(?P<face>\d+)")
 _FFPP_STEM = re.compile(r"\d+(?:_\d+)+")

@@ -52,8 +52,8 @@ from PIL import Image
 from forensic.errors import MediaError
 from forensic.faces import FaceDetector, crop_face, to_crop_coordinates
 from forensic.media import Frame, load_image, media_kind, sample_video_frames
-from trainer.data import CLASSES, SPLITS
-from trainer.sbi import LANDMARKS_FILE, self_blend
+from trainer.data.datasets import CLASSES, SPLITS
+from trainer.data.sbi import LANDMARKS_FILE, self_blend
 
 PREPARE_FILE = "prepare.json"
 DONE_FILE = ".done"

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from trainer.data import Sample, read_rgb
+from trainer.data.datasets import Sample, read_rgb
 
 BLEND_RATIOS = (0.25, 0.5, 0.75, 1.0, 1.0, 1.0)  # the paper's choice: full blends half the time
 LANDMARKS_FILE = "landmarks.json"

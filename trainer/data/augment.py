@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torchvision.transforms import v2
 
-from trainer.corruptions import h264, jpeg
+from trainer.data.corruptions import h264, jpeg
 
 # (probability, parameter range) per degradation
 DOWNSCALE = (0.2, (0.35, 0.9))  # factor of each side
