@@ -38,7 +38,7 @@ from sklearn.preprocessing import StandardScaler
 from torch.utils.data import DataLoader
 
 from trainer.data.datasets import FaceCrops, eval_transform, list_split
-from trainer.export import load_run_model
+from trainer.export.bundle import load_run_model
 from trainer.models import create_model
 from trainer.data.prepare import group_videos
 

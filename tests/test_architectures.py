@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from trainer.export import MAX_LOGIT_DIFFERENCE, export_onnx, max_logit_difference
+from trainer.export.bundle import MAX_LOGIT_DIFFERENCE, export_onnx, max_logit_difference
 from trainer.methods import create_method
 from trainer.models import Detector, InitError, create_model, list_models, model_spec
 

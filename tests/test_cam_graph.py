@@ -1,5 +1,5 @@
 """Class activation maps for heads that are not global-pool + linear: Grad-CAM traced into the
-ONNX graph (trainer.cam_graph), exported into bundles, and used by forensic's heatmaps."""
+ONNX graph (trainer.export.cam_graph), exported into bundles, and used by forensic's heatmaps."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from trainer.cam_graph import reference_cam
+from trainer.export.cam_graph import reference_cam
 from trainer.models import DetectorWithCAM, create_model
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -32,7 +32,7 @@ def test_grad_cam_of_a_linear_head_is_its_class_activation_map():
 def test_a_resnet_se_bundle_carries_a_verified_grad_cam_that_forensic_uses(face_dataset, tmp_path):
     from forensic.bundle import load_bundle
     from forensic.inference import EnsembleRunner
-    from trainer.export import export_bundle, load_run_model
+    from trainer.export.bundle import export_bundle, load_run_model
     from trainer.fit import FitConfig, fit
 
     run = tmp_path / "run"

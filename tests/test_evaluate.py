@@ -408,8 +408,8 @@ def white_box_bundle(trained, tmp_path_factory) -> Path:
     """The trained toy detector as a bundle with its verified gradient graph, temperature 2 and
     threshold 0.4."""
     from forensic.bundle import write_bundle
-    from trainer.export import export_onnx
-    from trainer.gradient_graph import export_gradient_graph
+    from trainer.export.bundle import export_onnx
+    from trainer.export.gradient_graph import export_gradient_graph
 
     scratch = tmp_path_factory.mktemp("white-box")
     export_onnx(trained, SIZE, scratch / "model.onnx")
@@ -462,7 +462,7 @@ def test_bundle_white_box_attacks_go_through_its_gradient_graph(trained, white_b
 def black_box_bundle(tiny_run, tmp_path_factory) -> tuple[Path, Path]:
     """The tiny run exported without a gradient graph (it has a CAM output), and a 48 px test
     split, so the crops are shrunk to the bundle's 32 px."""
-    from trainer.export import export_bundle
+    from trainer.export.bundle import export_bundle
     from trainer.data.synthetic import make_face_dataset
 
     run, data = tiny_run

@@ -1,4 +1,4 @@
-"""The ONNX gradient graph (trainer.gradient_graph): per-sample cross-entropy and its input
+"""The ONNX gradient graph (trainer.export.gradient_graph): per-sample cross-entropy and its input
 gradient, run in ONNX Runtime and compared with PyTorch autograd (no mocks). A small detector
 with the layer types of the real ones covers the behaviour in seconds; one EfficientNet-B0
 export (about a minute on 2 CPU cores) shows a registered architecture goes through."""
@@ -12,8 +12,8 @@ import pytest
 import torch
 from torch import nn
 
-from trainer.gradient_graph import (GradientGraphError, _rewrite_strided_views, export_gradient_graph,
-                                    run_gradient_graph, torch_loss_and_grad, verify_gradient_graph)
+from trainer.export.gradient_graph import (GradientGraphError, _rewrite_strided_views, export_gradient_graph,
+                                           run_gradient_graph, torch_loss_and_grad, verify_gradient_graph)
 from trainer.models.registry import Detector
 
 SIZE = 32

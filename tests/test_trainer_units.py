@@ -392,7 +392,7 @@ def test_export_takes_a_checkpoint_per_run_and_calibrates_each_member_on_the_val
     from forensic.bundle import load_bundle
     from forensic.inference import EnsembleRunner
     from trainer.data.datasets import FaceCrops, eval_transform
-    from trainer.export import ExportError, ensemble_probability, export_bundle, load_run_model
+    from trainer.export.bundle import ExportError, ensemble_probability, export_bundle, load_run_model
 
     run, other = two_dataset_run
     bundle = export_bundle([run, run], tmp_path / "bundle", checkpoint=["best", "final"], gradient_graphs=False)
@@ -425,7 +425,7 @@ def test_export_takes_the_face_crop_margin_from_the_training_crops(tmp_path):
     # forensic crops faces with the bundle's margin: it must be the one training crops were made with.
     from types import SimpleNamespace
 
-    from trainer.export import ExportError, _training_face_crop
+    from trainer.export.bundle import ExportError, _training_face_crop
 
     def run_on(name: str, margin: float | None) -> SimpleNamespace:
         data = tmp_path / name
@@ -449,7 +449,7 @@ def test_export_takes_the_face_crop_margin_from_the_training_crops(tmp_path):
 
 
 def test_export_refuses_a_broken_checkpoint_and_a_non_finite_weight_in_one_line(two_dataset_run, tmp_path):
-    from trainer.export import ExportError, export_bundle
+    from trainer.export.bundle import ExportError, export_bundle
 
     run, _ = two_dataset_run
     with pytest.raises(ExportError, match="finite weight"):

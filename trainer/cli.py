@@ -179,7 +179,7 @@ def export_command(
 ) -> None:
     """Export runs as an ONNX bundle, after checking ONNX Runtime agrees with PyTorch, and calibrate it."""
     from trainer.data.datasets import DatasetError
-    from trainer.export import ExportError, export_bundle
+    from trainer.export.bundle import ExportError, export_bundle
 
     checkpoints = checkpoint.split(",")
     if any(c not in ("best", "last", "final") for c in checkpoints):
@@ -342,7 +342,7 @@ def eval_command(
                                   compare_reports, compare_table, evaluate_bundle, evaluate_run, summary_lines,
                                   summary_table, write_compare)
     from trainer.data.datasets import DatasetError
-    from trainer.export import ExportError
+    from trainer.export.bundle import ExportError
 
     stdout = Console(highlight=False)
     if not stdout.is_terminal:

@@ -896,7 +896,7 @@ def evaluate_run(run_dir: Path, data: Path, out: Path, settings: EvalSettings | 
                  checkpoint: str = "best", on_progress: Progress | None = None) -> dict:
     """Evaluate a `trainer fit` run on DATA/split and write the report folder `out`; return the
     report (metrics.json's content)."""
-    from trainer.export import load_run_model
+    from trainer.export.bundle import load_run_model
 
     started = time.perf_counter()
     settings = settings or EvalSettings()

@@ -3,7 +3,7 @@
 Each ONNX model takes RGB pixels in [0, 1] (N, 3, size, size) and returns logits [real, fake]
 (normalisation is inside the graph) and a second output `cam`, the class activation map of
 the fake-vs-real margin: exact for a global-pool + linear head, Grad-CAM traced into the graph
-for other heads (trainer.cam_graph; the manifest's `cam` entry says which, or why there is
+for other heads (trainer.export.cam_graph; the manifest's `cam` entry says which, or why there is
 none). Before anything is written, ONNX Runtime's outputs are checked against PyTorch's on a
 random batch.
 
@@ -112,7 +112,7 @@ def max_logit_difference(model: torch.nn.Module, onnx_path: Path, size: int, bat
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     actual = session.run(None, {session.get_inputs()[0].name: pixels.numpy()})
     if len(actual) == 2:
-        from trainer.cam_graph import reference_cam  # the CAM for linear heads, Grad-CAM for others
+        from trainer.export.cam_graph import reference_cam  # the CAM for linear heads, Grad-CAM for others
 
         expected = reference_cam(model, pixels)
     else:
@@ -275,7 +275,7 @@ def _calibration(runs: list[RunModel], weights: np.ndarray, data_dir: Path, size
 def _gradient_graph(run: RunModel, size: int, scratch: Path, model_file: str, files: dict[str, Path]) -> dict:
     """Export and verify the model's white-box gradient graph for forensic's PGD self-test;
     when that fails, say why in the manifest (forensic then falls back to SPSA)."""
-    from trainer.gradient_graph import GradientGraphError, export_gradient_graph
+    from trainer.export.gradient_graph import GradientGraphError, export_gradient_graph
 
     file = model_file.replace(".onnx", ".grad.onnx")
     try:
@@ -293,9 +293,9 @@ def _gradient_graph(run: RunModel, size: int, scratch: Path, model_file: str, fi
 def _export_model(run: RunModel, size: int, path: Path) -> tuple[bool, dict]:
     """Write the run's model to `path` with a CAM output when one can be had: exact for a
     global-pool + linear head (plain exporter, about a second), else Grad-CAM traced into the
-    graph (trainer.cam_graph, minutes); when that fails, logits only and the reason."""
-    from trainer.cam_graph import export_cam_onnx
-    from trainer.gradient_graph import GradientGraphError
+    graph (trainer.export.cam_graph, minutes); when that fails, logits only and the reason."""
+    from trainer.export.cam_graph import export_cam_onnx
+    from trainer.export.gradient_graph import GradientGraphError
 
     if model_spec(run.arch).cam:
         export_onnx(run.model, size, path, with_cam=True)

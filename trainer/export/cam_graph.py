@@ -14,7 +14,7 @@ i.e. Grad-CAM (Selvaraju et al., ICCV 2017) of the fake-vs-real margin with its 
 rather than averaged over positions and without the final ReLU, so that for a linear head it
 is exactly the class activation map `DetectorWithCAM` gives (positive = evidence for "fake"),
 and heatmaps mean the same thing whatever the head. The head's gradient is traced with
-`make_fx` as `trainer.gradient_graph` traces the input gradient, exported with the dynamo
+`make_fx` as `trainer.export.gradient_graph` traces the input gradient, exported with the dynamo
 exporter, and checked against PyTorch autograd before it is kept.
 """
 
@@ -31,8 +31,8 @@ import torch
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from trainer.gradient_graph import (TRACE_BATCH, TRACING_MODES, GradientGraphError, _cosine, _frozen_eval, _one_line,
-                                    recorded_layers, trace_aten)
+from trainer.export.gradient_graph import (TRACE_BATCH, TRACING_MODES, GradientGraphError, _cosine, _frozen_eval, _one_line,
+                                           recorded_layers, trace_aten)
 
 OUTPUT_NAMES = ("logits", "cam")
 MAX_LOGIT_DIFFERENCE = 1e-4
