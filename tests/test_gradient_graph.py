@@ -12,8 +12,9 @@ import pytest
 import torch
 from torch import nn
 
-from trainer.export.gradient_graph import (GradientGraphError, _rewrite_strided_views, export_gradient_graph,
-                                           run_gradient_graph, torch_loss_and_grad, verify_gradient_graph)
+from trainer.export.gradient_graph import (GradientGraphError, export_gradient_graph, run_gradient_graph, torch_loss_and_grad,
+                                           verify_gradient_graph)
+from trainer.export.tracing import _rewrite_strided_views
 from trainer.models.registry import Detector
 
 SIZE = 32

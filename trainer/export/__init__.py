@@ -5,6 +5,8 @@
     gradient_graph   each model's input-gradient graph (loss and ∇ₓ loss in ONNX), for white-box
                      attacks on a bundle (forensic's self-test, `trainer eval --bundle`)
     cam_graph        Grad-CAM traced into the model's graph, for heads without an exact CAM
+    tracing          what those two graphs share: tracing a gradient into ONNX-exportable ATen
+                     ops, and trying each tracing mode until one exports and verifies
 
 Import the module you need; this package imports nothing.
 """

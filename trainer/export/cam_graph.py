@@ -14,8 +14,9 @@ i.e. Grad-CAM (Selvaraju et al., ICCV 2017) of the fake-vs-real margin with its 
 rather than averaged over positions and without the final ReLU, so that for a linear head it
 is exactly the class activation map `DetectorWithCAM` gives (positive = evidence for "fake"),
 and heatmaps mean the same thing whatever the head. The head's gradient is traced with
-`make_fx` as `trainer.export.gradient_graph` traces the input gradient, exported with the dynamo
-exporter, and checked against PyTorch autograd before it is kept.
+`make_fx` as the input gradient is (trainer.export.tracing, shared with
+`trainer.export.gradient_graph`), exported with the dynamo exporter, and checked against
+PyTorch autograd before it is kept.
 """
 
 from __future__ import annotations
@@ -31,8 +32,9 @@ import torch
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from trainer.export.gradient_graph import (TRACE_BATCH, TRACING_MODES, GradientGraphError, _cosine, _frozen_eval, _one_line,
-                                           recorded_layers, trace_aten)
+from trainer.export.gradient_graph import cosine
+from trainer.export.tracing import (TRACE_BATCH, Attempt, GradientGraphError, first_working_mode, frozen_eval, recorded_layers,
+                                    trace_aten)
 
 OUTPUT_NAMES = ("logits", "cam")
 MAX_LOGIT_DIFFERENCE = 1e-4
@@ -54,7 +56,7 @@ def _cam(features: torch.Tensor, gradient: torch.Tensor) -> torch.Tensor:
 
 def reference_cam(model: nn.Module, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(logits, cam) by PyTorch autograd, in eval mode with frozen parameters (modes restored)."""
-    with _frozen_eval(model), torch.enable_grad():
+    with frozen_eval(model), torch.enable_grad():
         features = model.features(pixels).detach().requires_grad_(True)
         margin, logits = _margin_and_logits(model)(features)
         (gradient,) = torch.autograd.grad(margin, features)
@@ -86,7 +88,7 @@ def verify_cam_onnx(model: nn.Module, path, size: int, batch: int = 3, seed: int
     logits, cam = session.run(list(OUTPUT_NAMES), {"pixels": pixels.numpy()})
     report = {
         "logits_max_difference": float(np.abs(logits - expected_logits).max()),
-        "cam_cosine": _cosine(cam, expected_cam),
+        "cam_cosine": cosine(cam, expected_cam),
         "cam_max_relative_difference": float(np.abs(cam - expected_cam).max() / max(float(np.abs(expected_cam).max()), 1e-6)),
         "batch": batch,
         "seed": seed,
@@ -107,34 +109,27 @@ def export_cam_onnx(model: nn.Module, size: int, path) -> dict:
     from torch.export import Dim
 
     path, started = Path(path), time.perf_counter()
+
+    def trace_export_verify(attempt: Attempt) -> dict:
+        with frozen_eval(model):
+            graph = _trace(model, size, attempt.mode)
+            attempt.stage = "the ONNX export"
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                program = torch.onnx.export(graph, (torch.rand(TRACE_BATCH, 3, size, size),), dynamo=True,
+                                            input_names=["pixels"], output_names=list(OUTPUT_NAMES),
+                                            dynamic_shapes=({0: Dim("batch", min=1)},), verbose=False)
+            program.save(str(attempt.staged), external_data=False)
+        attempt.stage = "the ONNX checker"
+        onnx.checker.check_model(str(attempt.staged))
+        attempt.stage = "verification"
+        return verify_cam_onnx(model, attempt.staged, size)
+
     scratch = Path(tempfile.mkdtemp(prefix=".cam-graph-", dir=path.parent))
-    attempts = []
-    try:
-        for mode in TRACING_MODES:  # the same order and reasons as the input-gradient graph's
-            staged = scratch / mode / path.name
-            staged.parent.mkdir()
-            stage = "tracing the head's gradient"
-            try:
-                with _frozen_eval(model):
-                    graph = _trace(model, size, mode)
-                    stage = "the ONNX export"
-                    with warnings.catch_warnings():
-                        warnings.simplefilter("ignore")
-                        program = torch.onnx.export(graph, (torch.rand(TRACE_BATCH, 3, size, size),), dynamo=True,
-                                                    input_names=["pixels"], output_names=list(OUTPUT_NAMES),
-                                                    dynamic_shapes=({0: Dim("batch", min=1)},), verbose=False)
-                    program.save(str(staged), external_data=False)
-                stage = "the ONNX checker"
-                onnx.checker.check_model(str(staged))
-                stage = "verification"
-                report = verify_cam_onnx(model, staged, size)
-                break
-            except Exception as exc:
-                text = str(exc) if isinstance(exc, GradientGraphError) else f"{stage} failed ({_one_line(exc)})"
-                attempts.append(f"{mode}: {text}")
-        else:
-            raise GradientGraphError(f"no Grad-CAM graph for {model.backbone.__class__.__name__}: " + " | ".join(attempts))
-        shutil.move(str(staged), path)
+    try:  # the same tracing modes, in the same order, as the input-gradient graph's
+        attempt, report, _ = first_working_mode(trace_export_verify, scratch, path.name, "tracing the head's gradient",
+                                                f"no Grad-CAM graph for {model.backbone.__class__.__name__}")
+        shutil.move(str(attempt.staged), path)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    return {**report, "tracing": mode, "seconds": round(time.perf_counter() - started, 1)}
+    return {**report, "tracing": attempt.mode, "seconds": round(time.perf_counter() - started, 1)}
