@@ -101,16 +101,16 @@ def scan(
     self_test_steps: int = typer.Option(10, "--self-test-steps", min=1, help="PGD steps per ε."),
     device: str = typer.Option("auto", "--device", help="auto (GPU if it truly loads, else CPU), cpu or cuda."),
     fail_on_fake: bool = typer.Option(False, "--fail-on-fake", help="Exit with status 3 when any file is judged fake."),
+    shard: Optional[str] = typer.Option(None, "--shard", help="Scan only shard I of N (0 <= I < N, e.g. 3/16): the files whose path relative to the folder given (a file named directly: its path as given) hashes to I; 'forensic merge' joins the N reports."),
     workers: Optional[int] = typer.Option(None, "--workers", "-j", min=1, help=f"Processes scanning files in parallel, each with one thread (default: the cores, {os.cpu_count()}, once there are {FILES_PER_WORKER} files for each; fewer files are scanned in this process, as a worker's start-up costs seconds)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No table or progress; only errors (and --json - output)."),
 ) -> None:
     """Scan images, videos and folders; print a verdict per file and optionally a JSON report."""
     from forensic.bundle import load_bundle
-    from forensic.html_report import write_html
-    from forensic.media import collect_inputs, read_path_list
-    from forensic.outputs import check_output
-    from forensic.report import build_report, write_csv, write_report
+    from forensic.media import collect_keyed_inputs, read_path_list
+    from forensic.report import build_report
     from forensic.scan import Scanner
+    from forensic.shards import parse_shard, select_shard
 
     json_to_stdout = json_out == "-"
     # With --json -, stdout carries the report and nothing else.
@@ -120,6 +120,10 @@ def scan(
         _usage_error(errors, f"--device must be auto, cpu or cuda, not {device!r}")
     if aggregation not in ("confident", "mean", "max"):
         _usage_error(errors, f"--aggregate must be confident, mean or max, not {aggregation!r}")
+    try:
+        part = parse_shard(shard) if shard is not None else None
+    except ForensicError as exc:
+        _usage_error(errors, str(exc))
     requested = list(paths or [])
     if from_list == "-" and sys.stdin.isatty():
         _usage_error(errors, "--from - reads paths from stdin, but stdin is a terminal")
@@ -143,16 +147,13 @@ def scan(
         scanner = Scanner(loaded, **settings)  # type: ignore[arg-type]
     except ForensicError as exc:
         _usage_error(errors, str(exc))
-    inputs = collect_inputs(requested, include=include, exclude=exclude)
-    if not inputs:
+    listing = collect_keyed_inputs(requested, include=include, exclude=exclude)
+    if not listing:
         _usage_error(errors, "no images or videos found in " + ", ".join(map(str, requested)))
-    outputs = [Path(path) for path in (None if json_to_stdout else json_out, csv_out) if path]
-    outputs += [html_out / "index.html"] if html_out else []
-    try:  # now, not after an hour of scanning
-        for output in outputs:
-            check_output(output, inputs)
-    except ForensicError as exc:
-        _usage_error(errors, str(exc))
+    listed = [path for path, _ in listing]
+    selection = select_shard(listing, part) if part else None  # a shard's other files are never opened
+    inputs = selection.paths if selection else listed
+    _check_outputs(errors, json_out, csv_out, html_out, listed)  # now, not after an hour of scanning
 
     results: list[FileResult] = []
     progress = Progress(
@@ -194,19 +195,50 @@ def scan(
         errors.print(f"interrupted: {len(results)} of {len(inputs)} files scanned; the report is marked incomplete "
                      f"and lists the {len(not_scanned)} not scanned", markup=False, highlight=False, soft_wrap=True)
 
-    report = build_report(results, scanner, not_scanned)
+    report = build_report(results, scanner, not_scanned, shard=selection.record(results, not_scanned) if selection else None)
     console.print(_table(results))
+    if part:
+        console.print(f"shard {part.index}/{part.count}: {len(inputs)} of the {len(listed)} files listed",
+                      markup=False, highlight=False, soft_wrap=True)
     console.print(
         f"bundle {printable(loaded.name)} ({loaded.sha256[:12]}) on {report['provider']}, threshold {scanner.threshold:g}"
         + (f" ± {scanner.uncertain_band:g} uncertain" if scanner.uncertain_band else "")
         + (f" (given; the bundle's is {loaded.threshold:g})" if scanner.threshold != loaded.threshold else ""),
         markup=False, highlight=False, soft_wrap=True,
     )
-    if json_to_stdout:
-        sys.stdout.write(json.dumps(report, indent=2) + "\n")
     weights = {name: scanner.runner.model_weight(name) for name in scanner.runner.sessions}
+    unwritten = _write_outputs(console, errors, report, results, weights, json_out, csv_out, html_out)
+    if not_scanned is not None:
+        raise typer.Exit(EXIT_INTERRUPTED)
+    _exit(results, fail_on_fake, unwritten)
+
+
+def _check_outputs(errors: Console, json_out: Optional[str], csv_out: Optional[Path], html_out: Optional[Path],
+                   inputs: list[Path]) -> None:
+    """Refuse an output that cannot be written or that names an input: a usage error, before any work."""
+    from forensic.outputs import check_output
+
+    outputs = [Path(path) for path in (None if json_out == "-" else json_out, csv_out) if path]
+    outputs += [html_out / "index.html"] if html_out else []
+    try:
+        for output in outputs:
+            check_output(output, inputs)
+    except ForensicError as exc:
+        _usage_error(errors, str(exc))
+
+
+def _write_outputs(console: Console, errors: Console, report: dict, results: list[FileResult],
+                   weights: dict[str, float], json_out: Optional[str], csv_out: Optional[Path],
+                   html_out: Optional[Path]) -> bool:
+    """Write the report to the outputs asked for, each tried even when another fails (said on
+    stderr); whether one could not be written."""
+    from forensic.html_report import write_html
+    from forensic.report import write_csv, write_report
+
+    if json_out == "-":
+        sys.stdout.write(json.dumps(report, indent=2) + "\n")
     writers = []
-    if json_out and not json_to_stdout:
+    if json_out and json_out != "-":
         writers.append(("report", lambda: write_report(report, Path(json_out))))
     if html_out:
         writers.append(("HTML report", lambda: write_html(report, results, weights, html_out / "index.html")))
@@ -220,12 +252,57 @@ def scan(
             unwritten = True
             errors.print(printable(f"error: {exc.filename or what}: cannot write the {what} ({exc.strerror or exc})"),
                          markup=False, highlight=False, soft_wrap=True)
+    return unwritten
 
-    if not_scanned is not None:
-        raise typer.Exit(EXIT_INTERRUPTED)
+
+def _exit(results: list[FileResult], fail_on_fake: bool, failed: bool) -> NoReturn:
+    """3 for a fake with --fail-on-fake; else 1 when `failed` or a file is an error; else 0."""
     if fail_on_fake and any(r.verdict == "fake" for r in results):
         raise typer.Exit(EXIT_FAKE_FOUND)
-    raise typer.Exit(EXIT_FILE_ERRORS if unwritten or any(r.verdict == "error" for r in results) else 0)
+    raise typer.Exit(EXIT_FILE_ERRORS if failed or any(r.verdict == "error" for r in results) else 0)
+
+
+@app.command(
+    epilog=(
+        "Exit status: 0 merged; 1 some files are errors, the merged report is incomplete (a shard was "
+        "interrupted, or missing with --allow-missing) or a report could not be written; 2 bad usage or "
+        "reports that are not the shards of one scan (nothing written); 3 a fake was found, with --fail-on-fake."
+    )
+)
+def merge(
+    reports: list[Path] = typer.Argument(..., help="The JSON reports of 'forensic scan --shard I/N', one per shard, in any order."),
+    json_out: Optional[str] = typer.Option(None, "--json", help="Write the merged JSON report to FILE, or to stdout with '-'."),
+    csv_out: Optional[Path] = typer.Option(None, "--csv", help="Write a one-row-per-file CSV summary to FILE."),
+    html_out: Optional[Path] = typer.Option(None, "--html", help="Write a self-contained HTML report to DIR/index.html (without face crops: the JSON reports hold none)."),
+    allow_missing: bool = typer.Option(False, "--allow-missing", help="Merge even when some of the N shards have no report; the merged report is marked incomplete."),
+    fail_on_fake: bool = typer.Option(False, "--fail-on-fake", help="Exit with status 3 when any file is judged fake."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No table; only errors (and --json - output)."),
+) -> None:
+    """Join the shard reports of one scan into the report a single scan would have written."""
+    from forensic.shards import merge_reports
+
+    console = Console(stderr=json_out == "-", quiet=quiet)
+    errors = Console(stderr=True)
+    _check_outputs(errors, json_out, csv_out, html_out, reports)
+    try:
+        merged = merge_reports(reports, allow_missing=allow_missing)
+    except ForensicError as exc:
+        _usage_error(errors, str(exc))
+    report = merged.report
+    console.print(_table(merged.results))
+    console.print(f"merged {len(report['merged_from'])} shard reports: {len(report['files'])} files, bundle "
+                  f"{printable(report['bundle']['name'])} ({report['bundle']['sha256'][:12]}) on {report['provider']}",
+                  markup=False, highlight=False, soft_wrap=True)
+    if merged.missing:
+        errors.print(f"incomplete: no report for shard(s) {', '.join(map(str, merged.missing))} of "
+                     f"{report['merged_from'][0]['count']}; their {merged.unaccounted} inputs are not in the report",
+                     markup=False, highlight=False, soft_wrap=True)
+    if report["not_scanned"]:
+        errors.print(f"incomplete: {len(report['not_scanned'])} inputs were not scanned (an interrupted shard); "
+                     f"the report lists them", markup=False, highlight=False, soft_wrap=True)
+    weights = {model["name"]: model["weight"] for model in report["bundle"].get("models", [])}
+    unwritten = _write_outputs(console, errors, report, merged.results, weights, json_out, csv_out, html_out)
+    _exit(merged.results, fail_on_fake, unwritten or not report["complete"])
 
 
 def _self_test_settings(errors: Console, epsilons: str, steps: int) -> SelfTestSettings:

@@ -70,15 +70,23 @@ def collect_inputs(paths: Iterable[Path], include: Iterable[str] = (), exclude: 
     sub-folder that cannot be listed (no permission, a path over the system's length limit) is
     kept too, so its scan reports why (symlinked folders are not followed, as before).
     """
+    return [path for path, _ in collect_keyed_inputs(paths, include, exclude)]
+
+
+def collect_keyed_inputs(paths: Iterable[Path], include: Iterable[str] = (),
+                         exclude: Iterable[str] = ()) -> list[tuple[Path, str]]:
+    """`collect_inputs`, each path with its key: the path relative to the folder given that it
+    was found in (`sub/a.jpg`), or a path named directly as it was given (`./a.jpg` is `a.jpg`),
+    in POSIX form. The key does not depend on where the folder is (`forensic scan --shard`)."""
     include, exclude = tuple(include), tuple(exclude)
-    found: list[Path] = []
+    found: list[tuple[Path, str]] = []
     for path in paths:
         try:
             is_dir = path.is_dir()
         except OSError:  # unreadable or a name too long: reported as that file's error, not a crash
             is_dir = False
         if not is_dir:
-            found.append(path)
+            found.append((path, path.as_posix()))
             continue
         inside: list[Path] = []
         for folder, _, names in os.walk(path, onerror=lambda exc: inside.append(Path(exc.filename))):
@@ -90,17 +98,17 @@ def collect_inputs(paths: Iterable[Path], include: Iterable[str] = (), exclude: 
                     keep = True  # cannot be stat'ed: its scan says why
                 if keep and (not include or _matches(p, path, include)) and not _matches(p, path, exclude):
                     inside.append(p)
-        found.extend(sorted(inside))
+        found.extend((p, Path(os.path.relpath(p, path)).as_posix()) for p in sorted(inside))
     seen: set[str] = set()
     unique = []
-    for path in found:
+    for path, key in found:
         try:
-            key = os.path.realpath(path)
+            real = os.path.realpath(path)
         except (OSError, ValueError):
-            key = str(path)
-        if key not in seen:
-            seen.add(key)
-            unique.append(path)
+            real = str(path)
+        if real not in seen:
+            seen.add(real)
+            unique.append((path, key))
     return unique
 
 

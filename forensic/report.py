@@ -13,7 +13,7 @@ from pathlib import Path
 from forensic import __version__
 from forensic.outputs import atomic_write_text
 from forensic.versions import library_versions
-from forensic.scan import FileResult, Scanner
+from forensic.scan import FaceResult, FileResult, FrameResult, IdentityResult, Scanner
 
 REPORT_SCHEMA_VERSION = 1
 
@@ -38,14 +38,35 @@ def file_entry(result: FileResult) -> dict:
     return entry
 
 
-def build_report(results: list[FileResult], scanner: Scanner, not_scanned: list[Path] | None = None) -> dict:
+def result_from_entry(entry: dict) -> FileResult:
+    """The inverse of `file_entry` (crops aside)."""
+    frames = [
+        FrameResult(index=frame["index"], time=frame["time"], faces=[
+            FaceResult(**{**face, "box": tuple(face["box"])}) for face in frame["faces"]])
+        for frame in entry["frames"]
+    ]
+    identities = [IdentityResult(**{**identity, "first_box": tuple(identity["first_box"])})
+                  for identity in entry["identities"]]
+    fields = {key: entry[key] for key in ("path", "kind", "sha256", "verdict", "score", "threshold",
+                                          "frames_analyzed", "faces", "error", "timings", "self_test")}
+    return FileResult(**fields, identities=identities, frames=frames)
+
+
+def timestamp() -> str:
+    """Now, as a report's `created`."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def build_report(results: list[FileResult], scanner: Scanner, not_scanned: list[Path] | None = None,
+                 shard: dict | None = None) -> dict:
     """The report of `results`; `not_scanned`: the inputs an interrupted scan did not reach (the
-    report is then marked incomplete and lists them, so every input is accounted for)."""
+    report is then marked incomplete and lists them, so every input is accounted for); `shard`:
+    which part of the inputs this scan took (`forensic.shards.ShardSelection.record`)."""
     bundle = scanner.bundle
     return {
         "schema_version": REPORT_SCHEMA_VERSION,
         "tool_version": __version__,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": timestamp(),
         "bundle": {
             "name": bundle.name,
             "sha256": bundle.sha256,
@@ -69,6 +90,8 @@ def build_report(results: list[FileResult], scanner: Scanner, not_scanned: list[
         "versions": library_versions(),
         "complete": not_scanned is None,
         "not_scanned": [str(path) for path in not_scanned or []],
+        "shard": shard,
+        "merged_from": None,  # the shard reports `forensic merge` joined
         "files": [file_entry(result) for result in results],
     }
 

@@ -19,8 +19,8 @@ import numpy as np
 
 from forensic.bundle import sha256_file
 from forensic.outputs import atomic_write
-from forensic.report import build_report, file_entry
-from forensic.scan import FaceResult, FileResult, FrameResult, IdentityResult, Scanner
+from forensic.report import build_report, file_entry, result_from_entry
+from forensic.scan import FileResult, Scanner
 
 CACHE_ENV = "FORENSIC_CACHE_DIR"
 
@@ -31,20 +31,6 @@ def default_cache_dir() -> Path:
         return Path(os.environ[CACHE_ENV]).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base).expanduser() / "deepfake-forensics"
-
-
-def result_from_entry(entry: dict) -> FileResult:
-    """The inverse of `forensic.report.file_entry` (crops aside)."""
-    frames = [
-        FrameResult(index=frame["index"], time=frame["time"], faces=[
-            FaceResult(**{**face, "box": tuple(face["box"])}) for face in frame["faces"]])
-        for frame in entry["frames"]
-    ]
-    identities = [IdentityResult(**{**identity, "first_box": tuple(identity["first_box"])})
-                  for identity in entry["identities"]]
-    fields = {key: entry[key] for key in ("path", "kind", "sha256", "verdict", "score", "threshold",
-                                          "frames_analyzed", "faces", "error", "timings", "self_test")}
-    return FileResult(**fields, identities=identities, frames=frames)
 
 
 def self_test_matches(self_test: dict | None, steps: int, epsilons: tuple[float, ...]) -> bool:
