@@ -103,7 +103,7 @@ def main() -> None:
     best_wall = {label: min(values) for label, values in walls.items()}
 
     # Where dual-attacker's time goes (best of `repeats` each, on its own model and U-Net).
-    from trainer.attacks import pgd
+    from trainer.attacks.white_box import pgd
 
     model, dual, optimizer = runs["dual-attacker"]
 

@@ -12,10 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainer.attacks import fgsm, pgd
+from trainer.attacks.white_box import fgsm, pgd
 from trainer.methods import create_method, method_class
 from trainer.models.registry import Detector
-from trainer.unet_attacker import UNetAttacker, high_frequency_energy, total_variation
+from trainer.attacks.unet import UNetAttacker, high_frequency_energy, total_variation
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

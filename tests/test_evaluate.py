@@ -24,9 +24,11 @@ from typer.testing import CliRunner
 from trainer.cli import app
 from trainer.data.corruptions import DEFAULT_CORRUPTIONS, h264
 from trainer.data.datasets import Sample
-from trainer.evaluate import (CHECK_NAMES, DEFAULT_ATTACKS, AttackSpec, EvalSettings, EvaluationError, auc_score,
-                              binary_metrics, bootstrap_auc_ci, collect, equal_error_rate, evaluate_run, fgsm,
-                              masking_table_html, pgd, run_attack, square_attack, stratified_subset, summarise,
+from trainer.attacks.square import square_attack
+from trainer.attacks.suite import DEFAULT_ATTACKS, AttackSpec, run_attack
+from trainer.attacks.white_box import scorer_fgsm, scorer_pgd
+from trainer.evaluate import (CHECK_NAMES, EvalSettings, EvaluationError, auc_score, binary_metrics, bootstrap_auc_ci,
+                              collect, equal_error_rate, evaluate_run, masking_table_html, stratified_subset, summarise,
                               tpr_at_fpr, video_id, video_scores)
 from trainer.gradcam import feature_layer, grad_cam
 from trainer.models.registry import Detector
@@ -238,14 +240,14 @@ def test_a_gradient_masked_model_trips_the_checks():
 
 
 def test_scorer_attacks_are_trainer_attacks_for_a_torch_model(trained):
-    """The attack loops written on the scorer interface give exactly trainer.attacks' examples
-    (8 crops: the mean and the summed loss differ by a power of two, so signs are bit-equal)."""
-    from trainer import attacks
+    """The attacks on the scorer interface give exactly the nn.Module attacks' examples (8 crops:
+    the mean and the summed loss differ by a power of two, so signs are bit-equal)."""
+    from trainer.attacks import white_box as attacks
 
     pixels, labels = make_batch(8, seed=3)
     scorer = TorchScorer(trained)
-    assert torch.equal(fgsm(scorer, pixels, labels, 0.01), attacks.fgsm(trained, pixels, labels, 0.01))
-    ours = pgd(scorer, pixels, labels, 4 / 255, 5, torch.Generator().manual_seed(7))
+    assert torch.equal(scorer_fgsm(scorer, pixels, labels, 0.01), attacks.fgsm(trained, pixels, labels, 0.01))
+    ours = scorer_pgd(scorer, pixels, labels, 4 / 255, 5, torch.Generator().manual_seed(7))
     theirs = attacks.pgd(trained, pixels, labels, 4 / 255, 5, generator=torch.Generator().manual_seed(7))
     assert torch.equal(ours, theirs)
 

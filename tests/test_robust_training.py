@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from tests.test_attacks import loss_of, make_batch, roundtrip, tiny_detector
-from trainer.attacks import fgsm, pgd
+from trainer.attacks.white_box import fgsm, pgd
 from trainer.methods import create_method, list_methods
 from trainer.methods.trades import kl_to_clean
 

@@ -338,9 +338,9 @@ def eval_command(
     compare: bool = typer.Option(False, "--compare", help="Compare report folders side by side instead of evaluating."),
 ) -> None:
     """Evaluate a run or a bundle on a split: clean metrics (frames and videos), attacks, gradient-masking checks, corruptions, heatmaps."""
-    from trainer.evaluate import (BLACK_BOX, DEFAULT_ATTACKS, DEFAULT_CORRUPTIONS, SCREENING_ATTACKS, EvalSettings, EvaluationError,
-                                  compare_reports, compare_table, evaluate_bundle, evaluate_run, summary_lines,
-                                  summary_table, write_compare)
+    from trainer.attacks.suite import BLACK_BOX, DEFAULT_ATTACKS, SCREENING_ATTACKS
+    from trainer.evaluate import (DEFAULT_CORRUPTIONS, EvalSettings, EvaluationError, compare_reports, compare_table,
+                                  evaluate_bundle, evaluate_run, summary_lines, summary_table, write_compare)
     from trainer.data.datasets import DatasetError
     from trainer.export.bundle import ExportError
 

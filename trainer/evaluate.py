@@ -29,19 +29,11 @@ are closest; their mean), average precision, log-loss (P clipped to [1e-7, 1 −
 confusion matrix and the counts per class. When a video's crops disagree in label, the video
 level is skipped with the reason recorded.
 
-Attacks (L∞, pixel space [0, 1] before normalisation, true labels, seeded per batch; frame
-level). White-box, on the scorer's loss gradient (a run: cross-entropy by autograd; a bundle:
-its gradient graphs, see trainer.scorers for exactly which loss): FGSM at ε ∈ {0.001, 0.005,
-0.01, 0.02}; PGD-5 at ε ∈ {0.0001, 0.0005, 0.001}; PGD-10 and PGD-20 at ε ∈ {1/255, 2/255,
-4/255} (random start, step 2.5·ε/steps). A bundle with a model that lacks a gradient graph gets
-no white-box attack, and the report says so. Black-box: a Square-attack-like random search
-(Andriushchenko et al., ECCV 2020; margin loss, at most SQUARE_QUERIES queries per crop) at
-ε = 4/255. Learned: a dual-attacker run's U-Net (unet_attacker.pt, saved at the run's last
-epoch; its ε from the run's eps_unet option) applied once to each crop. Robust accuracy and AUC
-per attack, and the worst case over attacks. `--save-adv` keeps, per attack, the adversarial
-versions of the first SAVE_ADV_PER_CLASS crops of each class (the same crops for every attack)
-as 16-bit PNGs whose perturbation is rounded toward zero, so they stay within ε of the clean
-crops saved beside them.
+Attacks: the white-box, black-box and learned attacks trainer.attacks.suite lists, at frame
+level. Robust accuracy and AUC per attack, and the worst case over attacks. `--save-adv` keeps,
+per attack, the adversarial versions of the first SAVE_ADV_PER_CLASS crops of each class (the
+same crops for every attack) as 16-bit PNGs whose perturbation is rounded toward zero, so they
+stay within ε of the clean crops saved beside them.
 
 Gradient-masking checks (Athalye et al., ICML 2018; Carlini et al., "On Evaluating Adversarial
 Robustness", 2019), each passed/failed with its numbers, with a tolerance of
@@ -73,7 +65,6 @@ from __future__ import annotations
 import csv
 import html
 import json
-import math
 import re
 import time
 import zlib
@@ -86,33 +77,26 @@ import cv2
 import numpy as np
 import torch
 from sklearn.metrics import average_precision_score, confusion_matrix, log_loss, roc_auc_score, roc_curve
-from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
 from forensic.bundle import load_bundle
 from forensic.heatmaps import overlay, write_png
 from forensic.versions import library_versions
+from trainer.attacks.square import SQUARE_P_INIT, SQUARE_QUERIES
+from trainer.attacks.suite import BLACK_BOX, DEFAULT_ATTACKS, UNET_FILE, AttackSpec, load_unet_attack, run_attack
 from trainer.data.corruptions import DEFAULT_CORRUPTIONS, Corruption
 from trainer.data.datasets import CLASSES, FaceCrops, Sample, list_split, scan_crop
+from trainer.evaluation.errors import EvaluationError
 from trainer.fit import resolve_device
 from trainer.scorers import RUN_THRESHOLD, BundleScorer, Scorer, TorchScorer
-from trainer.unet_attacker import DEFAULT_EPS as UNET_DEFAULT_EPS
-from trainer.unet_attacker import UNetAttacker
 
 SCHEMA = "trainer-eval/1"
 BOOTSTRAP_RESAMPLES = 1000
-SQUARE_QUERIES = 100
-SQUARE_P_INIT = 0.05
 SAVE_ADV_PER_CLASS = 4
 HEATMAPS_PER_CELL = 4
-UNET_FILE = "unet_attacker.pt"
 
 Progress = Callable[[str, int, int], None]
-
-
-class EvaluationError(Exception):
-    """An evaluation that cannot be done as asked, described in one line."""
 
 
 # ------------------------------------------------------------------------------------ metrics
@@ -259,170 +243,6 @@ def stratified_subset(samples: list[Sample], limit: int | None, seed: int = 0) -
     for label in present:
         chosen.extend(rng.choice(by_class[label], size=quotas[label], replace=False).tolist())
     return [samples[i] for i in sorted(chosen)]
-
-
-# ------------------------------------------------------------------------------------ attacks
-
-@dataclass(frozen=True)
-class AttackSpec:
-    family: str  # fgsm, pgd (white-box), square (black-box) or unet (learned)
-    eps: float
-    steps: int = 0  # PGD steps; square: query budget
-    eps_text: str = ""
-    network: nn.Module | None = field(default=None, compare=False, repr=False)  # unet: the attacker
-
-    @property
-    def name(self) -> str:
-        eps = self.eps_text or f"{self.eps:g}"
-        family = f"pgd{self.steps}" if self.family == "pgd" else self.family
-        return f"{family} eps={eps}"
-
-    @property
-    def group(self) -> str:
-        return f"pgd{self.steps}" if self.family == "pgd" else self.family
-
-    @property
-    def box(self) -> str:
-        return {"square": "black", "unet": "learned"}.get(self.family, "white")
-
-
-DEFAULT_ATTACKS: tuple[AttackSpec, ...] = (
-    *(AttackSpec("fgsm", eps) for eps in (0.001, 0.005, 0.01, 0.02)),
-    *(AttackSpec("pgd", eps, 5) for eps in (0.0001, 0.0005, 0.001)),
-    *(AttackSpec("pgd", k / 255, steps, f"{k}/255") for steps in (10, 20) for k in (1, 2, 4)),
-)
-BLACK_BOX = AttackSpec("square", 4 / 255, SQUARE_QUERIES, "4/255")
-# `--attack-set pgd10`: the two points the robustness goals name, for ranking candidates quickly
-SCREENING_ATTACKS: tuple[AttackSpec, ...] = tuple(AttackSpec("pgd", k / 255, 10, f"{k}/255") for k in (1, 4))
-
-
-def _check_eps(eps: float) -> float:
-    eps = float(eps)
-    if eps < 0:
-        raise ValueError(f"eps must be >= 0, got {eps}")
-    return eps
-
-
-# FGSM and PGD are written here on a scorer's gradient, not taken from trainer.attacks, whose
-# functions differentiate an nn.Module with autograd: a bundle's gradient comes from its ONNX
-# gradient graphs. For a PyTorch model both give the same examples (tests check it).
-
-def fgsm(scorer: Scorer, pixels: torch.Tensor, labels: torch.Tensor, eps: float) -> torch.Tensor:
-    """One signed-gradient step (Goodfellow et al., ICLR 2015): clamp(x + eps · sign(∇ₓ loss), 0, 1)."""
-    eps = _check_eps(eps)
-    if eps == 0:
-        return pixels.detach().clone()
-    return (pixels.detach() + eps * scorer.loss_gradient(pixels, labels).sign()).clamp_(0.0, 1.0)
-
-
-def pgd(scorer: Scorer, pixels: torch.Tensor, labels: torch.Tensor, eps: float, steps: int,
-        generator: torch.Generator) -> torch.Tensor:
-    """PGD (Madry et al., ICLR 2018): from a uniform random point of the L∞ ball (drawn from
-    `generator`), `steps` signed-gradient steps of 2.5 · eps / steps, each projected onto the
-    ball and [0, 1]."""
-    eps = _check_eps(eps)
-    if eps == 0:
-        return pixels.detach().clone()
-    step_size = 2.5 * eps / max(steps, 1)
-    x = pixels.detach()
-    lower, upper = (x - eps).clamp(min=0.0), (x + eps).clamp(max=1.0)
-    noise = torch.rand(x.shape, generator=generator, device=generator.device, dtype=x.dtype)
-    adv = torch.max(torch.min(x + (2.0 * noise.to(x.device) - 1.0) * eps, upper), lower)
-    for _ in range(steps):
-        adv = torch.max(torch.min(adv + step_size * scorer.loss_gradient(adv, labels).sign(), upper), lower)
-    return adv.detach()
-
-
-def _square_fraction(p_init: float, iteration: int, queries: int) -> float:
-    """The Square attack's schedule of the square's area fraction, rescaled to `queries`."""
-    it = int(iteration / max(queries, 1) * 10000)
-    for bound, divisor in ((10, 1), (50, 2), (200, 4), (500, 8), (1000, 16), (2000, 32), (4000, 64),
-                           (6000, 128), (8000, 256)):
-        if it <= bound:
-            return p_init / divisor
-    return p_init / 512
-
-
-@torch.no_grad()
-def square_attack(scorer: Scorer, pixels: torch.Tensor, labels: torch.Tensor, eps: float,
-                  queries: int = SQUARE_QUERIES, p_init: float = SQUARE_P_INIT,
-                  generator: torch.Generator | None = None) -> torch.Tensor:
-    """A black-box L∞ random search after the Square attack: start from random vertical stripes
-    of ±eps (or the clean crop, when its margin is lower), then each query redraws a random
-    square window to ±eps per channel and keeps it when the scorer's margin falls. At most
-    `queries` scorer calls per crop (two for the start); crops already misclassified stop. Uses
-    only the scorer's outputs (no gradients). Seeded by `generator` (CPU; default seed 0)."""
-    eps = _check_eps(eps)
-    x = pixels.detach()
-    if eps == 0 or queries < 2:
-        return x.clone()
-    generator = generator or torch.Generator().manual_seed(0)
-    n, c, h, w = x.shape
-    device = x.device
-
-    def signs(*shape: int) -> torch.Tensor:
-        return (torch.randint(0, 2, shape, generator=generator).float() * 2 - 1).to(device, x.dtype) * eps
-
-    # The clean point is in the ball too: start from whichever of it and the stripes is worse
-    # for the model, so the search never ends above the clean loss (one of the queries).
-    adv = (x + signs(n, c, 1, w)).clamp(0.0, 1.0)
-    margin = scorer.margin(adv, labels)
-    clean_margin = scorer.margin(x, labels)
-    keep_clean = clean_margin < margin
-    adv[keep_clean] = x[keep_clean]
-    margin = torch.minimum(margin, clean_margin)
-    rows, cols = torch.arange(h, device=device), torch.arange(w, device=device)
-    for iteration in range(2, queries):
-        # Draws for every crop each time, so the stream does not depend on which are done.
-        side = max(1, min(h, w, round(math.sqrt(_square_fraction(p_init, iteration, queries) * h * w))))
-        top = torch.randint(0, h - side + 1, (n,), generator=generator).to(device)
-        left = torch.randint(0, w - side + 1, (n,), generator=generator).to(device)
-        window_signs = signs(n, c, 1, 1)
-        active = (margin > 0).nonzero().squeeze(1)
-        if len(active) == 0:
-            break
-        in_rows = (rows[None] >= top[:, None]) & (rows[None] < top[:, None] + side)
-        in_cols = (cols[None] >= left[:, None]) & (cols[None] < left[:, None] + side)
-        window = (in_rows[:, None, :, None] & in_cols[:, None, None, :])[active]
-        delta = torch.where(window, window_signs[active].expand(-1, -1, h, w), adv[active] - x[active])
-        candidate = (x[active] + delta).clamp(0.0, 1.0)
-        new_margin = scorer.margin(candidate, labels[active])
-        better = new_margin < margin[active]
-        adv[active[better]] = candidate[better]
-        margin[active[better]] = new_margin[better]
-    return adv.detach()
-
-
-def run_attack(scorer: Scorer, spec: AttackSpec, pixels: torch.Tensor, labels: torch.Tensor,
-               seed: int = 0) -> torch.Tensor:
-    """Adversarial pixels for one attack spec; `seed` seeds the random start / search."""
-    if spec.family == "fgsm":
-        return fgsm(scorer, pixels, labels, spec.eps)
-    if spec.family == "pgd":
-        return pgd(scorer, pixels, labels, spec.eps, spec.steps, torch.Generator(device=pixels.device).manual_seed(seed))
-    if spec.family == "square":
-        return square_attack(scorer, pixels, labels, spec.eps, queries=spec.steps,
-                             generator=torch.Generator().manual_seed(seed))
-    if spec.family == "unet":
-        with torch.no_grad():
-            return spec.network.to(pixels.device)(pixels).detach()
-    raise EvaluationError(f"unknown attack family {spec.family!r}")
-
-
-def load_unet_attack(run_dir: Path, config: dict) -> AttackSpec | None:
-    """The dual-attacker's U-Net saved in the run (None when there is none), as an attack at the
-    run's eps_unet."""
-    path = Path(run_dir) / UNET_FILE
-    if not path.is_file():
-        return None
-    eps = float((config.get("options") or {}).get("eps_unet", UNET_DEFAULT_EPS))
-    network = UNetAttacker(eps=eps)
-    try:
-        network.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-    except (RuntimeError, OSError, ValueError) as exc:
-        raise EvaluationError(f"{path}: not a U-Net attacker state dict ({str(exc).splitlines()[0]})") from None
-    eps_text = f"{round(eps * 255)}/255" if abs(eps * 255 - round(eps * 255)) < 1e-9 else ""
-    return AttackSpec("unet", eps, eps_text=eps_text, network=network.eval())
 
 
 def _seed(seed: int, batch: int, condition: str) -> int:

@@ -1,9 +1,9 @@
 """Dual-attacker adversarial training (the hybrid seed's regime).
 
 Two attackers during training:
-  (a) PGD, L∞ (`trainer.attacks.pgd`): options pgd_eps (default 4/255), pgd_steps (5),
+  (a) PGD, L∞ (`trainer.attacks.white_box.pgd`): options pgd_eps (default 4/255), pgd_steps (5),
       pgd_step_size (default 2.5 · eps / steps), random start from the method's generator;
-  (b) a tiny U-Net (`trainer.unet_attacker.UNetAttacker`), perturbation eps_unet · tanh(out)
+  (b) a tiny U-Net (`trainer.attacks.unet.UNetAttacker`), perturbation eps_unet · tanh(out)
       (eps_unet default 4/255), trained jointly with its own Adam (option unet_lr, default 1e-4)
       to maximise
           J = CE(detector(x + δ), y) − lambda_tv · TV(δ / eps_unet) − lambda_freq · HF(δ)
@@ -41,10 +41,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainer.attacks import eval_mode, pgd
+from trainer.attacks.white_box import eval_mode, pgd
 from trainer.methods.erm import accuracy
 from trainer.methods.registry import TrainingMethod, register_method
-from trainer.unet_attacker import UNetAttacker, high_frequency_energy, total_variation
+from trainer.attacks.unet import UNetAttacker, high_frequency_energy, total_variation
 
 
 @register_method("dual-attacker")

@@ -1,8 +1,8 @@
 """FGSM adversarial fine-tuning (the ensemble seed's regime).
 
 For each batch, with probability p the whole batch is replaced by FGSM examples
-(`trainer.attacks.fgsm`, generated with the model in eval mode) at an eps drawn uniformly from
-`eps_choices`; the step is then an ERM step on the batch it kept. Meant to fine-tune a trained
+(`trainer.attacks.white_box.fgsm`, generated with the model in eval mode) at an eps drawn
+uniformly from `eps_choices`; the step is then an ERM step on the batch it kept. Meant to fine-tune a trained
 detector: `trainer fit --method fgsm-at --init RUN/best.pt`, hence the learning rate 10x below
 ERM's AdamW 3e-4.
 
@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainer.attacks import fgsm
+from trainer.attacks.white_box import fgsm
 from trainer.methods.erm import accuracy
 from trainer.methods.registry import TrainingMethod, register_method
 

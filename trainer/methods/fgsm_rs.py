@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from trainer.attacks import _input_gradient, eval_mode
+from trainer.attacks.white_box import eval_mode, input_gradient
 from trainer.methods.adversarial import DEFAULT_EPS, AdversarialExamplesTraining, checked_eps
 from trainer.methods.registry import register_method
 
@@ -37,5 +37,5 @@ class FGSMRandomStart(AdversarialExamplesTraining):
         lower, upper = (x - self.eps).clamp(min=0.0), (x + self.eps).clamp(max=1.0)
         start = torch.max(torch.min(x + self.eps * self.uniform(x), upper), lower)
         with eval_mode(model):
-            gradient = _input_gradient(model, start, labels)
+            gradient = input_gradient(model, start, labels)
         return torch.max(torch.min(start + self.alpha * gradient.sign(), upper), lower).detach()

@@ -1,10 +1,11 @@
 """PGD adversarial training: Madry et al., "Towards Deep Learning Models Resistant to
 Adversarial Attacks", ICLR 2018.
 
-For the attacked samples, `steps` projected signed-gradient steps (`trainer.attacks.pgd`,
-step size 2.5 · eps / steps, uniform random start drawn from the method's generator), made in
-eval mode; then an ERM step (train mode) on the batch with those samples replaced. Cost: about
-1 + steps · adv_fraction forward/backward passes, so few steps on a CPU.
+For the attacked samples, `steps` projected signed-gradient steps
+(`trainer.attacks.white_box.pgd`, step size 2.5 · eps / steps, uniform random start drawn from
+the method's generator), made in eval mode; then an ERM step (train mode) on the batch with
+those samples replaced. Cost: about 1 + steps · adv_fraction forward/backward passes, so few
+steps on a CPU.
 
 Options: eps (default 4/255), steps (default 3), step_size (default 2.5 · eps / steps),
 adv_fraction (default 1), seed.
@@ -15,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from trainer.attacks import pgd
+from trainer.attacks.white_box import pgd
 from trainer.methods.adversarial import DEFAULT_EPS, AdversarialExamplesTraining, checked_eps, checked_steps
 from trainer.methods.registry import register_method
 

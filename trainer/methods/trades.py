@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainer.attacks import eval_mode
+from trainer.attacks.white_box import eval_mode
 from trainer.methods.adversarial import DEFAULT_EPS, SeededAdversarialMethod, checked_eps, checked_steps
 from trainer.methods.erm import accuracy
 from trainer.methods.registry import register_method
