@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One candidate through grouped K-fold cross-validation (see trainer/folds.py):
+# One candidate through grouped K-fold cross-validation (see trainer/evaluation/folds.py):
 #   scripts/cross_validate.sh FOLDS_DIR OUT_DIR [trainer fit options...]
 # fits OUT_DIR/fold-{i} on FOLDS_DIR/fold-{i}, scores each fold's validation videos with its last
 # epoch (no epoch is picked on the videos it is scored on), and pools the out-of-fold scores into

@@ -1,4 +1,4 @@
-"""`trainer eval` (trainer.evaluate, trainer.scorers, trainer.gradcam, trainer.data.corruptions):
+"""`trainer eval` (trainer.evaluation, trainer.attacks, trainer.data.corruptions):
 metrics against scikit-learn and their definitions, video grouping, attacks, gradient-masking
 checks, corruptions, Grad-CAM, bundles (scored as forensic scores them, white-box through their
 gradient graphs, black-box only without), the U-Net attack, --save-adv, the report folder and
@@ -27,12 +27,12 @@ from trainer.data.datasets import Sample
 from trainer.attacks.square import square_attack
 from trainer.attacks.suite import DEFAULT_ATTACKS, AttackSpec, run_attack
 from trainer.attacks.white_box import scorer_fgsm, scorer_pgd
-from trainer.evaluate import (CHECK_NAMES, EvalSettings, EvaluationError, auc_score, binary_metrics, bootstrap_auc_ci,
-                              collect, equal_error_rate, evaluate_run, masking_table_html, stratified_subset, summarise,
-                              tpr_at_fpr, video_id, video_scores)
-from trainer.gradcam import feature_layer, grad_cam
+from trainer.evaluation.evaluate import (CHECK_NAMES, EvalSettings, EvaluationError, auc_score, binary_metrics, bootstrap_auc_ci,
+                                         collect, equal_error_rate, evaluate_run, masking_table_html, stratified_subset, summarise,
+                                         tpr_at_fpr, video_id, video_scores)
+from trainer.evaluation.gradcam import feature_layer, grad_cam
 from trainer.models.registry import Detector
-from trainer.scorers import BundleScorer, TorchScorer
+from trainer.evaluation.scorers import BundleScorer, TorchScorer
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

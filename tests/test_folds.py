@@ -18,8 +18,8 @@ from typer.testing import CliRunner
 from forensic.faces import FaceDetector
 from trainer.cli import app
 from trainer.data.datasets import list_split
-from trainer.evaluate import video_id
-from trainer.folds import FoldsError, assign_folds, make_folds, pool_reports
+from trainer.evaluation.evaluate import video_id
+from trainer.evaluation.folds import FoldsError, assign_folds, make_folds, pool_reports
 from trainer.data.prepare import group_videos, prepare_dataset, read_records, video_ids
 from trainer.data.sbi import load_landmarks
 from trainer.data.synthetic import panning_frames, self_blend

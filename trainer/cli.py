@@ -286,7 +286,7 @@ def folds_command(
     splits: str = typer.Option("train,validation", "--splits", help="The prepared splits the folds are made from (the test split stays out)."),
 ) -> None:
     """Grouped K-fold cross-validation views: each identity group's videos in one fold's validation."""
-    from trainer.folds import FoldsError, make_folds
+    from trainer.evaluation.folds import FoldsError, make_folds
 
     try:
         summary = make_folds(data, out, k=k, seed=seed, splits=[s.strip() for s in splits.split(",") if s.strip()])
@@ -305,7 +305,7 @@ def pool_command(
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the pooled figures here."),
 ) -> None:
     """Pool out-of-fold scores: frame and video AUC with intervals over videos, and each fold's."""
-    from trainer.folds import FoldsError, pool_lines, pool_reports
+    from trainer.evaluation.folds import FoldsError, pool_lines, pool_reports
 
     try:
         pooled = pool_reports(reports, threshold=threshold)
@@ -339,8 +339,8 @@ def eval_command(
 ) -> None:
     """Evaluate a run or a bundle on a split: clean metrics (frames and videos), attacks, gradient-masking checks, corruptions, heatmaps."""
     from trainer.attacks.suite import BLACK_BOX, DEFAULT_ATTACKS, SCREENING_ATTACKS
-    from trainer.evaluate import (DEFAULT_CORRUPTIONS, EvalSettings, EvaluationError, compare_reports, compare_table,
-                                  evaluate_bundle, evaluate_run, summary_lines, summary_table, write_compare)
+    from trainer.evaluation.evaluate import (DEFAULT_CORRUPTIONS, EvalSettings, EvaluationError, compare_reports, compare_table,
+                                             evaluate_bundle, evaluate_run, summary_lines, summary_table, write_compare)
     from trainer.data.datasets import DatasetError
     from trainer.export.bundle import ExportError
 

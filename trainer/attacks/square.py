@@ -14,7 +14,7 @@ import torch
 from trainer.attacks.white_box import check_eps
 
 if TYPE_CHECKING:
-    from trainer.scorers import Scorer
+    from trainer.evaluation.scorers import Scorer
 
 SQUARE_QUERIES = 100
 SQUARE_P_INIT = 0.05

@@ -1,14 +1,14 @@
 """The attacks `trainer eval` runs, by name, and one function that runs any of them on a scorer
-(trainer.scorers: a `trainer fit` run or an exported bundle).
+(trainer.evaluation.scorers: a `trainer fit` run or an exported bundle).
 
 Attacks (L∞, pixel space [0, 1] before normalisation, true labels, seeded per batch; frame
 level). White-box, on the scorer's loss gradient (a run: cross-entropy by autograd; a bundle:
-its gradient graphs, see trainer.scorers for exactly which loss): FGSM at ε ∈ {0.001,
-0.005, 0.01, 0.02}; PGD-5 at ε ∈ {0.0001, 0.0005, 0.001}; PGD-10 and PGD-20 at ε ∈ {1/255,
-2/255, 4/255} (random start, step 2.5·ε/steps). A bundle with a model that lacks a gradient
-graph gets no white-box attack, and the report says so. Black-box: a Square-attack-like random
-search (Andriushchenko et al., ECCV 2020; margin loss, at most SQUARE_QUERIES queries per crop)
-at ε = 4/255. Learned: a dual-attacker run's U-Net (unet_attacker.pt, saved at the run's last
+its gradient graphs, see trainer.evaluation.scorers for exactly which loss): FGSM at
+ε ∈ {0.001, 0.005, 0.01, 0.02}; PGD-5 at ε ∈ {0.0001, 0.0005, 0.001}; PGD-10 and PGD-20 at
+ε ∈ {1/255, 2/255, 4/255} (random start, step 2.5·ε/steps). A bundle with a model that lacks a
+gradient graph gets no white-box attack, and the report says so. Black-box: a Square-attack-like
+random search (Andriushchenko et al., ECCV 2020; margin loss, at most SQUARE_QUERIES queries per
+crop) at ε = 4/255. Learned: a dual-attacker run's U-Net (unet_attacker.pt, saved at the run's last
 epoch; its ε from the run's eps_unet option) applied once to each crop.
 
 Adding an attack: its algorithm in this package, a family in AttackSpec and run_attack, and its
@@ -31,7 +31,7 @@ from trainer.attacks.white_box import scorer_fgsm, scorer_pgd
 from trainer.evaluation.errors import EvaluationError
 
 if TYPE_CHECKING:
-    from trainer.scorers import Scorer
+    from trainer.evaluation.scorers import Scorer
 
 UNET_FILE = "unet_attacker.pt"
 

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 if TYPE_CHECKING:
-    from trainer.scorers import Scorer
+    from trainer.evaluation.scorers import Scorer
 
 PGD_SEED = 0  # the random start's seed when no generator is given
 

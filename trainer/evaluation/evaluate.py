@@ -2,7 +2,7 @@
 adversarial robustness, gradient-masking checks, common corruptions and heatmaps, written as a
 report folder.
 
-What is scored (trainer.scorers): a `trainer fit` run's PyTorch model (P(fake) = softmax of its
+What is scored (trainer.evaluation.scorers): a `trainer fit` run's PyTorch model (P(fake) = softmax of its
 logits), or a bundle exactly as `forensic scan` scores face crops (forensic.inference's
 EnsembleRunner: the calibrated weighted ensemble). The attacks and the collection loop work on
 either through the same small scorer interface.
@@ -52,7 +52,7 @@ accuracy and their drop from clean.
 Heatmaps: for up to HEATMAPS_PER_CELL crops of each confusion-matrix cell (true/false
 positives/negatives), drawn at random with the seed, a PNG of the crop beside its heatmap
 overlay (forensic.heatmaps: the positive part, evidence for "fake"): Grad-CAM for a run
-(trainer.gradcam), the bundle's class activation maps for a bundle.
+(trainer.evaluation.gradcam), the bundle's class activation maps for a bundle.
 
 `--limit N` evaluates a seeded, class-stratified random subset of N crops (each class keeps its
 share of the split, at least one crop each): crops are drawn, not videos, so a video may keep
@@ -89,7 +89,7 @@ from trainer.data.corruptions import DEFAULT_CORRUPTIONS, Corruption
 from trainer.data.datasets import CLASSES, FaceCrops, Sample, list_split, scan_crop
 from trainer.evaluation.errors import EvaluationError
 from trainer.fit import resolve_device
-from trainer.scorers import RUN_THRESHOLD, BundleScorer, Scorer, TorchScorer
+from trainer.evaluation.scorers import RUN_THRESHOLD, BundleScorer, Scorer, TorchScorer
 
 SCHEMA = "trainer-eval/1"
 BOOTSTRAP_RESAMPLES = 1000

@@ -2,7 +2,7 @@
 interface (`Scorer`), so that the attack and collection loops exist once.
 
 TorchScorer: a `trainer fit` model (a `Detector`): softmax of its logits; the gradient of the
-cross-entropy by autograd; Grad-CAM (trainer.gradcam); threshold 0.5.
+cross-entropy by autograd; Grad-CAM (trainer.evaluation.gradcam); threshold 0.5.
 
 BundleScorer: a bundle as `forensic scan` runs it. P(fake) is forensic.inference.EnsembleRunner's
 calibrated ensemble (the weighted mean of each model's softmax(logits / temperature)), not
@@ -41,7 +41,7 @@ from forensic.bundle import Bundle
 from forensic.heatmaps import combine
 from forensic.inference import EnsembleRunner
 from forensic.selftest import GradientOracle
-from trainer.gradcam import feature_layer, grad_cam
+from trainer.evaluation.gradcam import feature_layer, grad_cam
 
 RUN_THRESHOLD = 0.5
 LOG_ODDS_CLIP = 1e-15
