@@ -21,18 +21,23 @@ from sklearn.metrics import average_precision_score, log_loss, roc_auc_score
 from torch import nn
 from typer.testing import CliRunner
 
-from trainer.cli import app
-from trainer.data.corruptions import DEFAULT_CORRUPTIONS, h264
-from trainer.data.datasets import Sample
 from trainer.attacks.square import square_attack
 from trainer.attacks.suite import DEFAULT_ATTACKS, AttackSpec, run_attack
 from trainer.attacks.white_box import scorer_fgsm, scorer_pgd
-from trainer.evaluation.evaluate import (CHECK_NAMES, EvalSettings, EvaluationError, auc_score, binary_metrics, bootstrap_auc_ci,
-                                         collect, equal_error_rate, evaluate_run, masking_table_html, stratified_subset, summarise,
-                                         tpr_at_fpr, video_id, video_scores)
+from trainer.cli import app
+from trainer.data.corruptions import DEFAULT_CORRUPTIONS, h264
+from trainer.data.datasets import Sample
+from trainer.evaluation.errors import EvaluationError
+from trainer.evaluation.evaluate import EvalSettings, evaluate_run, stratified_subset
 from trainer.evaluation.gradcam import feature_layer, grad_cam
-from trainer.models.registry import Detector
+from trainer.evaluation.html_report import masking_table_html
+from trainer.evaluation.masking import CHECK_NAMES
+from trainer.evaluation.metrics import (auc_score, binary_metrics, bootstrap_auc_ci, equal_error_rate, tpr_at_fpr, video_id,
+                                        video_scores)
 from trainer.evaluation.scorers import BundleScorer, TorchScorer
+from trainer.evaluation.summary import summarise
+from trainer.evaluation.sweep import collect
+from trainer.models.registry import Detector
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

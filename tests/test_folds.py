@@ -18,11 +18,11 @@ from typer.testing import CliRunner
 from forensic.faces import FaceDetector
 from trainer.cli import app
 from trainer.data.datasets import list_split
-from trainer.evaluation.evaluate import video_id
-from trainer.evaluation.folds import FoldsError, assign_folds, make_folds, pool_reports
 from trainer.data.prepare import group_videos, prepare_dataset, read_records, video_ids
 from trainer.data.sbi import load_landmarks
 from trainer.data.synthetic import panning_frames, self_blend
+from trainer.evaluation.folds import FoldsError, assign_folds, make_folds, pool_reports
+from trainer.evaluation.metrics import video_id
 
 BOX = (181.0, 62.0, 268.0, 172.0)  # MTCNN's box of scikit-image's astronaut
 runner = CliRunner()

@@ -339,9 +339,12 @@ def eval_command(
 ) -> None:
     """Evaluate a run or a bundle on a split: clean metrics (frames and videos), attacks, gradient-masking checks, corruptions, heatmaps."""
     from trainer.attacks.suite import BLACK_BOX, DEFAULT_ATTACKS, SCREENING_ATTACKS
-    from trainer.evaluation.evaluate import (DEFAULT_CORRUPTIONS, EvalSettings, EvaluationError, compare_reports, compare_table,
-                                             evaluate_bundle, evaluate_run, summary_lines, summary_table, write_compare)
+    from trainer.data.corruptions import DEFAULT_CORRUPTIONS
     from trainer.data.datasets import DatasetError
+    from trainer.evaluation.compare import compare_reports, compare_table, write_compare
+    from trainer.evaluation.console import summary_lines, summary_table
+    from trainer.evaluation.errors import EvaluationError
+    from trainer.evaluation.evaluate import EvalSettings, evaluate_bundle, evaluate_run
     from trainer.export.bundle import ExportError
 
     stdout = Console(highlight=False)

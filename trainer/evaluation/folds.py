@@ -29,9 +29,9 @@ from typing import Sequence
 import numpy as np
 
 from trainer.data.datasets import CLASSES, SPLITS
-from trainer.evaluation.evaluate import BOOTSTRAP_RESAMPLES, auc_score, video_id
 from trainer.data.prepare import DONE_FILE, PAIR_PREFIX, PREPARE_FILE, SBI_PREFIX, group_videos, read_records
 from trainer.data.sbi import LANDMARKS_FILE
+from trainer.evaluation.metrics import BOOTSTRAP_RESAMPLES, auc_score, video_id
 
 FOLDS_FILE = "folds.json"
 

@@ -42,8 +42,8 @@ from forensic.heatmaps import combine
 from forensic.inference import EnsembleRunner
 from forensic.selftest import GradientOracle
 from trainer.evaluation.gradcam import feature_layer, grad_cam
+from trainer.evaluation.metrics import RUN_THRESHOLD
 
-RUN_THRESHOLD = 0.5
 LOG_ODDS_CLIP = 1e-15
 BUNDLE_LOSS = ("Σ_m w_m · CE(softmax(z_m), y): the ensemble-weighted sum of the members' cross-entropies at "
                "temperature 1, from their gradient graphs (combined as forensic's self-test combines them); "

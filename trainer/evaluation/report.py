@@ -1,0 +1,48 @@
+"""The report folder: metrics.json (the whole report, schema SCHEMA), metrics.csv (one row per
+condition), scores.csv (each crop's P(fake) under every condition), the PNG plots
+(trainer.evaluation.plots) and index.html (trainer.evaluation.html_report).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+
+from trainer.evaluation.html_report import render_html
+from trainer.evaluation.metrics import video_id
+from trainer.evaluation.plots import write_plots
+from trainer.evaluation.summary import condition_rows
+from trainer.evaluation.sweep import Collected
+
+SCHEMA = "trainer-eval/1"
+
+
+def _json_default(value):
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating,)):
+        return float(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def write_report(report: dict, collected: Collected, out: Path) -> None:
+    """metrics.json, metrics.csv, scores.csv, the PNG plots (when matplotlib is installed) and
+    index.html into `out`."""
+    out.mkdir(parents=True, exist_ok=True)
+    report["plots"] = write_plots(report, collected, out)
+    (out / "metrics.json").write_text(json.dumps(report, indent=2, default=_json_default) + "\n")
+    with open(out / "metrics.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["condition", "kind", "accuracy", "auc", "n"])
+        writer.writeheader()
+        writer.writerows(condition_rows(report))
+    with open(out / "scores.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        keys = list(collected.scores)
+        writer.writerow(["crop", "video", "label", *keys])
+        for i, name in enumerate(collected.names):
+            writer.writerow([name, video_id(name), int(collected.labels[i]),
+                             *(f"{collected.scores[k][i]:.6f}" for k in keys)])
+    (out / "index.html").write_text(render_html(report, out))
