@@ -1,4 +1,5 @@
-"""`trainer`: the command line. Thin: parsing and printing; the work is in trainer.fit/export.
+"""`trainer`: the command line. Thin: parsing and printing; the work is in trainer.data, trainer.fit,
+trainer.export and trainer.evaluation.
 
 Heavy modules (torch, timm, ONNX) are imported inside the commands that need them, so
 `trainer --help` answers without them."""

@@ -107,7 +107,3 @@ DEFAULT_CORRUPTIONS: tuple[Corruption, ...] = (
     Corruption("downscale x0.5", lambda x, s: downscale(x, s, 0.5)),
     *(Corruption(f"h264 crf={c}", lambda x, s, c=c: h264(x, s, c)) for c in (23, 35)),
 )
-
-
-def corruption_names() -> list[str]:
-    return [c.name for c in DEFAULT_CORRUPTIONS]

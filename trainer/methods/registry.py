@@ -3,7 +3,8 @@ that need several forward/backward passes (gradient regularisation, adversarial 
 fit the same training loop as plain ERM.
 
 Adding a method: subclass `TrainingMethod` in a new module, decorate it with
-`@register_method("name")`, import the module in `trainer/methods/__init__.py`.
+`@register_method("name")`, and add the module's line to METHODS in
+`trainer/methods/__init__.py`.
 """
 
 from __future__ import annotations
