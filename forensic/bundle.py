@@ -37,6 +37,7 @@ import math
 import os
 import re
 import shutil
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -202,15 +203,16 @@ def _is_number(value) -> bool:
 
 
 def _is_finite(value) -> bool:
-    return _is_number(value) and math.isfinite(value)
+    # Compared, not converted: float() of an integer past 1.8e308 (JSON allows any) raises OverflowError.
+    return _is_number(value) and -sys.float_info.max <= value <= sys.float_info.max
 
 
 def _verify_file(path: Path, expected: str) -> None:
-    if not path.is_file():
-        raise BundleError(f"{path}: file named in the manifest is missing")
     try:
+        if not path.is_file():
+            raise BundleError(f"{path}: file named in the manifest is missing")
         actual = sha256_file(path)
-    except OSError as exc:
+    except OSError as exc:  # a name over the system's length limit too
         raise BundleError(f"{path}: cannot read ({exc.strerror})") from None
     if actual != expected:
         raise BundleError(
@@ -262,13 +264,13 @@ def load_bundle(bundle_dir: Path) -> Bundle:
     model keeps weights in an external-data file that SHA-256 would not cover."""
     bundle_dir = Path(bundle_dir)
     manifest_path = bundle_dir / MANIFEST_NAME
-    if not manifest_path.is_file():
-        raise BundleError(f"{bundle_dir}: not a bundle (no {MANIFEST_NAME})")
     try:
+        if not manifest_path.is_file():
+            raise BundleError(f"{bundle_dir}: not a bundle (no {MANIFEST_NAME})")
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise BundleError(f"{manifest_path}: cannot read ({exc.strerror})") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # not UTF-8, not JSON, an integer over 4,300 digits, nested too deep
         raise BundleError(f"{manifest_path}: not valid JSON ({exc})") from None
     _check_manifest(manifest, bundle_dir)
     models = []

@@ -148,6 +148,8 @@ def load_image(path: Path) -> np.ndarray:
                                  f"megapixels; images over {MAX_IMAGE_PIXELS / 1e6:.0f} are refused (memory)")
             image = ImageOps.exif_transpose(image)
             return np.asarray(_to_rgb(image, path)).copy()
+    except MediaError:
+        raise
     except FileNotFoundError:
         raise MediaError(f"{path}: no such file") from None
     except Image.DecompressionBombError:
@@ -157,6 +159,10 @@ def load_image(path: Path) -> np.ndarray:
         raise MediaError(f"{path}: not an image in a supported format ({', '.join(IMAGE_FORMATS)})") from None
     except (OSError, ValueError, SyntaxError) as exc:
         raise MediaError(f"{path}: cannot decode image ({exc})") from None
+    except Exception as exc:
+        # Pillow's file parsers are Python: a malformed file can raise anything there (a TIFF
+        # whose strip offset is a float: TypeError), and every such file is one that cannot be decoded.
+        raise MediaError(f"{path}: cannot decode image ({type(exc).__name__}: {exc})") from None
 
 
 def _evenly_spaced(total: int, count: int) -> list[int]:
@@ -176,13 +182,25 @@ def open_video(path: Path) -> av.container.InputContainer:
         # "file:" makes FFmpeg take the rest of the string as a path (a name like "http:x.mp4"
         # or "concat:a|b.mp4" would otherwise pick a protocol); the whitelist bars any other
         # protocol a demuxer might open on its own.
+        # metadata_errors: a tag that is not UTF-8 (it is the file's data) must not make the video unreadable.
         container = av.open("file:" + os.path.abspath(path), format=demuxer,
-                            options={"protocol_whitelist": "file"})
+                            options={"protocol_whitelist": "file"}, metadata_errors="replace")
     except FileNotFoundError:
         raise MediaError(f"{path}: no such file") from None
     except (av.FFmpegError, OSError) as exc:
         raise MediaError(f"{path}: cannot open video ({exc})") from None
     return container
+
+
+def _video_stream(path: Path, container: av.container.InputContainer):
+    """The video stream every reader of the file takes: the first, if FFmpeg has a decoder for
+    it (a stream of an unknown codec has no codec context). Raises MediaError."""
+    if not container.streams.video:
+        raise MediaError(f"{path}: no video stream")
+    stream = container.streams.video[0]
+    if stream.codec_context is None:
+        raise MediaError(f"{path}: no decoder for its video stream's codec")
+    return stream
 
 
 def _check_frame_size(path: Path, width: int, height: int) -> None:
@@ -306,9 +324,7 @@ def sample_video_frames(path: Path, count: int | None = 32, fps: float | None = 
     yielded = -1
     try:
         with open_video(path) as container:
-            if not container.streams.video:
-                raise MediaError(f"{path}: no video stream")
-            stream = container.streams.video[0]
+            stream = _video_stream(path, container)
             _check_frame_size(path, stream.codec_context.width, stream.codec_context.height)  # before decoding
             stream.thread_type = "AUTO"
             index = _index_packets(container, stream)
@@ -333,7 +349,7 @@ def sample_video_frames(path: Path, count: int | None = 32, fps: float | None = 
                 raise MediaError(f"{path}: video has no frames")
             wanted = _evenly_spaced(total, count)
         with open_video(path) as container:
-            stream = container.streams.video[0]
+            stream = _video_stream(path, container)
             stream.thread_type = "AUTO"
             for frame in _sequential_decode(path, container, stream, wanted, fps if wanted is None else None, yielded,
                                            stats):
@@ -348,7 +364,7 @@ def sample_video_frames(path: Path, count: int | None = 32, fps: float | None = 
 def _count_video_frames(path: Path) -> int:
     """Count frames by demuxing packets (no decoding)."""
     with open_video(path) as container:
-        stream = container.streams.video[0]
+        stream = _video_stream(path, container)
         return sum(1 for packet in container.demux(stream) if packet.size > 0)
 
 

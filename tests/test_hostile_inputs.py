@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import shutil
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -92,11 +93,56 @@ def test_postscript_named_jpg_never_reaches_ghostscript(tmp_path):
         load_image(fake)
 
 
+def _tiff_whose_strip_offset_is_a_double() -> bytes:
+    """A 1x1 greyscale TIFF, its StripOffsets tag of type DOUBLE (12): a float where Pillow seeks."""
+    tags = [(256, 3, 1), (257, 3, 1), (258, 3, 8), (259, 3, 1), (262, 3, 1), (273, 12, None), (277, 3, 1), (278, 3, 1),
+            (279, 4, 1)]
+    double_at = 8 + 2 + 12 * len(tags) + 4
+    ifd = struct.pack("<H", len(tags))
+    for tag, kind, value in tags:
+        ifd += struct.pack("<HHII", tag, kind, 1, double_at) if kind == 12 else \
+            struct.pack("<HHIHH", tag, kind, 1, value, 0) if kind == 3 else struct.pack("<HHII", tag, kind, 1, value)
+    return b"II*\x00" + struct.pack("<I", 8) + ifd + struct.pack("<I", 0) + struct.pack("<d", double_at + 8) + b"\x80"
+
+
+def test_an_image_pillow_fails_on_with_another_exception_is_that_files_error(tmp_path):
+    # Found by fuzz/run.py: Pillow raised TypeError (not OSError or ValueError) from its TIFF parser.
+    path = tmp_path / "odd.tif"
+    path.write_bytes(_tiff_whose_strip_offset_is_a_double())
+    with pytest.raises(MediaError, match="cannot decode image") as info:
+        load_image(path)
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
+
+
 def test_video_frames_over_the_pixel_limit_are_refused_before_decoding(clip, monkeypatch):
     monkeypatch.setattr(media, "MAX_IMAGE_PIXELS", 64 * 64)
     with pytest.raises(MediaError, match="video frames are .* megapixels") as info:
         next(iter(sample_video_frames(clip, 4)))
     assert str(clip) in str(info.value)
+
+
+def _mkv_with(tmp_path: Path, old: bytes, new: bytes) -> Path:
+    """A Matroska clip with `old` replaced by `new` (the same length) in its bytes."""
+    path = tmp_path / "clip.mkv"
+    write_video(path, panning_frames(data.astronaut(), count=6))
+    raw = path.read_bytes()
+    assert old in raw
+    path.write_bytes(raw.replace(old, new))
+    return path
+
+
+def test_a_video_stream_no_decoder_exists_for_is_that_files_error(tmp_path):
+    # Found by fuzz/run.py: such a stream has no codec context, and its size was read from it.
+    path = _mkv_with(tmp_path, b"V_MPEG4/ISO/AVC", b"V_MPEG4/ISO/XYZ")
+    with pytest.raises(MediaError, match="no decoder for its video stream's codec") as info:
+        list(sample_video_frames(path, 4))
+    assert str(path) in str(info.value)
+
+
+def test_video_tags_that_are_not_utf8_do_not_make_the_video_unreadable(tmp_path):
+    # Found by fuzz/run.py: PyAV decoded every tag as strict UTF-8 while opening the file.
+    path = _mkv_with(tmp_path, b"Lavf", b"\xffavf")
+    assert len(list(sample_video_frames(path, 4))) == 4
 
 
 def test_a_folder_past_the_path_length_limit_is_reported_and_the_rest_scanned(sample_media, tmp_path):
@@ -158,6 +204,41 @@ def test_a_manifest_whose_name_is_not_a_string_is_refused_at_load(tmp_path, name
     result = runner.invoke(app, ["scan", str(sample_media["coffee_no_face.jpg"]), "--bundle", str(bundle)])
     assert result.exit_code == 2, result.output
     assert result.output.startswith("error: ") and "must be a non-empty string" in result.output
+
+
+def _default_manifest_text(change) -> str:
+    from forensic.bundle import DEFAULT_BUNDLE
+
+    manifest = json.loads((DEFAULT_BUNDLE / "manifest.json").read_text())
+    change(manifest)
+    return json.dumps(manifest)
+
+
+# Each was a traceback (OverflowError, OSError, RecursionError, ValueError) instead of the one-line
+# refusal: the first three found by fuzz/run.py, the JSON ones in writing it. All are refused
+# before a model file is read, so the bundles here hold their manifest alone.
+@pytest.mark.parametrize("manifest, problem", [
+    (lambda: _default_manifest_text(lambda m: m["models"][0].update(weight=10 ** 400)), "weight must be a finite number"),
+    (lambda: _default_manifest_text(lambda m: m["input"].update(mean=[0.5, 10 ** 400, 0.5])), "input.mean must be three finite"),
+    (lambda: _default_manifest_text(lambda m: m["models"][0].update(file="m" * 300)),
+     "cannot read (File name too long)"),
+    (lambda: "[" * 100_000 + "]" * 100_000, "not valid JSON (maximum recursion depth"),
+    (lambda: '{"schema_version": 1, "name": ' + "9" * 5000 + "}", "not valid JSON (Exceeds the limit"),
+], ids=["huge-integer-weight", "huge-integer-mean", "file-name-too-long", "nested-too-deep", "5000-digit-integer"])
+def test_a_manifest_with_numbers_names_or_nesting_past_any_limit_is_refused_in_one_line(tmp_path, manifest, problem):
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    (bundle / "manifest.json").write_text(manifest())
+    result = runner.invoke(app, ["scan", str(tmp_path / "a.jpg"), "--bundle", str(bundle)])
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith(f"error: {bundle}") and problem in result.output and result.output.count("\n") == 1
+
+
+def test_a_bundle_path_past_the_name_length_limit_is_refused_in_one_line(tmp_path):
+    bundle = tmp_path / ("b" * 300)
+    result = runner.invoke(app, ["scan", str(tmp_path / "a.jpg"), "--bundle", str(bundle)])
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith("error: ") and "File name too long" in result.output and result.output.count("\n") == 1
 
 
 class _RunsCode:
