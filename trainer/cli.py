@@ -7,6 +7,8 @@ Heavy modules (torch, timm, ONNX) are imported inside the commands that need the
 from __future__ import annotations
 
 import json
+import os
+import sys
 import time
 from pathlib import Path
 from typing import Optional
@@ -28,6 +30,7 @@ app = typer.Typer(
         "Examples:\n\n"
         "  trainer fit --data crops/ --arch efficientnet_lite0 --epochs 10 --out runs/lite0\n\n"
         "  trainer fit --data crops/ --epochs 20 --out runs/lite0 --resume\n\n"
+        "  trainer fit --data crops/ --out runs/lite0 --nproc 4   (or: torchrun --nproc-per-node 4 -m trainer fit ...)\n\n"
         "  trainer export runs/lite0 --out exports/lite0"
     ),
     rich_markup_mode=None,
@@ -100,7 +103,7 @@ def fit_command(
     option: list[str] = typer.Option([], "--option", "-o", help="A method option, key=value (repeatable), e.g. -o r=0.05 -o alpha=1."),
     init: Optional[str] = typer.Option(None, "--init", help="random, imagenet, lite0-pypi, or a state-dict / checkpoint file (default: the architecture's)."),
     epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Default: the method's, else 10."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Default 32."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="The global batch (default 32): with N processes (--nproc, torchrun) each takes batch-size / N, so it must be a multiple of N."),
     epoch_size: Optional[int] = typer.Option(None, "--epoch-size", min=1, help="Samples drawn per epoch (default: the training set's size; with --sbi, its reals count twice)."),
     optimizer: Optional[str] = typer.Option(None, "--optimizer", help="adamw or sgd (default: the method's, else adamw)."),
     lr: Optional[float] = typer.Option(None, "--lr", min=0.0, help="Peak learning rate (default: the method's when its optimizer is used, else 3e-4 adamw / 1e-3 sgd)."),
@@ -115,9 +118,12 @@ def fit_command(
     workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Data-loading processes (default 2)."),
     seed: Optional[int] = typer.Option(None, "--seed"),
     device: Optional[str] = typer.Option(None, "--device", help="auto (default), cpu or cuda."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from last.pt, with its settings (only --epochs, --patience, --workers and --device may change)."),
+    sync_bn: Optional[bool] = typer.Option(None, "--sync-bn/--no-sync-bn", help="Several processes: batch-norm statistics over the global batch (SyncBatchNorm; CUDA only). Default: each process's own share."),
+    nproc: int = typer.Option(1, "--nproc", min=1, help="Train in N processes on this machine (DDP: one per GPU, NCCL; Gloo on the CPU) by running this command under `torchrun --standalone --nproc-per-node N`. For several machines run torchrun yourself (README)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from last.pt, with its settings (only --epochs, --patience, --workers and --device may change; the number of processes may too)."),
 ) -> None:
     """Train a real/fake classifier on face crops; validation accuracy and ROC-AUC each epoch."""
+    from trainer import distributed
     from trainer.data.datasets import DatasetError
     from trainer.fit import FitConfig, RunError, fit, load_config_file
     from trainer.methods import method_class
@@ -131,7 +137,7 @@ def fit_command(
         given = {"data": data, "out": out, "val_data": val_data, "arch": arch, "method": method, "init": init, "epochs": epochs,
                  "batch_size": batch_size, "epoch_size": epoch_size, "optimizer": optimizer, "lr": lr, "schedule": schedule, "patience": patience,
                  "size": size, "augment": augment, "sbi": sbi, "paired": paired, "freeze": freeze.split(",") if freeze else None, "checkpoint_every": checkpoint_every, "workers": workers,
-                 "seed": seed, "device": device}
+                 "seed": seed, "device": device, "sync_bn": sync_bn}
         values.update({key: value for key, value in given.items() if value is not None})
         if option:
             values["options"] = {**values.get("options", {}), **_parse_options(option)}
@@ -145,8 +151,16 @@ def fit_command(
         model_spec(values.get("arch", "efficientnet_lite0"))
         method_class(values.get("method", "erm"))
         config = FitConfig(**values)
+        if nproc > 1:
+            if distributed.Context.from_environment().distributed:
+                raise ValueError("--nproc starts torchrun itself: under torchrun, leave it out")
+            distributed.Context(0, nproc).share(config.batch_size)  # one line here, not one per process
     except (RunError, ValueError, KeyError) as exc:
         _fail(exc)
+    if nproc > 1:  # this very command, minus --nproc, in N processes: what torchrun does, nothing home-made
+        command = distributed.torchrun_command(nproc, distributed.launch_arguments(sys.argv[1:]))
+        sys.stdout.flush(), sys.stderr.flush()
+        os.execv(command[0], command)
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("{task.fields[logs]}"), TimeElapsedColumn(), console=console, transient=True)
     task = progress.add_task("starting", total=None, logs="")
@@ -159,6 +173,8 @@ def fit_command(
 
     best = _with_progress(progress, lambda: fit(config, resume=resume, on_progress=on_progress, on_epoch=_print_epoch),
                           (DatasetError, RunError, InitError, ValueError))
+    if distributed.rank_from_environment() != 0:
+        return  # under torchrun rank 0 alone reports (fit calls the callbacks on rank 0 only)
     auc = "n/a" if best["val_auc"] is None else f"{best['val_auc']:.4f}"
     console.print(f"best epoch {best['epoch']}: val acc {best['val_accuracy']:.4f} AUC {auc}; run in {config.out}",
                   highlight=False, soft_wrap=True)

@@ -11,6 +11,10 @@ A run directory holds:
     best.pt         the model at the epoch with the best validation ROC-AUC
     model_epoch_N.pt  every `checkpoint_every` epochs; final.pt at the end
     <artifact>.pt   networks a method trains beside the detector (e.g. unet_attacker.pt)
+
+Under torchrun (several processes: trainer/distributed.py) only rank 0 writes these; config.json
+then also holds "distributed" (world size, backend, each rank's seeds) and last.pt each rank's
+method and RNG states.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import random
 import time
 import tomllib
 import types
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
 
@@ -32,8 +36,9 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 from torch import nn
-from torch.utils.data import ConcatDataset, DataLoader, WeightedRandomSampler
+from torch.utils.data import BatchSampler, ConcatDataset, DataLoader, WeightedRandomSampler
 
+from trainer import distributed
 from trainer.data.datasets import FaceCrops, class_counts, eval_transform, list_split, train_transform, verify_images
 from trainer.methods import create_method, method_class
 from trainer.data.pairing import PairedBatchSampler, find_partners
@@ -57,7 +62,7 @@ class FitConfig:
     method: str = "erm"
     init: str | None = None  # None: the architecture's default (random, or offline ImageNet weights)
     epochs: int | None = None  # None: the method's default, else 10
-    batch_size: int = 32
+    batch_size: int = 32  # the global batch: with N processes (torchrun) each takes batch_size / N
     epoch_size: int | None = None  # samples drawn per epoch (None: the training set's size), for large sets
     optimizer: str | None = None  # adamw or sgd; None: the method's default, else adamw
     lr: float | None = None  # None: the method's default, else 3e-4 (adamw) / 1e-3 (sgd)
@@ -75,6 +80,7 @@ class FitConfig:
     # middle features generalise better than fine-tuned ones.
     freeze: list[str] = field(default_factory=list)
     amp: bool = True  # bfloat16 autocast, on CUDA only
+    sync_bn: bool = False  # several processes: batch-norm statistics over the global batch (SyncBatchNorm, CUDA)
     checkpoint_every: int | None = None  # None: the method's default, else 0 (off)
     workers: int = 2
     seed: int = 0
@@ -107,7 +113,7 @@ FIELDS = {f.name for f in fields(FitConfig)}
 _INTS = {"epochs": 1, "batch_size": 1, "epoch_size": 1, "patience": 1, "size": 16, "checkpoint_every": 0, "workers": 0, "seed": None}
 _FLOATS = {"lr": 0.0, "weight_decay": 0.0, "momentum": 0.0, "warmup_epochs": 0.0}
 _STRINGS = ("data", "out", "val_data", "arch", "method", "init", "optimizer", "schedule", "augment", "device")
-_BOOLS = ("sbi", "amp", "paired")
+_BOOLS = ("sbi", "amp", "paired", "sync_bn")
 # What --resume may change: how long and where it runs, not what it learns or from what.
 RESUMABLE = ("epochs", "patience", "workers", "device", "out")
 
@@ -214,9 +220,16 @@ def predict(model: torch.nn.Module, loader: DataLoader, device: torch.device) ->
     return y_true, y_score, sum(losses) / len(y_true)
 
 
-def evaluate(model: torch.nn.Module, loader: DataLoader, device: torch.device) -> tuple[float, float, float | None]:
-    """Loss, accuracy at P(fake) >= 0.5, ROC-AUC (None when one class is absent)."""
-    y_true, y_score, loss = predict(model, loader, device)
+def evaluate(model: torch.nn.Module, loader: DataLoader, device: torch.device,
+             ctx: distributed.Context | None = None) -> tuple[float, float, float | None]:
+    """Loss, accuracy at P(fake) >= 0.5, ROC-AUC (None when one class is absent). With a
+    distributed `ctx`, the loader holds this process's share and the figures are the whole set's."""
+    if ctx is None or len(loader.dataset):
+        y_true, y_score, loss = predict(model, loader, device)
+    else:  # a process whose share of a validation set smaller than the world is empty
+        y_true, y_score, loss = np.zeros(0, int), np.zeros(0, np.float32), 0.0
+    if ctx is not None:
+        y_true, y_score, loss = ctx.gather_predictions(y_true, y_score, loss)
     accuracy = float(((y_score >= 0.5).astype(int) == y_true).mean())
     auc = float(roc_auc_score(y_true, y_score)) if len(set(y_true.tolist())) == 2 else None
     return loss, accuracy, auc
@@ -275,21 +288,25 @@ def _schedule(config: FitConfig, optimizer: torch.optim.Optimizer, steps_per_epo
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def _rng_state() -> dict[str, Any]:
+def _rng_state(ctx: distributed.Context | None = None) -> dict[str, Any]:
     state = {"torch": torch.get_rng_state(), "numpy": torch.tensor(np.random.get_state()[1].astype(np.int64)),
              "numpy_pos": int(np.random.get_state()[2]), "python": random.getstate()[1],
              "python_version": random.getstate()[0]}
-    if torch.cuda.is_available():
+    if ctx is not None and ctx.distributed and ctx.device.type == "cuda":
+        state["cuda_device"] = torch.cuda.get_rng_state(ctx.device)  # its own GPU's (all would touch every GPU)
+    elif torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()  # dropout and drop-path on the GPU
     return state
 
 
-def _set_rng_state(state: dict[str, Any]) -> None:
+def _set_rng_state(state: dict[str, Any], device: torch.device | None = None) -> None:
     torch.set_rng_state(state["torch"])
     np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), state["numpy_pos"]))
     random.setstate((state["python_version"], tuple(state["python"]), None))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+    if "cuda_device" in state and device is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda_device"], device)
 
 
 def _method_options(config: FitConfig) -> dict[str, Any]:
@@ -302,11 +319,13 @@ def _method_options(config: FitConfig) -> dict[str, Any]:
 def _resume_differences(saved: dict[str, Any], config: FitConfig) -> list[str]:
     """The settings that differ from the run being resumed, other than those --resume may change."""
     current = asdict(config)
+    # A setting added after the run was made (e.g. sync_bn) counts as its default there.
+    defaults = {f.name: f.default for f in fields(FitConfig) if f.default is not MISSING}
 
     def same(key: str) -> bool:
         if key in ("data", "val_data") and saved.get(key) and current[key]:
             return Path(saved[key]).absolute() == Path(current[key]).absolute()  # runs made before paths were stored absolute
-        return saved.get(key) == current[key]
+        return saved.get(key, defaults.get(key)) == current[key]
 
     return [f"{key} {saved.get(key)!r} → {current[key]!r}" for key in sorted(current)
             if key not in RESUMABLE and not same(key)]
@@ -350,8 +369,22 @@ def fit(config: FitConfig, resume: bool = False,
     """Train as `config` says; return the best epoch's metrics.
 
     `on_progress(phase, done, total, logs)` is called per batch and `on_epoch(metrics)` per epoch,
-    so a CLI can draw progress without the loop knowing about terminals.
+    so a CLI can draw progress without the loop knowing about terminals. Under torchrun this is
+    one of several processes (trainer/distributed.py): only rank 0 calls them and writes.
     """
+    try:
+        ctx = distributed.Context.from_environment()
+    except ValueError as exc:
+        raise RunError(str(exc)) from None
+    try:
+        return _fit(config, ctx, resume, on_progress if ctx.is_main else None, on_epoch if ctx.is_main else None)
+    finally:
+        ctx.stop()
+
+
+def _fit(config: FitConfig, ctx: distributed.Context, resume: bool,
+         on_progress: Callable[[str, int, int, dict[str, float]], None] | None,
+         on_epoch: Callable[[EpochMetrics], None] | None) -> dict:
     out = Path(config.out)
     last_path = out / "last.pt"
     if last_path.exists() and not resume:
@@ -366,16 +399,26 @@ def fit(config: FitConfig, resume: bool = False,
     val_samples = list_split(Path(config.val_data or config.data), "validation")
     verify_images(train_samples + val_samples)
     try:
-        device = resolve_device(config.device)
+        device = ctx.start(resolve_device(config.device))  # several processes: joins the group, its own GPU
+        batch_size = ctx.share(config.batch_size)  # this process's part of the global batch
     except ValueError as exc:
         raise RunError(str(exc)) from None
-    torch.manual_seed(config.seed)
-    np.random.seed(config.seed)
-    random.seed(config.seed)
+    # Each rank its own augmentation, dropout and attack draws (seed + rank); the batches are
+    # drawn from config.seed alone, alike in every rank, which then takes its share.
+    seed = config.seed + ctx.rank
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
     spec = model_spec(config.arch)
     model = create_model(config.arch, init=config.init).to(device)
+    if config.sync_bn:
+        try:  # before freezing: conversion makes new modules, and the frozen ones must keep eval mode
+            model = ctx.convert_sync_batch_norm(model, device)
+        except ValueError as exc:
+            raise RunError(str(exc)) from None
+    method_options = _method_options(config)
     try:
-        method = create_method(config.method, **_method_options(config))
+        method = create_method(config.method, **_rank_seeded(method_options, ctx.rank))
     except TypeError as exc:
         raise RunError(f"--method {config.method}: {exc}") from None
     trainable = freeze_modules(model, config.freeze)
@@ -391,9 +434,11 @@ def fit(config: FitConfig, resume: bool = False,
     per_epoch = config.epoch_size or len(train_set)
     drop_last = per_epoch > config.batch_size
     steps_per_epoch = per_epoch // config.batch_size if drop_last else 1
+    if per_epoch < ctx.world_size:
+        raise RunError(f"an epoch of {per_epoch} samples cannot be shared by {ctx.world_size} processes")
     scheduler = _schedule(config, optimizer, steps_per_epoch)
-    val_loader = DataLoader(FaceCrops(val_samples, eval_transform(config.size)), batch_size=config.batch_size,
-                            num_workers=config.workers)
+    val_loader = DataLoader(ctx.shard_dataset(FaceCrops(val_samples, eval_transform(config.size))),
+                            batch_size=batch_size, num_workers=config.workers)
 
     start_epoch, best, history, stale = 1, None, [], 0
     if resume:
@@ -411,25 +456,34 @@ def fit(config: FitConfig, resume: bool = False,
         if state["epoch"] >= config.epochs:
             raise RunError(f"{out}: already trained for {state['epoch']} epochs; raise --epochs to train more")
         try:
-            model.load_state_dict(state["model"])
+            model.load_state_dict(distributed.plain_state_dict(state["model"]))
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
-            method.load_state_dict(state["method"])
-            _set_rng_state(state["rng"])
+            method_state, rng_state = _rank_states(state, ctx.rank, method.state_dict())
+            method.load_state_dict(method_state)
+            if rng_state is not None:  # else this rank's fresh seed + rank
+                _set_rng_state(rng_state, device)
             start_epoch, best, history, stale = state["epoch"] + 1, state["best"], state["history"], state["stale"]
         except Exception as exc:
             first = checkpoint_problem(exc)
             raise RunError(f"{last_path}: does not match this run ({first})") from None
+    trained = ctx.wrap(model)  # DDP in several processes (rank 0's weights broadcast), else the model
+    if ctx.distributed:
+        method.distribute(ctx.wrap)
 
-    out.mkdir(parents=True, exist_ok=True)
     run_config = {"fit": asdict(config), "mean": list(spec.mean), "std": list(spec.std),
                   "counts": {"train": counts, "train_files": class_counts(train_samples),
                              "validation": class_counts(val_samples)},
                   "versions": library_versions()}
-    (out / "config.json").write_text(json.dumps(run_config, indent=2) + "\n")
-    from torch.utils.tensorboard import SummaryWriter
+    if ctx.distributed:
+        run_config["distributed"] = _distributed_record(config, ctx, batch_size, method_options.get("seed"))
+    tensorboard = None
+    if ctx.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(run_config, indent=2) + "\n")
+        from torch.utils.tensorboard import SummaryWriter
 
-    tensorboard = SummaryWriter(log_dir=str(out / "tensorboard"), purge_step=start_epoch)
+        tensorboard = SummaryWriter(log_dir=str(out / "tensorboard"), purge_step=start_epoch)
     autocast = torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=config.amp and device.type == "cuda")
 
     for epoch in range(start_epoch, config.epochs + 1):
@@ -446,55 +500,99 @@ def fit(config: FitConfig, resume: bool = False,
                                          [i for i, y in enumerate(train_labels) if y == 0], config.batch_size,
                                          steps_per_epoch, seed=config.seed)
             batches.set_epoch(epoch)
-            loader = DataLoader(train_set, batch_sampler=batches, num_workers=config.workers)
         else:
             sampler = WeightedRandomSampler(sample_weights, num_samples=per_epoch, generator=generator)
-            loader = DataLoader(train_set, batch_size=config.batch_size, sampler=sampler, num_workers=config.workers,
-                                drop_last=drop_last)
-        model.train()
+            batches = BatchSampler(sampler, config.batch_size, drop_last)
+        # The global batches; with several processes each takes its share of every one.
+        loader = DataLoader(train_set, batch_sampler=ctx.shard_batches(batches), num_workers=config.workers)
+        trained.train()
         totals, seen = {"loss": 0.0, "accuracy": 0.0}, 0
         for i, (pixels, labels) in enumerate(loader):
             with autocast:
-                logs = method.step(model, pixels.to(device), labels.to(device), optimizer)
+                logs = method.step(trained, pixels.to(device), labels.to(device), optimizer)
             learning_rate = optimizer.param_groups[0]["lr"]  # the one this step used
             scheduler.step()
             for key in totals:
                 totals[key] += logs[key] * len(labels)
             seen += len(labels)
             if on_progress:
-                rate = seen / (time.perf_counter() - started)
+                rate = seen * ctx.world_size / (time.perf_counter() - started)
                 on_progress(f"epoch {epoch}/{config.epochs}", i + 1, len(loader), {**logs, "img/s": rate})
         train_seconds = time.perf_counter() - started
-        val_loss, val_accuracy, val_auc = evaluate(model, val_loader, device)
+        totals["loss"], totals["accuracy"], seen = ctx.sum([totals["loss"], totals["accuracy"], seen])
+        ctx.sync_buffers(model)
+        val_loss, val_accuracy, val_auc = evaluate(model, val_loader, device, ctx)
         metrics = EpochMetrics(epoch, learning_rate, totals["loss"] / seen, totals["accuracy"] / seen,
                                val_loss, val_accuracy, val_auc, round(seen / train_seconds, 2),
                                round(time.perf_counter() - started, 2))
         history.append(asdict(metrics))
-        _write_metrics(out, history)
-        for key, value in asdict(metrics).items():
-            if key != "epoch" and value is not None:
-                tensorboard.add_scalar(key, value, epoch)
-        tensorboard.flush()
-        if _auc_key(asdict(metrics)) > _auc_key(best):
+        improved = _auc_key(asdict(metrics)) > _auc_key(best)
+        if improved:
             best, stale = asdict(metrics), 0
-            _save_atomically({"model": model.state_dict(), "epoch": epoch, "config": run_config}, out / "best.pt")
         else:
             stale += 1
-        if config.checkpoint_every and epoch % config.checkpoint_every == 0:
-            _save_atomically({"model": model.state_dict(), "epoch": epoch, "config": run_config}, out / f"model_epoch_{epoch}.pt")
-        for stem, state_dict in method.artifacts().items():
-            _save_atomically(state_dict, out / f"{stem}.pt")
-        _save_atomically({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                          "scheduler": scheduler.state_dict(), "method": method.state_dict(), "rng": _rng_state(),
-                          "epoch": epoch, "config": run_config, "best": best, "history": history, "stale": stale},
-                         last_path)
+        # Every rank's method and RNG states, gathered for rank 0 (a collective: all ranks take part).
+        method_states, rng_states = ctx.gather(method.state_dict()), ctx.gather(_rng_state(ctx))
+        if ctx.is_main:
+            _write_metrics(out, history)
+            for key, value in asdict(metrics).items():
+                if key != "epoch" and value is not None:
+                    tensorboard.add_scalar(key, value, epoch)
+            tensorboard.flush()
+            if improved:
+                _save_atomically({"model": model.state_dict(), "epoch": epoch, "config": run_config}, out / "best.pt")
+            if config.checkpoint_every and epoch % config.checkpoint_every == 0:
+                _save_atomically({"model": model.state_dict(), "epoch": epoch, "config": run_config}, out / f"model_epoch_{epoch}.pt")
+            for stem, state_dict in method.artifacts().items():
+                _save_atomically(state_dict, out / f"{stem}.pt")
+            last = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(), "method": method_states[0], "rng": rng_states[0],
+                    "epoch": epoch, "config": run_config, "best": best, "history": history, "stale": stale}
+            if ctx.distributed:  # rank r resumes from entry r; "method" and "rng" stay rank 0's
+                last.update(world_size=ctx.world_size, method_by_rank=method_states, rng_by_rank=rng_states)
+            _save_atomically(last, last_path)
         if on_epoch:
             on_epoch(metrics)
-    tensorboard.close()
+    if tensorboard is not None:
+        tensorboard.close()
     if best is None:
         raise RunError(f"{out}: already trained for {config.epochs} epochs; raise --epochs to train more")
-    _save_atomically({"model": model.state_dict(), "epoch": history[-1]["epoch"], "config": run_config}, out / "final.pt")
+    if ctx.is_main:
+        _save_atomically({"model": model.state_dict(), "epoch": history[-1]["epoch"], "config": run_config}, out / "final.pt")
     return best
+
+
+def _rank_states(state: dict, rank: int, fresh_method_state: dict) -> tuple[dict, dict | None]:
+    """The method and RNG states rank `rank` resumes from: its own when the checkpoint holds them
+    (written by as many processes or more), else rank 0's method state with this rank's own fresh
+    generator (seeded seed + rank, so ranks do not repeat each other's attack draws) and no RNG state
+    (the global generators keep their seed + rank). Rank 0 always gets "method" and "rng"."""
+    method_by_rank, rng_by_rank = state.get("method_by_rank") or [], state.get("rng_by_rank") or []
+    if rank == 0:
+        return state["method"], state["rng"]
+    if rank < len(method_by_rank):
+        return method_by_rank[rank], rng_by_rank[rank]
+    method_state = dict(state["method"])
+    if "generator" in method_state and "generator" in fresh_method_state:
+        method_state["generator"] = fresh_method_state["generator"]
+    return method_state, None
+
+
+def _rank_seeded(method_options: dict[str, Any], rank: int) -> dict[str, Any]:
+    """The method's options with seed + rank: each rank draws its own attack starts and subsets."""
+    if rank and "seed" in method_options:
+        return {**method_options, "seed": int(method_options["seed"]) + rank}
+    return method_options
+
+
+def _distributed_record(config: FitConfig, ctx: distributed.Context, batch_size: int,
+                        method_seed: int | None) -> dict[str, Any]:
+    """config.json's "distributed": how the run was split, and each rank's seeds."""
+    return {"world_size": ctx.world_size, "backend": ctx.backend, "batch_size_per_process": batch_size,
+            "sync_bn": config.sync_bn, "batch_seed": config.seed,
+            "seeds": [{"rank": rank, "torch_numpy_python": config.seed + rank,
+                       "method": None if method_seed is None else int(method_seed) + rank}
+                      for rank in range(ctx.world_size)]}
 
 
 def _write_metrics(out: Path, history: list[dict]) -> None:

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from trainer.distributed import unwrap
 from trainer.methods.erm import accuracy
 from trainer.methods.registry import TrainingMethod
 
@@ -76,7 +77,7 @@ class AdversarialExamplesTraining(SeededAdversarialMethod):
              optimizer: torch.optim.Optimizer) -> dict[str, Any]:
         chosen = self.attacked(len(labels)).to(pixels.device)
         batch = pixels.detach().clone()
-        batch[chosen] = self.perturb(model, pixels[chosen], labels[chosen])
+        batch[chosen] = self.perturb(unwrap(model), pixels[chosen], labels[chosen])  # this rank's own share
         optimizer.zero_grad(set_to_none=True)
         logits = model(batch)
         loss = F.cross_entropy(logits, labels)

@@ -30,21 +30,38 @@ Logs: loss (the weighted loss), accuracy (on the clean part), pgd_loss, unet_los
 cross-entropy on each kind, NaN when skipped), attacker_objective (J before the attacker's
 update). state_dict() holds the U-Net, its optimizer and the generator, so a resumed run goes
 on exactly; artifacts() = {"unet_attacker": U-Net state dict}.
+
+In several processes (DDP) each process attacks its own share of the batch; the U-Net is
+wrapped in DDP too (`distribute`), so its gradients are averaged over processes like the
+detector's and every process keeps the same attacker.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from trainer.attacks.white_box import eval_mode, pgd
+from trainer.distributed import unwrap
 from trainer.methods.erm import accuracy
 from trainer.methods.registry import TrainingMethod, register_method
 from trainer.attacks.unet import UNetAttacker, high_frequency_energy, total_variation
+
+
+class _Perturbation(nn.Module):
+    """The U-Net's perturbation as a module's forward, which is what DDP wraps (the U-Net's own
+    forward returns the clamped example, and J needs the perturbation itself)."""
+
+    def __init__(self, unet: UNetAttacker):
+        super().__init__()
+        self.unet = unet
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.unet.perturbation(pixels)
 
 
 @register_method("dual-attacker")
@@ -68,6 +85,7 @@ class DualAttacker(TrainingMethod):
         self.generator = torch.Generator().manual_seed(self.seed)  # PGD random starts
         self.unet: UNetAttacker | None = None
         self.unet_optimizer: torch.optim.Adam | None = None
+        self._perturb: Callable[[torch.Tensor], torch.Tensor] | None = None  # the U-Net's, through DDP once distributed
         self._pending: dict[str, Any] | None = None  # state loaded before setup()
 
     def setup(self, model: nn.Module, device: torch.device) -> None:
@@ -75,9 +93,13 @@ class DualAttacker(TrainingMethod):
             torch.manual_seed(self.seed)
             self.unet = UNetAttacker(eps=self.eps_unet).to(device)
         self.unet_optimizer = torch.optim.Adam(self.unet.parameters(), lr=self.unet_lr)
+        self._perturb = self.unet.perturbation
         if self._pending is not None:
             state, self._pending = self._pending, None
             self.load_state_dict(state)
+
+    def distribute(self, wrap: Callable[[nn.Module], nn.Module]) -> None:
+        self._perturb = wrap(_Perturbation(self._require_setup()))
 
     def _require_setup(self) -> UNetAttacker:
         if self.unet is None:
@@ -87,8 +109,8 @@ class DualAttacker(TrainingMethod):
     def _objective(self, model: nn.Module, pixels: torch.Tensor,
                    labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """J, its cross-entropy term and the U-Net's examples."""
-        unet = self._require_setup()
-        delta = unet.perturbation(pixels)
+        self._require_setup()
+        delta = self._perturb(pixels)
         adv = (pixels + delta).clamp(0.0, 1.0)
         cross_entropy = F.cross_entropy(model(adv), labels)
         objective = (cross_entropy - self.lambda_tv * total_variation(delta / self.eps_unet)
@@ -122,11 +144,12 @@ class DualAttacker(TrainingMethod):
         self._require_setup()
         pixels = pixels.detach()
         parts, weights = [pixels], [self.mix_clean]
+        detector = unwrap(model)  # attacks take input gradients (the U-Net's too): no detector all-reduce
         if self.mix_pgd > 0:
-            parts.append(pgd(model, pixels, labels, self.pgd_eps, self.pgd_steps, self.pgd_step_size,
+            parts.append(pgd(detector, pixels, labels, self.pgd_eps, self.pgd_steps, self.pgd_step_size,
                              random_start=True, generator=self.generator))
             weights.append(self.mix_pgd)
-        attacker_logs, unet_adv = self._attacker_update(model, pixels, labels)
+        attacker_logs, unet_adv = self._attacker_update(detector, pixels, labels)
         if self.mix_unet > 0:
             parts.append(unet_adv)  # the examples the attacker just trained on (saves a U-Net forward)
             weights.append(self.mix_unet)

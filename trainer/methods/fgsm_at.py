@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from trainer.attacks.white_box import fgsm
+from trainer.distributed import unwrap
 from trainer.methods.erm import accuracy
 from trainer.methods.registry import TrainingMethod, register_method
 
@@ -62,7 +63,7 @@ class FGSMAdversarialTraining(TrainingMethod):
              optimizer: torch.optim.Optimizer) -> dict[str, float]:
         adversarial, eps = self.draw()
         if adversarial:
-            pixels = fgsm(model, pixels, labels, eps)  # eval mode inside, mode restored after
+            pixels = fgsm(unwrap(model), pixels, labels, eps)  # eval mode inside, mode restored after
         optimizer.zero_grad(set_to_none=True)
         logits = model(pixels)
         loss = F.cross_entropy(logits, labels)

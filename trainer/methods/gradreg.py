@@ -13,6 +13,11 @@ the per-sample perturbation shrinks as the batch grows: keep r and --batch-size 
 perturbed pass leaves batch-norm running statistics alone (as SAM implementations do): they
 must describe clean features. The hook exists only during training steps: inference and
 export never see it.
+
+In several processes (DDP, trainer/distributed.py) a step gives the same update as one process
+on the global batch: the statistics gradient's norm is summed over processes (one scalar
+all-reduce), and the two passes' parameter gradients are combined locally and all-reduced once
+(see `step`).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from trainer import distributed
 from trainer.methods.erm import accuracy
 from trainer.methods.registry import TrainingMethod, register_method
 
@@ -80,15 +86,24 @@ class GradientRegularization(TrainingMethod):
     @contextmanager
     def _hooked(self, model: nn.Module):
         perturbation = StatisticsPerturbation()
-        handle = model.shallow_module().register_forward_hook(perturbation)
+        handle = distributed.unwrap(model).shallow_module().register_forward_hook(perturbation)
         try:
             yield perturbation
         finally:
             handle.remove()
 
-    def perturbation(self, grad_mu: torch.Tensor, grad_sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Δ = r · ∇ / ‖∇‖₂ over the whole batch's (μ, σ) gradient (Eq. 9)."""
-        norm = torch.sqrt(grad_mu.pow(2).sum() + grad_sigma.pow(2).sum())
+    def perturbation(self, grad_mu: torch.Tensor, grad_sigma: torch.Tensor,
+                     model: nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Δ = r · ∇ / ‖∇‖₂ over the whole batch's (μ, σ) gradient (Eq. 9). With `model` in DDP
+        the batch is the global one: this process holds its share's rows of ∇."""
+        world = distributed.world_size_of(model)
+        if world == 1:
+            norm = torch.sqrt(grad_mu.pow(2).sum() + grad_sigma.pow(2).sum())
+        else:
+            # This process's gradient is of its share's mean loss, W times the global mean's: scaled
+            # to the global batch's, then the squared norm summed over processes.
+            grad_mu, grad_sigma = grad_mu / world, grad_sigma / world
+            norm = distributed.all_reduce_sum(grad_mu.pow(2).sum() + grad_sigma.pow(2).sum(), model).sqrt()
         self.last_statistics_gradient_norm = norm.item()
         scale = self.r / (norm + 1e-12)
         return grad_mu * scale, grad_sigma * scale
@@ -98,23 +113,25 @@ class GradientRegularization(TrainingMethod):
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer.zero_grad(set_to_none=True)
         with self._hooked(model) as hook:
-            logits = model(pixels)
-            loss = F.cross_entropy(logits, labels)
-            loss.backward()
-            g1 = [None if p.grad is None else p.grad.detach().clone() for p in params]
-            delta = self.perturbation(hook.delta_mu.grad, hook.delta_sigma.grad)
+            # With DDP the first pass runs under no_sync: its parameter gradient g1 stays local in
+            # .grad, the second backward adds α·g2 to (1 − α)·g1 and DDP all-reduces that sum
+            # once. Averaging is linear, so the result is (1 − α)·ḡ1 + α·ḡ2, what all-reducing
+            # each pass would give, for one all-reduce per step instead of two. (The statistics
+            # gradient is per sample: only its norm is summed over processes, in perturbation().)
+            # no_sync must cover the forward too, as DDP requires. A no-op for a plain module.
+            with distributed.no_sync(model):
+                logits = model(pixels)
+                loss = F.cross_entropy(logits, labels)
+                loss.backward()
+            delta = self.perturbation(hook.delta_mu.grad, hook.delta_sigma.grad, model)
             self.last_delta_norm = torch.sqrt(delta[0].pow(2).sum() + delta[1].pow(2).sum()).item()
 
-            optimizer.zero_grad(set_to_none=True)
+            for p in params:  # .grad = (1 − α)·g1, then the second backward adds α·g2
+                if p.grad is not None:
+                    p.grad.mul_(1.0 - self.alpha)
             hook.injected = delta
             with running_statistics_frozen(model):
                 perturbed_loss = F.cross_entropy(model(pixels), labels)
-            perturbed_loss.backward()
-        for p, first in zip(params, g1):
-            if p.grad is None and first is None:
-                continue
-            second = torch.zeros_like(p) if p.grad is None else p.grad
-            first = torch.zeros_like(p) if first is None else first
-            p.grad = (1.0 - self.alpha) * first + self.alpha * second
+            (self.alpha * perturbed_loss).backward()  # with DDP: all-reduces (1 − α)·g1 + α·g2
         optimizer.step()
         return {"loss": loss.item(), "perturbed_loss": perturbed_loss.item(), "accuracy": accuracy(logits, labels)}

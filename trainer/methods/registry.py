@@ -9,7 +9,7 @@ Adding a method: subclass `TrainingMethod` in a new module, decorate it with
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -30,6 +30,16 @@ class TrainingMethod:
 
     def setup(self, model: nn.Module, device: torch.device) -> None:
         """Called once before training (build auxiliary networks, register hooks...)."""
+
+    def distribute(self, wrap: Callable[[nn.Module], nn.Module]) -> None:
+        """Called once after setup() (and after a resumed state is loaded) when training runs in
+        several processes: `wrap(module)` returns `module` in DistributedDataParallel. A method
+        that trains a network beside the detector runs that network's training forward through
+        the wrapped module, so its gradients are averaged over processes as the detector's are.
+
+        In several processes `step` gets the detector wrapped in DDP: its training forward and
+        backward go through it (the backward all-reduces the gradients); attacks, which take
+        input gradients only, go through `trainer.distributed.unwrap(model)`."""
 
     def step(self, model: nn.Module, pixels: torch.Tensor, labels: torch.Tensor,
              optimizer: torch.optim.Optimizer) -> dict[str, float]:

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from trainer.attacks.white_box import eval_mode
+from trainer.distributed import unwrap
 from trainer.methods.adversarial import DEFAULT_EPS, SeededAdversarialMethod, checked_eps, checked_steps
 from trainer.methods.erm import accuracy
 from trainer.methods.registry import register_method
@@ -66,7 +67,7 @@ class TRADES(SeededAdversarialMethod):
     def step(self, model: nn.Module, pixels: torch.Tensor, labels: torch.Tensor,
              optimizer: torch.optim.Optimizer) -> dict[str, Any]:
         chosen = self.attacked(len(labels)).to(pixels.device)
-        adversarial = self.perturb(model, pixels[chosen])
+        adversarial = self.perturb(unwrap(model), pixels[chosen])
         optimizer.zero_grad(set_to_none=True)
         logits = model(torch.cat([pixels.detach(), adversarial]))
         clean_logits, adversarial_logits = logits[: len(labels)], logits[len(labels):]
