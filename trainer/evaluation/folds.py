@@ -160,7 +160,7 @@ def _read_scores(report_dir: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
             np.array([float(r["clean"]) for r in rows]))
 
 
-def _grouped_auc_ci(labels: np.ndarray, scores: np.ndarray, groups: np.ndarray, resamples: int,
+def grouped_auc_ci(labels: np.ndarray, scores: np.ndarray, groups: np.ndarray, resamples: int,
                     seed: int) -> tuple[float, float] | None:
     """Percentile interval of the AUC over bootstrap resamples of whole videos (a video's frames
     are not independent, so resampling frames would give too narrow an interval)."""
@@ -206,11 +206,11 @@ def pool_reports(report_dirs: Sequence[Path], threshold: float = 0.5, resamples:
     return {
         "folds": per_fold,
         "frames": {"n": len(y), "real": int((y == 0).sum()), "fake": int((y == 1).sum()), "auc": auc_score(y, s),
-                   "auc_ci95": _grouped_auc_ci(y, s, videos, resamples, seed),
+                   "auc_ci95": grouped_auc_ci(y, s, videos, resamples, seed),
                    "accuracy": float(((s >= threshold) == y).mean())},
         "videos": {"n": len(ids), "real": int((video_label == 0).sum()), "fake": int((video_label == 1).sum()),
                    "auc": auc_score(video_label, video_score),
-                   "auc_ci95": _grouped_auc_ci(video_label, video_score, np.array(ids), resamples, seed),
+                   "auc_ci95": grouped_auc_ci(video_label, video_score, np.array(ids), resamples, seed),
                    "accuracy": float(((video_score >= threshold) == video_label).mean())},
         "threshold": threshold,
         "ci_method": f"bootstrap over videos, {resamples} resamples, percentile, seed {seed}",

@@ -1,15 +1,20 @@
-"""Fold views for the default bundle's recipe (`make default-bundle`), from `trainer folds` output:
+"""Fold views for scripts/cv_lite0_160.sh (a default-bundle candidate), from `trainer folds` output:
 each fold's training side keeps every FaceForensics++ crop and a seeded draw of DFDC pairs, so
 FF++ videos are not drowned by thousands of DFDC pairs (about a quarter of the fakes drawn are
 FF++'s instead of a tenth); validation sides are left whole. Also the two other steps of the
 recipe that are not trainer commands:
 
-    python scripts/default_bundle_folds.py subset DFDC_DIR OUT --pairs 8000   # a seeded draw of pairs.csv, copied
-    python scripts/default_bundle_folds.py prune FOLDS --pairs 1200
-    python scripts/default_bundle_folds.py val-views FOLDS VIEWS --pairs 300  # VIEWS/valview-{i}/validation:
+    python scripts/cv_views.py subset DFDC_DIR OUT --pairs 8000   # a seeded draw of pairs.csv, copied
+    python scripts/cv_views.py prune FOLDS --pairs 1200
+    python scripts/cv_views.py val-views FOLDS VIEWS --pairs 300  # VIEWS/valview-{i}/validation:
                                      # every FF++ validation crop and a draw of DFDC pairs, for fit's
                                      # per-epoch --val-data (the fold's whole validation is scored after)
-    python scripts/default_bundle_folds.py split-scores EVAL_DIR...   # EVAL_DIR/{ffpp,dfdc}/scores.csv
+    python scripts/cv_views.py split-scores EVAL_DIR...   # EVAL_DIR/{ffpp,dfdc}/scores.csv
+    python scripts/cv_views.py common FFPP_DIR DFDC_DIR DATA OUT   # DFDC_DIR: all 12,000 pairs
+        # OUT/{ffpp,dfdc}: copies of the FF++ videos and DFDC pairs in DATA's training split (so each
+        # has an out-of-fold score) that the previous default bundle did not train on (its
+        # `prepare --split 0.6,0.25,0.15 --seed 0` of all FF++ videos and all 12,000 pairs,
+        # recomputed), for `trainer prepare` at that bundle's own crop geometry
 
 DFDC crops are the `pair-<stem>` fakes and the reals they name; FF++ crops start with a video
 number (`044_...`) or a method (`Deepfakes-044_945_...`).
@@ -117,9 +122,41 @@ def val_view(validation: Path, view: Path, pairs: int, seed: int) -> tuple[int, 
     return counts[0], counts[1]
 
 
+def common_sources(ffpp: Path, dfdc: Path, data: Path, out: Path) -> tuple[int, int]:
+    """See `common` in the module docstring; returns (FF++ videos, DFDC pairs) copied."""
+    from trainer.data.prepare import assign_splits, find_videos, group_videos
+
+    previous = {}
+    for number, source in enumerate((ffpp, dfdc)):
+        groups = group_videos(find_videos(source, number), None)
+        previous.update({v.name: split for group, split in zip(groups, assign_splits(groups, (0.6, 0.25, 0.15), 0))
+                         for v in group})
+    assignment = json.loads((data / "prepare.json").read_text())["assignment"]
+    chosen = [name for name, split in assignment.items() if split == "train" and previous.get(name) != "train"]
+    videos = [name for name in chosen if is_ffpp(name)]
+    for name in videos:
+        method, _, stem = name.rpartition("-")
+        relative = Path("fake", method, f"{stem}.mp4") if method else Path("real", f"{name}.mp4")
+        (out / "ffpp" / relative).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(ffpp / relative, out / "ffpp" / relative)
+    reals = {name for name in chosen if not is_ffpp(name) and not name.startswith(PAIR_PREFIX)}
+    with open(dfdc / "pairs.csv", newline="") as handle:
+        reader = csv.DictReader(handle)
+        rows, fields = [r for r in reader if Path(r["real"]).stem in reals], reader.fieldnames
+    for row in rows:
+        for key in ("real", "fake"):
+            (out / "dfdc" / row[key]).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(dfdc / row[key], out / "dfdc" / row[key])
+    with open(out / "dfdc" / "pairs.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    return len(videos), len(rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("step", choices=["subset", "prune", "val-views", "split-scores"])
+    parser.add_argument("step", choices=["subset", "prune", "val-views", "split-scores", "common"])
     parser.add_argument("folders", type=Path, nargs="+")
     parser.add_argument("--pairs", type=int, default=None, help="DFDC pairs (subset 8000, prune 1200, val-views 300)")
     parser.add_argument("--seed", type=int, default=0)
@@ -127,6 +164,9 @@ def main() -> None:
     if args.step == "split-scores":
         for folder in args.folders:
             print(folder, split_scores(folder))
+    elif args.step == "common":
+        videos, pairs = common_sources(*args.folders)
+        print(f"{videos} FF++ videos and {pairs} DFDC pairs copied to {args.folders[3]}")
     elif args.step == "subset":
         src, out = args.folders
         print(f"{subset_pairs(src, out, args.pairs or 8000, args.seed)} pairs copied to {out}")
@@ -137,7 +177,7 @@ def main() -> None:
     else:
         folds, views = args.folders
         for i, fold in enumerate(sorted(folds.glob("fold-*"))):
-            # seeded by the fold number, as the views of the default bundle's runs were made
+            # seeded by the fold number, as the views of the measured runs were made
             reals, fakes = val_view(fold / "validation", views / f"valview-{i}", args.pairs or 300, i)
             print(f"valview-{i}: {reals} real, {fakes} fake crops")
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The default bundle's recipe, end to end (`make default-bundle`): every step seeded and resumable.
-#   scripts/default_bundle.sh BUILD_DIR [FFPP_DIR] [DFDC_DIR]
+# A candidate recipe for the default bundle, measured by grouped cross-validation (every step seeded
+# and resumable). It lost to the shipped bundle on DFDC (exports/default/MODEL_CARD.md, "Candidates").
+#   scripts/cv_lite0_160.sh BUILD_DIR [FFPP_DIR] [DFDC_DIR]
 # 1. a seeded draw of 8,000 DFDC pairs, and `trainer prepare` of it with the 84 FF++ videos
 #    (32 frames a video, 224 px crops at the scan's margin 1.3, split 0.7/0.15/0.15 by identity);
 # 2. three grouped folds of the training split (identity groups never split), each fold's training
@@ -9,12 +10,12 @@
 #    augmentation, self-blends and paired batches, 3 epochs of 6,400 samples; its last epoch scored
 #    on the fold's whole validation side (out-of-fold: no epoch is picked on what it is scored on);
 # 4. the out-of-fold scores pooled, FF++ and DFDC apart, with intervals over videos.
-# The three fold models are the bundle's members (`trainer export`, calibrated on the prepared
-# validation split, which no member trained on): see exports/default/MODEL_CARD.md.
+# The three fold models were to be the bundle's members (`trainer export RUN0 RUN1 RUN2 --checkpoint
+# last --data BUILD/data224`, calibrated on the prepared validation split, which no member trained on).
 set -euo pipefail
 build=$1 ffpp=${2:-../shared/data/ffpp-c23} dfdc=${3:-../shared/data/dfdc-faces}
 root=$(cd "$(dirname "$0")/.." && pwd)
-py=$root/.venv/bin/python folds_py=$root/scripts/default_bundle_folds.py
+py=$root/.venv/bin/python folds_py=$root/scripts/cv_views.py
 epochs=${EPOCHS:-3}
 mkdir -p "$build"
 [ -f "$build/dfdc8k/pairs.csv" ] || "$py" "$folds_py" subset "$dfdc" "$build/dfdc8k" --pairs 8000

@@ -1,0 +1,62 @@
+"""Two detectors' clean scores on the crops both scored (`trainer eval` scores.csv files), per
+source, with AUC intervals from resampling videos (a DFDC pair's crops are one video each):
+
+    python scripts/compare_scores.py A_SCORES.csv... --vs B_SCORES.csv... [--names A B]
+
+Used for the default bundle's model card: the new recipe's out-of-fold scores against the
+previous bundle's scores on FF++ videos and DFDC pairs neither was trained on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+
+import numpy as np
+
+from trainer.evaluation.folds import grouped_auc_ci
+from trainer.evaluation.metrics import auc_score
+
+
+def is_ffpp(name: str) -> bool:
+    return not name.startswith("pair-") and (name[0].isdigit() or "-" in name.split("_")[0])
+
+
+def read(paths: list[str]) -> dict[str, tuple[str, int, float]]:
+    rows = {}
+    for path in paths:
+        with open(path, newline="") as handle:
+            for row in csv.DictReader(handle):
+                rows[row["crop"]] = (row["video"], int(row["label"]), float(row["clean"]))
+    return rows
+
+
+def figures(crops: list[str], rows: dict, video_level: bool) -> str:
+    videos = np.array([rows[c][0] for c in crops])
+    labels = np.array([rows[c][1] for c in crops])
+    scores = np.array([rows[c][2] for c in crops])
+    if video_level:
+        ids = sorted(set(videos))
+        labels = np.array([labels[videos == v][0] for v in ids])
+        scores = np.array([scores[videos == v].mean() for v in ids])
+        videos = np.array(ids)
+    low, high = grouped_auc_ci(labels, scores, videos, 1000, 0)
+    return f"AUC {auc_score(labels, scores):.3f} ({low:.3f}-{high:.3f}), n {len(labels)} ({int((labels == 0).sum())} real)"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("a", nargs="+")
+    parser.add_argument("--vs", nargs="+", required=True)
+    parser.add_argument("--names", nargs=2, default=["A", "B"])
+    args = parser.parse_args()
+    a, b = read(args.a), read(args.vs)
+    common = sorted(set(a) & set(b))
+    for source, video_level in (("FF++ frames", False), ("FF++ videos", True), ("DFDC pairs", False)):
+        crops = [c for c in common if is_ffpp(c) == source.startswith("FF++")]
+        for name, rows in zip(args.names, (a, b)):
+            print(f"{source:12} {name:>10}: {figures(crops, rows, video_level)}")
+
+
+if __name__ == "__main__":
+    main()
