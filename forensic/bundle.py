@@ -48,6 +48,9 @@ from forensic.errors import BundleError
 MANIFEST_NAME = "manifest.json"
 MANIFEST_SCHEMA_VERSION = 1
 CLASS_ORDER = ("real", "fake")
+# A face crop is resized to input.size² before the models: bounded so that a manifest cannot make
+# every face cost gigabytes (a 2048² float crop is 50 MB; detectors here use 128-384).
+MAX_INPUT_SIZE = 2048
 DEFAULT_BUNDLE = Path(__file__).resolve().parent.parent / "exports" / "default"
 
 
@@ -163,8 +166,8 @@ def _check_manifest(manifest: dict, bundle_dir: Path) -> None:
     _require(isinstance(spec, dict), bundle_dir, "'input' must be an object")
     for key in ("size", "mean", "std", "normalize_in_graph"):
         _require(key in spec, bundle_dir, f"'input' lacks '{key}'")
-    _require(isinstance(spec["size"], int) and not isinstance(spec["size"], bool) and spec["size"] > 0, bundle_dir,
-             "input.size must be an integer > 0")
+    _require(isinstance(spec["size"], int) and not isinstance(spec["size"], bool) and 0 < spec["size"] <= MAX_INPUT_SIZE,
+             bundle_dir, f"input.size must be an integer in 1..{MAX_INPUT_SIZE}")
     for key in ("mean", "std"):
         _require(isinstance(spec[key], list) and len(spec[key]) == 3 and all(map(_is_finite, spec[key])), bundle_dir,
                  f"input.{key} must be three finite numbers (R, G, B)")

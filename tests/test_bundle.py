@@ -368,8 +368,10 @@ def test_malformed_gradient_graph_entry_is_a_bundle_error(bundle_dir, graph, pro
 
 
 @pytest.mark.parametrize("key, value, problem", [
-    ("size", "224", "input.size must be an integer > 0"),
-    ("size", 0, "input.size must be an integer > 0"),
+    ("size", "224", "input.size must be an integer in 1..2048"),
+    ("size", 0, "input.size must be an integer in 1..2048"),
+    ("size", 2049, "input.size must be an integer in 1..2048"),
+    ("size", 10**30, "input.size must be an integer in 1..2048"),
     ("mean", [0.5, 0.5], "input.mean must be three finite numbers"),
     ("std", [0.5, float("nan"), 0.5], "input.std must be three finite numbers"),
     ("std", [0.5, 0.0, 0.5], "input.std must be > 0"),
