@@ -23,6 +23,7 @@ import csv
 import inspect
 import json
 import math
+import os
 import random
 import time
 import tomllib
@@ -332,9 +333,34 @@ def _resume_differences(saved: dict[str, Any], config: FitConfig) -> list[str]:
 
 
 def _save_atomically(obj: Any, path: Path) -> None:
-    partial = path.with_suffix(path.suffix + ".partial")
-    torch.save(obj, partial)
-    partial.replace(path)  # an interrupted save never corrupts the previous file
+    """torch.save `obj` to `path` so that a crash, SIGKILL or power cut leaves the previous file or
+    the new one, never a torn one (--resume reads last.pt)."""
+    _write_atomically(path, lambda handle: torch.save(obj, handle))
+
+
+def _write_atomically(path: Path, write: Callable[[Any], None], binary: bool = True) -> None:
+    """Call `write(handle)` on PATH.partial (same folder, so the rename stays on one file system),
+    flush it to disk, rename it over `path`, then flush the folder so the rename itself survives
+    a power cut. Without the first fsync a rename can reach the disk before the data does (ext4
+    and XFS delayed allocation) and a crash leaves an empty or partial file under the final name."""
+    partial = path.with_name(path.name + ".partial")
+    with open(partial, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8", "newline": ""})) as handle:
+        write(handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(partial, path)
+    if os.name == "posix":  # Windows cannot open a folder; its rename is durable by itself (MoveFileEx)
+        folder = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
+
+
+def _remove_partials(out: Path) -> None:
+    """Remove the PATH.partial files a killed run left (its last.pt, the previous one, stays whole)."""
+    for partial in out.glob("*.partial"):
+        partial.unlink(missing_ok=True)
 
 
 def _train_transform(config: FitConfig, size: int):
@@ -480,7 +506,11 @@ def _fit(config: FitConfig, ctx: distributed.Context, resume: bool,
     tensorboard = None
     if ctx.is_main:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(run_config, indent=2) + "\n")
+        if resume:
+            _remove_partials(out)
+        # Atomic: `trainer fit --resume` takes the run's settings from it, so a kill must not tear it.
+        _write_atomically(out / "config.json", lambda handle: handle.write(json.dumps(run_config, indent=2) + "\n"),
+                          binary=False)
         from torch.utils.tensorboard import SummaryWriter
 
         tensorboard = SummaryWriter(log_dir=str(out / "tensorboard"), purge_step=start_epoch)
@@ -597,10 +627,12 @@ def _distributed_record(config: FitConfig, ctx: distributed.Context, batch_size:
 
 def _write_metrics(out: Path, history: list[dict]) -> None:
     """Rewrite metrics.jsonl and metrics.csv from the history (so a resumed run never repeats a line)."""
-    (out / "metrics.jsonl.partial").write_text("".join(json.dumps(row) + "\n" for row in history))
-    (out / "metrics.jsonl.partial").replace(out / "metrics.jsonl")
-    with open(out / "metrics.csv.partial", "w", newline="") as handle:
+    _write_atomically(out / "metrics.jsonl", lambda handle: handle.write("".join(json.dumps(row) + "\n" for row in history)),
+                      binary=False)
+
+    def write_csv(handle) -> None:
         writer = csv.DictWriter(handle, fieldnames=list(history[0]))
         writer.writeheader()
         writer.writerows(history)
-    (out / "metrics.csv.partial").replace(out / "metrics.csv")
+
+    _write_atomically(out / "metrics.csv", write_csv, binary=False)
