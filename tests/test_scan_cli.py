@@ -281,7 +281,11 @@ def test_ctrl_c_writes_an_incomplete_report_of_the_files_finished_and_exits_130(
     report_path, csv_path = tmp_path / "report.json", tmp_path / "report.csv"
     process = subprocess.Popen([sys.executable, "-m", "forensic", "scan", str(folder), "--json", str(report_path),
                                 "--csv", str(csv_path), "--workers", workers],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               # A shell that runs the tests in the background (`make test &`) starts them with
+                               # SIGINT ignored, and an ignored signal stays ignored across exec: the scan would
+                               # rightly ignore Ctrl-C. Start it as a terminal's foreground process is started.
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     stderr_lines = []
     for line in process.stderr:
         stderr_lines.append(line)
