@@ -17,9 +17,7 @@ import numpy as np
 from trainer.evaluation.folds import grouped_auc_ci
 from trainer.evaluation.metrics import auc_score
 
-
-def is_ffpp(name: str) -> bool:
-    return not name.startswith("pair-") and (name[0].isdigit() or "-" in name.split("_")[0])
+from cv_views import is_ffpp  # a sibling script: `python scripts/...` puts scripts/ on the path
 
 
 def read(paths: list[str]) -> dict[str, tuple[str, int, float]]:

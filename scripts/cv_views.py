@@ -30,8 +30,8 @@ import random
 import shutil
 from pathlib import Path
 
-LANDMARKS = "landmarks.json"
-PAIR_PREFIX = "pair-"
+from trainer.data.prepare import PAIR_PREFIX, SBI_PREFIX, assign_splits, find_videos, group_videos
+from trainer.data.sbi import LANDMARKS_FILE
 
 
 def is_ffpp(name: str) -> bool:
@@ -47,12 +47,12 @@ def prune_fold(train: Path, pairs: int, seed: int) -> tuple[int, int]:
     dropped = 0
     for label in ("real", "fake"):
         folder = train / label
-        marks_path = folder / LANDMARKS
+        marks_path = folder / LANDMARKS_FILE
         marks = json.loads(marks_path.read_text()) if marks_path.is_file() else {}
         for path in sorted(folder.glob("*.png")):
             name = path.name
-            if name.startswith("sbi-"):
-                real = name[len("sbi-"):].rsplit("_", 1)[0] + ".png"
+            if name.startswith(SBI_PREFIX):
+                real = name[len(SBI_PREFIX):].rsplit("_", 1)[0] + ".png"
             elif name.startswith(PAIR_PREFIX):
                 real = name[len(PAIR_PREFIX):]
             else:
@@ -124,8 +124,6 @@ def val_view(validation: Path, view: Path, pairs: int, seed: int) -> tuple[int, 
 
 def common_sources(ffpp: Path, dfdc: Path, data: Path, out: Path) -> tuple[int, int]:
     """See `common` in the module docstring; returns (FF++ videos, DFDC pairs) copied."""
-    from trainer.data.prepare import assign_splits, find_videos, group_videos
-
     previous = {}
     for number, source in enumerate((ffpp, dfdc)):
         groups = group_videos(find_videos(source, number), None)
