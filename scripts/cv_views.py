@@ -10,11 +10,13 @@ recipe that are not trainer commands:
                                      # every FF++ validation crop and a draw of DFDC pairs, for fit's
                                      # per-epoch --val-data (the fold's whole validation is scored after)
     python scripts/cv_views.py split-scores EVAL_DIR...   # EVAL_DIR/{ffpp,dfdc}/scores.csv
-    python scripts/cv_views.py common FFPP_DIR DFDC_DIR DATA OUT   # DFDC_DIR: all 12,000 pairs
-        # OUT/{ffpp,dfdc}: copies of the FF++ videos and DFDC pairs in DATA's training split (so each
-        # has an out-of-fold score) that the previous default bundle did not train on (its
-        # `prepare --split 0.6,0.25,0.15 --seed 0` of all FF++ videos and all 12,000 pairs,
-        # recomputed), for `trainer prepare` at that bundle's own crop geometry
+    python scripts/cv_views.py common FFPP_DIR DFDC_DIR DATA OUT [--splits train]   # DFDC_DIR: all
+        # 12,000 pairs. OUT/{ffpp,dfdc}: copies of the FF++ videos and DFDC pairs in DATA's --splits
+        # (comma-separated; `none`: not in DATA at all) that the previous default bundle did not
+        # train on (its `prepare --split 0.6,0.25,0.15 --seed 0` of all FF++ videos and all 12,000
+        # pairs, recomputed), for `trainer prepare` at each detector's own crop geometry. `train`
+        # (default): the CV's out-of-fold faces; `validation,none`: faces neither a model trained
+        # on DATA's whole training split nor that bundle saw, outside DATA's test split
 
 DFDC crops are the `pair-<stem>` fakes and the reals they name; FF++ crops start with a video
 number (`044_...`) or a method (`Deepfakes-044_945_...`).
@@ -122,7 +124,7 @@ def val_view(validation: Path, view: Path, pairs: int, seed: int) -> tuple[int, 
     return counts[0], counts[1]
 
 
-def common_sources(ffpp: Path, dfdc: Path, data: Path, out: Path) -> tuple[int, int]:
+def common_sources(ffpp: Path, dfdc: Path, data: Path, out: Path, splits: tuple[str, ...] = ("train",)) -> tuple[int, int]:
     """See `common` in the module docstring; returns (FF++ videos, DFDC pairs) copied."""
     previous = {}
     for number, source in enumerate((ffpp, dfdc)):
@@ -130,7 +132,7 @@ def common_sources(ffpp: Path, dfdc: Path, data: Path, out: Path) -> tuple[int, 
         previous.update({v.name: split for group, split in zip(groups, assign_splits(groups, (0.6, 0.25, 0.15), 0))
                          for v in group})
     assignment = json.loads((data / "prepare.json").read_text())["assignment"]
-    chosen = [name for name, split in assignment.items() if split == "train" and previous.get(name) != "train"]
+    chosen = [name for name, split in previous.items() if split != "train" and assignment.get(name, "none") in splits]
     videos = [name for name in chosen if is_ffpp(name)]
     for name in videos:
         method, _, stem = name.rpartition("-")
@@ -158,12 +160,13 @@ def main() -> None:
     parser.add_argument("folders", type=Path, nargs="+")
     parser.add_argument("--pairs", type=int, default=None, help="DFDC pairs (subset 8000, prune 1200, val-views 300)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--splits", default="train", help="common: DATA's splits to draw from (`none`: not in DATA)")
     args = parser.parse_args()
     if args.step == "split-scores":
         for folder in args.folders:
             print(folder, split_scores(folder))
     elif args.step == "common":
-        videos, pairs = common_sources(*args.folders)
+        videos, pairs = common_sources(*args.folders, tuple(args.splits.split(",")))
         print(f"{videos} FF++ videos and {pairs} DFDC pairs copied to {args.folders[3]}")
     elif args.step == "subset":
         src, out = args.folders
