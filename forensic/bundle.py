@@ -31,12 +31,14 @@ pins every model file by its SHA-256; a model must be one file (no ONNX external
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import math
 import os
 import re
 import shutil
+import stat
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -56,9 +58,19 @@ DEFAULT_BUNDLE = Path(__file__).resolve().parent.parent / "exports" / "default"
 
 def sha256_file(path: Path, check: Callable[[], None] | None = None) -> str:
     """The file's SHA-256; `check()`, if given, is called before each MiB is read (it may raise
-    to abandon hashing a large video)."""
+    to abandon hashing a large video). Only a regular file is read: anything else raises
+    OSError at once (opened without blocking, a FIFO would otherwise wait for a writer forever,
+    and a device such as /dev/zero never end), even if it replaced a checked file since."""
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
+    descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        handle = open(descriptor, "rb")
+    except BaseException:
+        os.close(descriptor)
+        raise
+    with handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             if check:
                 check()
@@ -111,6 +123,12 @@ class Bundle:
     @property
     def fake_index(self) -> int:
         return list(self.manifest["class_order"]).index("fake")
+
+    @property
+    def files(self) -> tuple[Path, ...]:
+        """The manifest and every file it names: never to be written over by an output."""
+        names = [name for entry in self.models for name in (entry.file, entry.gradient_graph) if name]
+        return (self.path / MANIFEST_NAME, *(self.path / name for name in names))
 
 
 def _require(condition: bool, bundle_dir: Path, problem: str) -> None:
@@ -212,8 +230,9 @@ def _is_finite(value) -> bool:
 
 def _verify_file(path: Path, expected: str) -> None:
     try:
-        if not path.is_file():
-            raise BundleError(f"{path}: file named in the manifest is missing")
+        if not path.is_file():  # never opened: a FIFO would block, a device never end
+            raise BundleError(f"{path}: file named in the manifest is "
+                              f"{'not a regular file' if path.exists() else 'missing'}")
         actual = sha256_file(path)
     except OSError as exc:  # a name over the system's length limit too
         raise BundleError(f"{path}: cannot read ({exc.strerror})") from None
@@ -268,6 +287,8 @@ def load_bundle(bundle_dir: Path) -> Bundle:
     bundle_dir = Path(bundle_dir)
     manifest_path = bundle_dir / MANIFEST_NAME
     try:
+        if manifest_path.exists() and not manifest_path.is_file():  # a FIFO, a device: never opened
+            raise BundleError(f"{manifest_path}: not a regular file")
         if not manifest_path.is_file():
             raise BundleError(f"{bundle_dir}: not a bundle (no {MANIFEST_NAME})")
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))

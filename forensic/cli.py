@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import os
 import sys
 from fractions import Fraction
@@ -34,7 +36,43 @@ EXIT_INTERRUPTED = 130  # Ctrl-C: the report (marked incomplete) holds the files
 # starts once there are this many files per worker.
 FILES_PER_WORKER = 16
 
+class _OneLineUsageErrors(typer.core.TyperGroup):
+    """Click reports a bad option in four lines (usage, a hint, a blank, the error); forensic's
+    own usage errors are one line, `error: ...`, and so are Click's here, so that a pipeline's
+    log holds one line per refusal. Exit status 2 as before."""
+
+    def main(self, args=None, *rest, **kwargs):
+        if not (sys.argv[1:] if args is None else args) or not kwargs.get("standalone_mode", True):
+            return super().main(args, *rest, **kwargs)  # no arguments: the help text, as before
+        try:
+            code = super().main(args, *rest, **{**kwargs, "standalone_mode": False})
+        except typer.TyperException as exc:  # Click's errors, as Typer carries them
+            command = f" (see '{exc.ctx.command_path} --help')" if getattr(exc, "ctx", None) else ""
+            typer.echo(f"error: {printable(exc.format_message())}{command}", err=True)
+            sys.exit(exc.exit_code)
+        except typer.Abort:
+            typer.echo("Aborted!", err=True)
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+def _path(value) -> Path:
+    """A path argument or option: an empty string (an unset shell variable) is refused, where
+    Path('') would quietly be the current folder."""
+    if isinstance(value, Path):
+        return value
+    if value == "":
+        raise typer.BadParameter("an empty string is not a path")
+    return Path(value)
+
+
+def _text_path(value) -> str:
+    """`_path` for an option that also takes '-' (stdout or stdin), kept as text."""
+    return str(_path(value)) if value != "-" else value
+
+
 app = typer.Typer(
+    cls=_OneLineUsageErrors,
     add_completion=False,
     no_args_is_help=True,
     help="Find faces in images and videos and judge each file real or fake with an ONNX detector bundle.",
@@ -81,21 +119,21 @@ def _table(results: list[FileResult]) -> Table:
     )
 )
 def scan(
-    paths: Optional[list[Path]] = typer.Argument(None, help="Images, videos and folders (searched recursively)."),
-    from_list: Optional[str] = typer.Option(None, "--from", help="Also scan the paths listed in FILE (one per line), or on stdin with '-'."),
+    paths: Optional[list[Path]] = typer.Argument(None, parser=_path, help="Images, videos and folders (searched recursively)."),
+    from_list: Optional[str] = typer.Option(None, "--from", parser=_text_path, help="Also scan the paths listed in FILE (one per line), or on stdin with '-'."),
     include: list[str] = typer.Option([], "--include", help="In folders, only files matching this glob (repeatable)."),
     exclude: list[str] = typer.Option([], "--exclude", help="In folders, skip files matching this glob (repeatable)."),
-    bundle: Path = typer.Option(DEFAULT_BUNDLE, "--bundle", "-b", help="Detector bundle folder (has manifest.json)."),
-    json_out: Optional[str] = typer.Option(None, "--json", help="Write the JSON report to FILE, or to stdout with '-'."),
-    csv_out: Optional[Path] = typer.Option(None, "--csv", help="Write a one-row-per-file CSV summary to FILE."),
+    bundle: Path = typer.Option(DEFAULT_BUNDLE, "--bundle", "-b", parser=_path, help="Detector bundle folder (has manifest.json)."),
+    json_out: Optional[str] = typer.Option(None, "--json", parser=_text_path, help="Write the JSON report to FILE, or to stdout with '-'."),
+    csv_out: Optional[Path] = typer.Option(None, "--csv", parser=_path, help="Write a one-row-per-file CSV summary to FILE."),
     frames: int = typer.Option(DEFAULT_FRAMES, "--frames", min=1, help="Frames sampled evenly from each video."),
     fps: Optional[float] = typer.Option(None, "--fps", min=0.001, help="Instead of --frames: sample this many frames per second."),
     threshold: Optional[float] = typer.Option(None, "--threshold", min=0.0, max=1.0, help="Override the bundle's decision threshold."),
     uncertain_band: Optional[float] = typer.Option(None, "--uncertain-band", min=0.0, max=0.499, help="Scores within ±band of the threshold are 'uncertain' (default: the bundle's)."),
     aggregation: str = typer.Option("confident", "--aggregate", help="How an identity's frame scores combine: confident (DFDC winner), mean or max."),
     min_face: int = typer.Option(40, "--min-face", min=12, help="Ignore faces smaller than this many pixels."),
-    heatmaps: Optional[Path] = typer.Option(None, "--heatmaps", help="Write a heatmap PNG per identity (its most fake face) to DIR."),
-    html_out: Optional[Path] = typer.Option(None, "--html", help="Write a self-contained HTML report to DIR/index.html."),
+    heatmaps: Optional[Path] = typer.Option(None, "--heatmaps", parser=_path, help="Write a heatmap PNG per identity (its most fake face) to DIR."),
+    html_out: Optional[Path] = typer.Option(None, "--html", parser=_path, help="Write a self-contained HTML report to DIR/index.html."),
     self_test: bool = typer.Option(False, "--self-test", help="Attack each verdict with PGD (SPSA without gradient graphs) and report the smallest ε that pushes the score across the threshold."),
     self_test_eps: str = typer.Option("1/255,2/255,4/255,8/255", "--self-test-eps", help="The ε schedule, comma-separated (fractions allowed), pixels in [0, 1]."),
     self_test_steps: int = typer.Option(10, "--self-test-steps", min=1, help="PGD steps per ε."),
@@ -108,9 +146,6 @@ def scan(
     """Scan images, videos and folders; print a verdict per file and optionally a JSON report."""
     from forensic.bundle import load_bundle
     from forensic.media import collect_keyed_inputs, read_path_list
-    from forensic.report import build_report
-    from forensic.scan import Scanner
-    from forensic.shards import parse_shard, select_shard
 
     json_to_stdout = json_out == "-"
     # With --json -, stdout carries the report and nothing else.
@@ -120,23 +155,18 @@ def scan(
         _usage_error(errors, f"--device must be auto, cpu or cuda, not {device!r}")
     if aggregation not in ("confident", "mean", "max"):
         _usage_error(errors, f"--aggregate must be confident, mean or max, not {aggregation!r}")
+    for option, value in (("--fps", fps), ("--threshold", threshold), ("--uncertain-band", uncertain_band)):
+        if value is not None and not math.isfinite(value):  # 'inf' passes a lower bound
+            _usage_error(errors, f"{option} must be a finite number, not {value}")
     try:
+        if shard is not None:
+            from forensic.shards import parse_shard, select_shard  # loads the scan's modules (PyTorch)
         part = parse_shard(shard) if shard is not None else None
     except ForensicError as exc:
         _usage_error(errors, str(exc))
     requested = list(paths or [])
-    if from_list == "-" and sys.stdin.isatty():
-        _usage_error(errors, "--from - reads paths from stdin, but stdin is a terminal")
     if from_list:
-        try:
-            raw = sys.stdin.buffer.read() if from_list == "-" else Path(from_list).read_bytes()
-            # As the file system names them: a name that is not UTF-8 still reaches its file.
-            lines = [os.fsdecode(line) for line in raw.splitlines()]
-        except OSError as exc:
-            _usage_error(errors, f"{from_list}: cannot read the path list ({exc.strerror})")
-        if any("\0" in line for line in lines):
-            _usage_error(errors, f"{from_list}: the path list holds a NUL byte, which no file name can contain")
-        requested += read_path_list(lines)
+        requested += read_path_list(_path_list_lines(errors, from_list))
     if not requested:
         _usage_error(errors, "nothing to scan: give paths or --from FILE")
     settings = dict(device=device, frames=frames, fps=fps, threshold=threshold, uncertain_band=uncertain_band,
@@ -144,7 +174,6 @@ def scan(
                     self_test=_self_test_settings(errors, self_test_eps, self_test_steps) if self_test else None)
     try:
         loaded = load_bundle(bundle)
-        scanner = Scanner(loaded, **settings)  # type: ignore[arg-type]
     except ForensicError as exc:
         _usage_error(errors, str(exc))
     listing = collect_keyed_inputs(requested, include=include, exclude=exclude)
@@ -153,7 +182,15 @@ def scan(
     listed = [path for path, _ in listing]
     selection = select_shard(listing, part) if part else None  # a shard's other files are never opened
     inputs = selection.paths if selection else listed
-    _check_outputs(errors, json_out, csv_out, html_out, listed)  # now, not after an hour of scanning
+    # Now, before the models load, not after an hour of scanning.
+    _check_outputs(errors, json_out, csv_out, html_out, listed, loaded.files)
+    from forensic.report import build_report  # the scan's modules (PyTorch, MTCNN, ONNX Runtime): checks are done
+    from forensic.scan import Scanner
+
+    try:
+        scanner = Scanner(loaded, **settings)  # type: ignore[arg-type]
+    except ForensicError as exc:
+        _usage_error(errors, str(exc))
 
     results: list[FileResult] = []
     progress = Progress(
@@ -214,17 +251,35 @@ def scan(
 
 
 def _check_outputs(errors: Console, json_out: Optional[str], csv_out: Optional[Path], html_out: Optional[Path],
-                   inputs: list[Path]) -> None:
-    """Refuse an output that cannot be written or that names an input: a usage error, before any work."""
-    from forensic.outputs import check_output
+                   inputs: list[Path], bundle_files: tuple[Path, ...] = ()) -> None:
+    """Refuse an output that cannot be written, that names an input or a bundle's file, or that
+    another output names too: a usage error, before any work."""
+    from forensic.outputs import check_outputs
 
     outputs = [Path(path) for path in (None if json_out == "-" else json_out, csv_out) if path]
     outputs += [html_out / "index.html"] if html_out else []
     try:
-        for output in outputs:
-            check_output(output, inputs)
+        check_outputs(outputs, inputs, bundle_files)
     except ForensicError as exc:
         _usage_error(errors, str(exc))
+
+
+def _path_list_lines(errors: Console, from_list: str) -> list[str]:
+    """The lines of a --from file or stdin, read in blocks: a NUL byte (which no file name holds)
+    is refused as soon as it is read, so that `--from /dev/zero` ends at once, not out of memory."""
+    if from_list == "-" and sys.stdin.isatty():
+        _usage_error(errors, "--from - reads paths from stdin, but stdin is a terminal")
+    blocks = []
+    try:
+        with (contextlib.nullcontext(sys.stdin.buffer) if from_list == "-" else open(from_list, "rb")) as handle:
+            while block := handle.read(1 << 16):
+                if b"\0" in block:
+                    _usage_error(errors, f"{from_list}: the path list holds a NUL byte, which no file name can contain")
+                blocks.append(block)
+    except OSError as exc:
+        _usage_error(errors, f"{from_list}: cannot read the path list ({exc.strerror or exc})")
+    # As the file system names them: a name that is not UTF-8 still reaches its file.
+    return [os.fsdecode(line) for line in b"".join(blocks).splitlines()]
 
 
 def _write_outputs(console: Console, errors: Console, report: dict, results: list[FileResult],
@@ -270,10 +325,10 @@ def _exit(results: list[FileResult], fail_on_fake: bool, failed: bool) -> NoRetu
     )
 )
 def merge(
-    reports: list[Path] = typer.Argument(..., help="The JSON reports of 'forensic scan --shard I/N', one per shard, in any order."),
-    json_out: Optional[str] = typer.Option(None, "--json", help="Write the merged JSON report to FILE, or to stdout with '-'."),
-    csv_out: Optional[Path] = typer.Option(None, "--csv", help="Write a one-row-per-file CSV summary to FILE."),
-    html_out: Optional[Path] = typer.Option(None, "--html", help="Write a self-contained HTML report to DIR/index.html (without face crops: the JSON reports hold none)."),
+    reports: list[Path] = typer.Argument(..., parser=_path, help="The JSON reports of 'forensic scan --shard I/N', one per shard, in any order."),
+    json_out: Optional[str] = typer.Option(None, "--json", parser=_text_path, help="Write the merged JSON report to FILE, or to stdout with '-'."),
+    csv_out: Optional[Path] = typer.Option(None, "--csv", parser=_path, help="Write a one-row-per-file CSV summary to FILE."),
+    html_out: Optional[Path] = typer.Option(None, "--html", parser=_path, help="Write a self-contained HTML report to DIR/index.html (without face crops: the JSON reports hold none)."),
     allow_missing: bool = typer.Option(False, "--allow-missing", help="Merge even when some of the N shards have no report; the merged report is marked incomplete."),
     fail_on_fake: bool = typer.Option(False, "--fail-on-fake", help="Exit with status 3 when any file is judged fake."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No table; only errors (and --json - output)."),
@@ -324,10 +379,10 @@ def _usage_error(errors: Console, message: str) -> NoReturn:
 
 @app.command()
 def tui(
-    folder: Path = typer.Argument(..., help="Folder of images and videos (searched recursively)."),
-    bundle: Path = typer.Option(DEFAULT_BUNDLE, "--bundle", "-b", help="Detector bundle folder (has manifest.json)."),
+    folder: Path = typer.Argument(..., parser=_path, help="Folder of images and videos (searched recursively)."),
+    bundle: Path = typer.Option(DEFAULT_BUNDLE, "--bundle", "-b", parser=_path, help="Detector bundle folder (has manifest.json)."),
     self_test: bool = typer.Option(False, "--self-test", help="Self-test every verdict (PGD), not only the files you press s on."),
-    cache: Optional[Path] = typer.Option(None, "--cache", help="Results cache folder (default: $FORENSIC_CACHE_DIR, else $XDG_CACHE_HOME/deepfake-forensics, else ~/.cache/deepfake-forensics)."),
+    cache: Optional[Path] = typer.Option(None, "--cache", parser=_path, help="Results cache folder (default: $FORENSIC_CACHE_DIR, else $XDG_CACHE_HOME/deepfake-forensics, else ~/.cache/deepfake-forensics)."),
 ) -> None:
     """Triage a folder in a terminal UI: a table that fills while it scans, details per file, filters, self-tests and exports (? for keys)."""
     from forensic.tui.app import ForensicApp  # Textual is loaded only for this command

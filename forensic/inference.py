@@ -85,6 +85,33 @@ class EnsembleRunner:
                 raise BundleError(f"{bundle.path / entry.file}: ONNX Runtime cannot load it ({exc})") from None
         weights = np.asarray([entry.weight for entry in bundle.models], dtype=np.float64)
         self._weights = weights / weights.sum()
+        for entry in bundle.models:
+            self._probe(entry.name, bundle.path / entry.file)
+
+    def _probe(self, name: str, path) -> None:
+        """Refuse at load a model that does not fit the manifest (a bundle error, exit 2): its
+        input must be (N, 3, size, size) for the manifest's input.size, and one black crop of that
+        size must give (1, 2) logits. A mismatch would otherwise make every file an error, one by
+        one. (Non-finite scores are refused per face, in forensic.scan.)"""
+        session = self.sessions[name]
+        size = self.bundle.input_size
+        declared = session.get_inputs()[0].shape
+        if len(declared) != 4 or any(isinstance(have, int) and have != want for have, want in zip(declared[1:], (3, size, size))):
+            raise BundleError(f"{path}: takes input of shape {declared}, but the manifest's input.size {size} "
+                              f"means (N, 3, {size}, {size})")
+        crop = np.zeros((1, 3, size, size), np.float32)
+        if self._normalize_here:
+            crop = np.ascontiguousarray((crop - self._mean) / self._std, dtype=np.float32)
+        quiet = ort.RunOptions()
+        quiet.log_severity_level = 4  # the failure is reported below, in one line, not logged
+        try:
+            logits = np.asarray(session.run(None, {session.get_inputs()[0].name: crop}, quiet)[0])
+        except Exception as exc:  # onnxruntime raises its own exception types
+            first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise BundleError(f"{path}: fails on a crop of the manifest's input.size {size} ({first_line})") from None
+        if logits.shape != (1, 2):
+            raise BundleError(f"{path}: gives logits of shape {tuple(logits.shape)} for one crop; the manifest's "
+                              f"class_order needs (1, 2)")
 
     @property
     def providers(self) -> list[str]:

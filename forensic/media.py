@@ -5,6 +5,7 @@ from __future__ import annotations
 import bisect
 import math
 import os
+import stat
 import warnings
 from dataclasses import dataclass
 from fnmatch import fnmatch
@@ -68,7 +69,9 @@ def collect_inputs(paths: Iterable[Path], include: Iterable[str] = (), exclude: 
     for is reported (as an error if need be) rather than silently dropped. A file reached twice
     (named twice, or also inside a folder given) is scanned once, under its first name. A
     sub-folder that cannot be listed (no permission, a path over the system's length limit) is
-    kept too, so its scan reports why (symlinked folders are not followed, as before).
+    kept too, so its scan reports why (symlinked folders are not followed, as before), and so
+    is every name with a media suffix that is not a regular file (a FIFO, a device, a socket,
+    a broken link or a link loop): `check_input` refuses it, never opened.
     """
     return [path for path, _ in collect_keyed_inputs(paths, include, exclude)]
 
@@ -90,13 +93,10 @@ def collect_keyed_inputs(paths: Iterable[Path], include: Iterable[str] = (),
             continue
         inside: list[Path] = []
         for folder, _, names in os.walk(path, onerror=lambda exc: inside.append(Path(exc.filename))):
-            for name in names:
+            for name in names:  # all but folders, by name alone: its scan says what it is
                 p = Path(folder) / name
-                try:
-                    keep = p.is_file() and media_kind(p) is not None
-                except OSError:
-                    keep = True  # cannot be stat'ed: its scan says why
-                if keep and (not include or _matches(p, path, include)) and not _matches(p, path, exclude):
+                if media_kind(p) is not None and (not include or _matches(p, path, include)) \
+                        and not _matches(p, path, exclude):
                     inside.append(p)
         found.extend((p, Path(os.path.relpath(p, path)).as_posix()) for p in sorted(inside))
     seen: set[str] = set()
@@ -110,6 +110,33 @@ def collect_keyed_inputs(paths: Iterable[Path], include: Iterable[str] = (),
             seen.add(real)
             unique.append((path, key))
     return unique
+
+
+_FILE_TYPES = {stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device",
+               stat.S_IFSOCK: "a socket"}
+
+
+def check_input(path: Path) -> None:
+    """The check every input passes before it is opened: a regular file, after symbolic links.
+    A FIFO would block the scan forever and a device never end (/dev/zero), and neither is
+    evidence a hash can pin. Raises MediaError saying what the path is instead."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        if os.path.islink(path):
+            raise MediaError(f"{path}: a broken symbolic link (to {os.readlink(path)})") from None
+        raise MediaError(f"{path}: no such file") from None
+    except (OSError, ValueError) as exc:  # a link loop, a name too long, no permission to reach it
+        raise MediaError(f"{path}: cannot be read ({getattr(exc, 'strerror', None) or exc})") from None
+    if stat.S_ISDIR(mode):
+        try:
+            os.listdir(path)
+        except OSError as exc:
+            raise MediaError(f"{path}: cannot read the folder ({exc.strerror or exc}); its files were not scanned") from None
+        raise MediaError(f"{path}: is a folder")
+    if not stat.S_ISREG(mode):
+        raise MediaError(f"{path}: not a regular file ({_FILE_TYPES.get(stat.S_IFMT(mode), 'of an unknown type')}); "
+                         f"never opened")
 
 
 def read_path_list(lines: Iterable[str]) -> list[Path]:
@@ -139,15 +166,17 @@ def _to_rgb(image: Image.Image, path: Path) -> Image.Image:
 def load_image(path: Path) -> np.ndarray:
     """Decode an image file into an RGB uint8 array, with its EXIF orientation applied."""
     try:
+        # Pillow warns of what it finds wrong in a file ("Corrupt EXIF data") on stderr, lines that
+        # are no error of the scan's: the file decodes or is refused below. The decompression
+        # bomb warning is the megapixel check just below.
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # refused just below instead
-            opened = Image.open(path, formats=IMAGE_FORMATS)
-        with opened as image:
-            if image.width * image.height > MAX_IMAGE_PIXELS:
-                raise MediaError(f"{path}: {image.width}x{image.height} is {image.width * image.height / 1e6:.0f} "
-                                 f"megapixels; images over {MAX_IMAGE_PIXELS / 1e6:.0f} are refused (memory)")
-            image = ImageOps.exif_transpose(image)
-            return np.asarray(_to_rgb(image, path)).copy()
+            warnings.simplefilter("ignore")
+            with Image.open(path, formats=IMAGE_FORMATS) as image:
+                if image.width * image.height > MAX_IMAGE_PIXELS:
+                    raise MediaError(f"{path}: {image.width}x{image.height} is {image.width * image.height / 1e6:.0f} "
+                                     f"megapixels; images over {MAX_IMAGE_PIXELS / 1e6:.0f} are refused (memory)")
+                image = ImageOps.exif_transpose(image)
+                return np.asarray(_to_rgb(image, path)).copy()
     except MediaError:
         raise
     except FileNotFoundError:

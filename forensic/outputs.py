@@ -10,6 +10,7 @@ bytes stay as they were. A reader never sees half a report either.
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterable
@@ -25,23 +26,41 @@ def same_file(a: Path, b: Path) -> bool:
         return False
 
 
-def check_output(destination: Path, inputs: Iterable[Path]) -> None:
+def check_output(destination: Path, inputs: Iterable[Path], bundle_files: Iterable[Path] = ()) -> None:
     """Refuse, before anything is scanned, an output that could not be written or that names
-    one of the inputs (by path or as the same file); make its folder."""
-    if destination.is_dir():
-        raise ForensicError(f"{destination}: is a folder, not a file to write to")
+    one of the inputs or of the bundle's files (by path or as the same file); make its folder."""
     try:
         target = destination.resolve()
-    except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop
-        raise ForensicError(f"{destination}: cannot be resolved ({exc})") from None
-    exists = destination.exists()
-    for path in inputs:
-        if target == _resolved(path) or (exists and same_file(destination, path)):
-            raise ForensicError(f"{destination}: is one of the inputs ({path}), and inputs are never overwritten")
+        kind = os.stat(destination).st_mode if destination.exists() else None
+    except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop; OSError: a name too long
+        raise ForensicError(f"{destination}: cannot be resolved ({getattr(exc, 'strerror', None) or exc})") from None
+    if kind is not None and stat.S_ISDIR(kind):
+        raise ForensicError(f"{destination}: is a folder, not a file to write to")
+    if kind is not None and not stat.S_ISREG(kind):
+        # Replacing it would replace a device node or a FIFO (as root, /dev/stdout itself).
+        raise ForensicError(f"{destination}: is not a regular file (a device, FIFO or socket); reports are written "
+                            f"to files (--json - for stdout)")
+    for paths, what in ((inputs, "one of the inputs"), (bundle_files, "one of the bundle's files")):
+        for path in paths:
+            if target == _resolved(path) or (kind is not None and same_file(destination, path)):
+                raise ForensicError(f"{destination}: is {what} ({path}), and those are never overwritten")
     try:
         destination.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ForensicError(f"{destination.parent}: cannot make the folder ({exc.strerror or exc})") from None
+    if not os.access(destination.parent, os.W_OK | os.X_OK):  # found now, not once the scan is done
+        raise ForensicError(f"{destination.parent}: cannot write in the folder (permission denied or read-only)")
+
+
+def check_outputs(destinations: list[Path], inputs: Iterable[Path], bundle_files: Iterable[Path] = ()) -> None:
+    """`check_output` for each, and no two naming one file: the second would replace the first."""
+    inputs, bundle_files = list(inputs), list(bundle_files)
+    for index, destination in enumerate(destinations):
+        check_output(destination, inputs, bundle_files)
+        for earlier in destinations[:index]:
+            if destination.resolve() == earlier.resolve() or same_file(destination, earlier):
+                raise ForensicError(f"{destination}: is also the destination of another output ({earlier}); "
+                                    f"give each its own file")
 
 
 def _resolved(path: Path) -> Path | None:

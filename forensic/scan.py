@@ -25,7 +25,7 @@ from forensic.heatmaps import combine, overlay, write_png
 from forensic.identities import Aggregation, aggregate, group_identities, minimum_frames
 from forensic.inference import Device, EnsembleRunner
 from forensic.selftest import FRAGILE_EPSILON, GradientOracle, SelfTestSettings, attack, bisect_schedule
-from forensic.media import Frame, load_image, media_kind, sample_video_frames
+from forensic.media import Frame, check_input, load_image, media_kind, sample_video_frames
 
 Verdict = Literal["fake", "real", "uncertain", "no-face", "error"]
 
@@ -276,18 +276,7 @@ class Scanner:
         result = FileResult(path=str(path), kind=kind, sha256=None, verdict="error", score=None, threshold=self.threshold)
         timings = {"hash": 0.0, "decode": 0.0, "detect": 0.0, "classify": 0.0}
         try:
-            try:
-                is_dir = path.is_dir()
-            except OSError as exc:  # e.g. a name over the system's length limit
-                raise MediaError(f"{path}: cannot be read ({exc.strerror or exc})") from None
-            if is_dir:
-                try:
-                    os.listdir(path)
-                except OSError as exc:
-                    raise MediaError(f"{path}: cannot read the folder ({exc.strerror or exc}); its files were not scanned") from None
-                raise MediaError(f"{path}: is a folder")
-            if not path.is_file():
-                raise MediaError(f"{path}: no such file")
+            check_input(path)  # a regular file: never a FIFO, a device, a folder or a broken link
             started = time.perf_counter()
             # Chain of custody: the input's hash is taken before any analysis, and the file must
             # be the same one when the analysis ends (a file still being copied is not).
@@ -313,6 +302,8 @@ class Scanner:
             return self._decide(result, check)
         except ForensicError as exc:
             return self._failed(result, str(exc), timings)
+        except OSError as exc:  # the file system's refusal while reading it (an I/O error, permission)
+            return self._failed(result, f"{path}: cannot be read ({exc.strerror or exc})", timings)
         except Exception as exc:  # one broken file must not stop the batch
             return self._failed(result, f"{path}: unexpected {type(exc).__name__}: {exc}", timings)
 
