@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import socket
+import stat
 import struct
 import zlib
 from dataclasses import dataclass
@@ -69,6 +70,11 @@ def copy(source: Path, target: Path) -> list[Path]:
     return write(target, source.read_bytes())
 
 
+def saved(image: Image.Image, path: Path, **options) -> list[Path]:
+    image.save(path, **options)
+    return [path]
+
+
 def garbage(size: int, seed: int) -> bytes:
     return np.random.default_rng(seed).bytes(size)
 
@@ -118,16 +124,16 @@ kind("postscript-named-jpg", "media", ERROR, "not an image in a supported format
     lambda d, s: write(d / "e.jpg", b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nnewpath 0 0 moveto 10 10 lineto "
                                     b"stroke\nshowpage\n"))
 kind("gif-named-png", "media", ERROR, "not an image in a supported format")(
-    lambda d, s: Image.new("RGB", (64, 64)).save(d / "anim.png", format="GIF") or [d / "anim.png"])
+    lambda d, s: saved(Image.new("RGB", (64, 64)), d / "anim.png", format="GIF"))
 kind("svg-named-png", "media", ERROR, "not an image in a supported format")(
     lambda d, s: write(d / "vector.png", b'<svg xmlns="http://www.w3.org/2000/svg"><image href="/etc/passwd"/></svg>'))
 kind("png-named-jpg", "media", ANALYSED)(lambda d, s: write(d / "mislabelled.jpg", _as_png(s.plain)))
 kind("uppercase-suffix", "media", ANALYSED)(lambda d, s: copy(s.plain, d / "SHOUTING.JPG"))
 kind("jpeg-with-trailing-zip", "media", ANALYSED)(
     lambda d, s: write(d / "polyglot.jpg", s.plain.read_bytes() + b"PK\x03\x04" + garbage(512, seed=5)))
-kind("one-pixel-image", "media", ANALYSED)(lambda d, s: Image.new("RGB", (1, 1)).save(d / "dot.png") or [d / "dot.png"])
+kind("one-pixel-image", "media", ANALYSED)(lambda d, s: saved(Image.new("RGB", (1, 1)), d / "dot.png"))
 kind("one-pixel-high-strip", "media", ANALYSED)(
-    lambda d, s: Image.new("RGB", (20000, 1)).save(d / "strip.png") or [d / "strip.png"])
+    lambda d, s: saved(Image.new("RGB", (20000, 1)), d / "strip.png"))
 kind("png-bad-crc", "media", ERROR, "cannot decode image")(lambda d, s: write(d / "crc.png", _bad_crc_png()))
 # Decompression bombs: a header declaring gigapixels over a few bytes of data.
 kind("png-bomb-header", "media", ERROR, "megapixels")(
@@ -138,12 +144,12 @@ kind("bmp-bomb-header", "media", ERROR, "megapixels")(
 kind("png-text-chunk-bomb", "media", ERROR, "cannot decode image")(
     lambda d, s: write(d / "ztxt.png", png(8, 8, b"\x00" * 72, png_chunk(b"zTXt", b"k\x00\x00" + zlib.compress(b"\0" * 20_000_000)))))
 kind("float-tiff", "media", ERROR, "floating-point")(
-    lambda d, s: Image.fromarray(np.ones((64, 64), np.float32)).save(d / "float.tif") or [d / "float.tif"])
+    lambda d, s: saved(Image.fromarray(np.ones((64, 64), np.float32)), d / "float.tif"))
 # Found by fuzz/run.py: Pillow raised TypeError (not OSError or ValueError) from its TIFF parser.
 kind("tiff-strip-offset-a-double", "media", ERROR, "cannot decode image")(
     lambda d, s: write(d / "odd.tif", _tiff_whose_strip_offset_is_a_double()))
 kind("int32-tiff-out-of-range", "media", ERROR, "outside the 16-bit range")(
-    lambda d, s: Image.fromarray(np.full((64, 64), 10_000_000, np.int32)).save(d / "int32.tif") or [d / "int32.tif"])
+    lambda d, s: saved(Image.fromarray(np.full((64, 64), 10_000_000, np.int32)), d / "int32.tif"))
 
 
 def _as_png(source: Path) -> bytes:
@@ -186,7 +192,7 @@ kind("percent-pattern-name", "container", ANALYSED)(lambda d, s: copy(s.clip, d 
 kind("protocol-looking-name", "container", ANALYSED)(lambda d, s: copy(s.clip, d / "concat:a.mp4|b.mp4"))
 kind("audio-only-mkv", "container", ERROR, "no video stream")(lambda d, s: _audio_only(d / "voice.mkv"))
 kind("video-without-frames", "container", ERROR, "video has no frames")(lambda d, s: _no_frames(d / "empty-track.avi"))
-kind("video-payload-zeroed", "container", ERROR, "")(lambda d, s: _zeroed_payload(s.clip, d / "zeroed.mp4"))
+kind("video-payload-zeroed", "container", ERROR, "video")(lambda d, s: _zeroed_payload(s.clip, d / "zeroed.mp4"))
 # Found by fuzz/run.py: a stream of an unknown codec has no codec context, and its size was read
 # from it; PyAV decoded every tag as strict UTF-8 while opening the file.
 kind("unknown-codec-mkv", "container", ERROR, "no decoder for its video stream's codec")(
@@ -261,17 +267,22 @@ def _link(path: Path, target) -> list[Path]:
     return [path]
 
 
-kind("symlink-loop", "link", ERROR, "")(lambda d, s: _link(d / "loop.jpg", d / "loop.jpg"))
-kind("symlink-loop-named", "link", ERROR, "", named=True)(lambda d, s: _link(d / "loop.mp4", d / "loop.mp4"))
-kind("dangling-symlink", "link", ERROR, "")(lambda d, s: _link(d / "gone.jpg", d / "nowhere.jpg"))
-kind("symlink-chain-past-the-limit", "link", ERROR, "")(lambda d, s: _chain(d, s, 45))
+kind("symlink-loop", "link", ERROR, "Too many levels of symbolic links")(lambda d, s: _link(d / "loop.jpg", d / "loop.jpg"))
+kind("symlink-loop-named", "link", ERROR, "Too many levels of symbolic links", named=True)(lambda d, s: _link(d / "loop.mp4", d / "loop.mp4"))
+kind("dangling-symlink", "link", ERROR, "a broken symbolic link")(lambda d, s: _link(d / "gone.jpg", d / "nowhere.jpg"))
+kind("symlink-chain-past-the-limit", "link", ERROR, "Too many levels of symbolic links")(lambda d, s: _chain(d, s, 45))
 kind("symlink-to-dev-zero", "link", ERROR, "not a regular file")(lambda d, s: _link(d / "zero.mp4", "/dev/zero"))
 kind("symlink-to-dev-null", "link", ERROR, "not a regular file")(lambda d, s: _link(d / "null.jpg", "/dev/null"))
 kind("symlink-to-dev-urandom-named", "link", ERROR, "not a regular file", named=True)(
     lambda d, s: _link(d / "random.jpg", "/dev/urandom"))
-kind("symlink-to-proc-file", "link", ERROR, "")(lambda d, s: _link(d / "mem.jpg", "/proc/self/mem"))
+kind("symlink-to-proc-file", "link", ERROR, "cannot be read")(lambda d, s: _link(d / "mem.jpg", "/proc/self/mem"))
 kind("symlink-to-file-outside", "link", ANALYSED)(lambda d, s: _link(d / "outside.jpg", s.aside / "payload.jpg"))
-kind("hard-link-to-file-outside", "link", ANALYSED)(lambda d, s: os.link(s.aside / "payload.jpg", d / "hard.jpg") or [d / "hard.jpg"])
+kind("hard-link-to-file-outside", "link", ANALYSED)(lambda d, s: _hard_link(d / "hard.jpg", s.aside / "payload.jpg"))
+
+
+def _hard_link(path: Path, target: Path) -> list[Path]:
+    os.link(target, path)
+    return [path]
 
 
 def _chain(folder: Path, s: Sources, length: int) -> list[Path]:
@@ -289,6 +300,12 @@ def _fifo(path: Path) -> list[Path]:
     return [path]
 
 
+def _device(path: Path) -> list[Path]:
+    """A character device node: /dev/zero's (1, 5), endless zeros."""
+    os.mknod(path, 0o600 | stat.S_IFCHR, os.makedev(1, 5))
+    return [path]
+
+
 def _socket(path: Path) -> list[Path]:
     with socket.socket(socket.AF_UNIX) as sock:
         sock.bind(str(path))
@@ -299,7 +316,7 @@ kind("fifo-in-folder", "special", ERROR, "not a regular file")(lambda d, s: _fif
 kind("fifo-named", "special", ERROR, "not a regular file", named=True)(lambda d, s: _fifo(d / "pipe.jpg"))
 kind("socket-in-folder", "special", ERROR, "not a regular file")(lambda d, s: _socket(d / "s.jpg"))
 kind("device-node", "special", ERROR, "not a regular file", needs="mknod")(
-    lambda d, s: os.mknod(d / "zero.jpg", 0o600 | 0o020000, os.makedev(1, 5)) or [d / "zero.jpg"])
+    lambda d, s: _device(d / "zero.jpg"))
 kind("folder-named-like-a-video", "special", ANALYSED)(
     lambda d, s: (d / "dir.mp4").mkdir() or copy(s.plain, d / "dir.mp4" / "inside.jpg"))
 kind("missing-file-named", "special", ERROR, "no such file", named=True)(lambda d, s: [d / "never-made.jpg"])
