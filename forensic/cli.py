@@ -18,7 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from forensic import DEFAULT_FRAMES, __version__
+from forensic import DEFAULT_DETECT_EVERY, DEFAULT_FRAMES, __version__
 from forensic.bundle import DEFAULT_BUNDLE
 from forensic.display import VERDICT_STYLE, printable
 from forensic.errors import ForensicError
@@ -132,6 +132,7 @@ def scan(
     uncertain_band: Optional[float] = typer.Option(None, "--uncertain-band", min=0.0, max=0.499, help="Scores within ±band of the threshold are 'uncertain' (default: the bundle's)."),
     aggregation: str = typer.Option("confident", "--aggregate", help="How an identity's frame scores combine: confident (DFDC winner), mean or max."),
     min_face: int = typer.Option(40, "--min-face", min=12, help="Ignore faces smaller than this many pixels."),
+    detect_every: int = typer.Option(DEFAULT_DETECT_EVERY, "--detect-every", min=1, help="In videos, detect faces in full on every K-th analysed frame and follow them in between with MTCNN's last network, detecting again at once when a face is lost; 1 detects every frame."),
     heatmaps: Optional[Path] = typer.Option(None, "--heatmaps", parser=_path, help="Write a heatmap PNG per identity (its most fake face) to DIR."),
     html_out: Optional[Path] = typer.Option(None, "--html", parser=_path, help="Write a self-contained HTML report to DIR/index.html."),
     self_test: bool = typer.Option(False, "--self-test", help="Attack each verdict with PGD (SPSA without gradient graphs) and report the smallest ε that pushes the score across the threshold."),
@@ -170,7 +171,7 @@ def scan(
     if not requested:
         _usage_error(errors, "nothing to scan: give paths or --from FILE")
     settings = dict(device=device, frames=frames, fps=fps, threshold=threshold, uncertain_band=uncertain_band,
-                    aggregation=aggregation, min_face=min_face, heatmap_dir=heatmaps, keep_crops=html_out is not None,
+                    aggregation=aggregation, min_face=min_face, detect_every=detect_every, heatmap_dir=heatmaps, keep_crops=html_out is not None,
                     self_test=_self_test_settings(errors, self_test_eps, self_test_steps) if self_test else None)
     try:
         loaded = load_bundle(bundle)

@@ -41,7 +41,7 @@ def file_entry(result: FileResult) -> dict:
 def result_from_entry(entry: dict) -> FileResult:
     """The inverse of `file_entry` (crops aside)."""
     frames = [
-        FrameResult(index=frame["index"], time=frame["time"], faces=[
+        FrameResult(index=frame["index"], time=frame["time"], detected=frame["detected"], faces=[
             FaceResult(**{**face, "box": tuple(face["box"])}) for face in frame["faces"]])
         for frame in entry["frames"]
     ]
@@ -86,6 +86,7 @@ def build_report(results: list[FileResult], scanner: Scanner, not_scanned: list[
             "face_margin": bundle.margin,
             "input_size": bundle.input_size,
             "face_detector_device": scanner.detector.device,
+            "detect_every": scanner.detect_every,
         },
         "versions": library_versions(),
         "complete": not_scanned is None,

@@ -17,13 +17,14 @@ from typing import Callable, Iterator, Literal
 
 import numpy as np
 
-from forensic import DEFAULT_FRAMES
+from forensic import DEFAULT_DETECT_EVERY, DEFAULT_FRAMES
 from forensic.bundle import Bundle, sha256_file
 from forensic.errors import ForensicError, MediaError
 from forensic.faces import FaceDetector, crop_face
 from forensic.heatmaps import combine, overlay, write_png
 from forensic.identities import Aggregation, aggregate, group_identities, minimum_frames
 from forensic.inference import Device, EnsembleRunner
+from forensic.tracking import FaceFollower
 from forensic.selftest import FRAGILE_EPSILON, GradientOracle, SelfTestSettings, attack, bisect_schedule
 from forensic.media import Frame, check_input, load_image, media_kind, sample_video_frames
 
@@ -44,6 +45,7 @@ class FrameResult:
     index: int
     time: float | None
     faces: list[FaceResult]
+    detected: bool = True  # faces found by a full detection; False: followed from the previous frame
 
     @property
     def score(self) -> float | None:
@@ -140,6 +142,7 @@ class Scanner:
         self_test: SelfTestSettings | None = None,
         detector: FaceDetector | None = None,
         threads: int = 0,
+        detect_every: int = DEFAULT_DETECT_EVERY,
     ):
         if fps is not None:
             frames = None
@@ -147,8 +150,10 @@ class Scanner:
             raise ValueError("frames must be at least 1")
         if fps is not None and fps <= 0:
             raise ValueError("fps must be positive")
+        if detect_every < 1:
+            raise ValueError("detect_every must be at least 1")
         self.bundle = bundle
-        self.frames, self.fps = frames, fps
+        self.frames, self.fps, self.detect_every = frames, fps, detect_every
         self.threshold = bundle.threshold if threshold is None else threshold
         self.uncertain_band = bundle.uncertain_band if uncertain_band is None else uncertain_band
         self.aggregation = aggregation
@@ -194,11 +199,12 @@ class Scanner:
                 check()  # a long video decodes for a while before its first batch is analysed
             yield frame
 
-    def _analyse(self, frames: list[Frame], timings: dict[str, float], result: FileResult) -> list[FrameResult]:
+    def _analyse(self, frames: list[Frame], follower: FaceFollower, timings: dict[str, float],
+                 result: FileResult) -> list[FrameResult]:
         started = time.perf_counter()
-        detections = self.detector.detect([frame.image for frame in frames])
+        detections = follower.faces([frame.image for frame in frames])
         crops, owners = [], []
-        for position, (frame, faces) in enumerate(zip(frames, detections)):
+        for position, (frame, (faces, _)) in enumerate(zip(frames, detections)):
             for face in faces:
                 crops.append(crop_face(frame.image, face.box, self.bundle.margin, self.bundle.input_size))
                 owners.append((position, face))
@@ -210,7 +216,8 @@ class Scanner:
                                 f"no verdict")
         timings["detect"] += detected - started
         timings["classify"] += time.perf_counter() - detected
-        results = [FrameResult(index=f.index, time=f.time, faces=[]) for f in frames]
+        results = [FrameResult(index=f.index, time=f.time, faces=[], detected=detected)
+                   for f, (_, detected) in zip(frames, detections)]
         offset = len(result.frames)
         for row, (position, face) in enumerate(owners):
             if self.keep_crops:
@@ -286,13 +293,14 @@ class Scanner:
             if kind is None:
                 raise MediaError(f"{path}: unsupported file type '{path.suffix or '(none)'}'")
             frame_iter = self._frames(path, kind, check)
+            follower = FaceFollower(self.detector, self.detect_every)
             while True:
                 started = time.perf_counter()
                 chunk = list(islice(frame_iter, self.detector.batch_size))
                 timings["decode"] += time.perf_counter() - started
                 if not chunk:
                     break
-                result.frames.extend(self._analyse(chunk, timings, result))
+                result.frames.extend(self._analyse(chunk, follower, timings, result))
                 if on_frames:
                     on_frames(len(result.frames))
             if _file_state(path) != before:

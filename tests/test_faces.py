@@ -210,3 +210,24 @@ def test_a_small_face_in_a_large_photo_is_found(detector, astronaut):
 def test_an_image_smaller_than_the_smallest_face_has_no_face_and_no_error(detector):
     # MTCNN's image pyramid is empty there, and facenet-pytorch raised from torch.cat([]).
     assert detector.detect([np.full((30, 30, 3), 128, np.uint8), np.full((35, 640, 3), 128, np.uint8)]) == [[], []]
+
+
+def test_refine_on_a_detected_box_keeps_it(detector, astronaut, astronaut_faces):
+    # O-Net alone on full detection's own box: the same face, box and landmarks.
+    [face] = detector.refine(astronaut, [astronaut_faces[0].box])
+    assert face.probability > 0.95
+    np.testing.assert_allclose(face.box, astronaut_faces[0].box, atol=6)
+    np.testing.assert_allclose(face.landmarks, astronaut_faces[0].landmarks, atol=6)
+
+
+def test_refine_moves_a_shifted_box_back_onto_the_face(detector, astronaut):
+    shifted = ASTRONAUT_BOX + [20, 15, 20, 15]  # a quarter of the face off, as after it moved
+    [face] = detector.refine(astronaut, [shifted])
+    assert face.probability > 0.9
+    assert np.abs(np.array(face.box) - ASTRONAUT_BOX).max() < np.abs(shifted - ASTRONAUT_BOX).max() / 2
+
+
+def test_refine_on_a_box_without_a_face_is_not_a_face(detector, astronaut):
+    [face] = detector.refine(astronaut, [(20, 380, 120, 480)])  # the astronaut's suit and the flag
+    assert face.probability < 0.5
+    assert detector.refine(astronaut, []) == []

@@ -72,6 +72,17 @@ def test_from_list_globs_csv_and_quiet(sample_media, tmp_path):
     assert {verdicts["astronaut.png"], verdicts["astronaut_pan.mp4"]} <= {"real", "fake", "uncertain"}
 
 
+def test_detect_every_is_applied_and_reported(sample_media):
+    video = str(sample_media["astronaut_pan.mp4"])
+    result = runner.invoke(app, ["scan", video, "--frames", "6", "--detect-every", "3", "--json", "-"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["settings"]["detect_every"] == 3
+    assert [frame["detected"] for frame in report["files"][0]["frames"]] == [True, False, False] * 2
+    refused = runner.invoke(app, ["scan", video, "--detect-every", "0"])
+    assert refused.exit_code == 2 and "--detect-every" in refused.output
+
+
 def test_uncertain_band_gives_uncertain_verdicts(sample_media, tmp_path):
     image = str(sample_media["astronaut.png"])
     first = runner.invoke(app, ["scan", image, "--json", "-"])
