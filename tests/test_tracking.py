@@ -10,7 +10,8 @@ from forensic import DEFAULT_DETECT_EVERY
 from forensic.bundle import DEFAULT_BUNDLE, load_bundle
 from forensic.faces import FaceDetector
 from forensic.scan import Scanner
-from forensic.tracking import FaceFollower, _iou
+from forensic.media import sample_video_frames
+from forensic.tracking import FOLLOW_CONFIDENCE, FaceFollower, _iou
 from trainer.data.synthetic import astronaut, self_blend, write_video
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -73,6 +74,19 @@ def test_following_keeps_the_verdict_and_score_of_full_detection(bundle, detecto
     for a, b in zip(fast.frames, full.frames):  # every followed face is on the detected one
         assert len(a.faces) == len(b.faces) == 1
         assert _iou(a.faces[0].box, b.faces[0].box) > 0.75
+
+
+def test_a_face_one_onet_pass_loses_is_found_around_its_box(bundle, detector, tmp_path):
+    # 45 px a frame, half the face's width: one O-Net pass on the previous box loses it.
+    path = _clip(tmp_path / "fast.mp4", [20 + 45 * i for i in range(8)])
+    frames = [frame.image for frame in sample_video_frames(path, 8)]
+    first = detector.detect(frames[:1])[0][0]
+    assert detector.refine(frames[1], [first.box])[0].probability < FOLLOW_CONFIDENCE
+    full = _scanner(bundle, detector, 1).scan_file(path)
+    fast = _scanner(bundle, detector, FRAMES).scan_file(path)
+    assert [frame.detected for frame in fast.frames] == [True] + [False] * 7
+    for a, b in zip(fast.frames, full.frames):
+        assert len(a.faces) == len(b.faces) == 1 and _iou(a.faces[0].box, b.faces[0].box) > 0.75
 
 
 def test_a_face_that_jumps_is_detected_again_where_it_lands(bundle, detector, tmp_path):
