@@ -28,7 +28,7 @@ FOLLOW_CONFIDENCE = 0.9
 SAME_FACE_IOU = 0.5  # two followed boxes overlapping this much have converged on one face
 # A face one O-Net pass loses is looked for this far (in box sizes) around its box before the
 # frame is searched in full: on bench/scan_stages.py's 720p clip, where the face moves up to its
-# own width between analysed frames, one pass followed it into 10 of 31 frames, this the other 21.
+# own width between analysed frames, K = 8 searched 24 of 32 frames in full without this, 9 with it.
 SEARCH_STEP = 0.5
 
 
