@@ -1,4 +1,5 @@
-"""Face detection (facenet-pytorch MTCNN) and the face crop shared by training and scanning."""
+"""Face detection (facenet-pytorch's MTCNN, run by forensic.mtcnn without torchvision) and the face
+crop shared by training and scanning."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 import torch
-from facenet_pytorch import MTCNN
+
+from forensic.mtcnn import MTCNN
 
 
 @dataclass(frozen=True)
@@ -82,7 +84,7 @@ class FaceDetector:
         self.max_side = max_side
         self.batch_size = batch_size
         self.device = str(device)
-        self._mtcnn = MTCNN(keep_all=True, thresholds=list(thresholds), device=device)
+        self._mtcnn = MTCNN(thresholds=thresholds, device=device)
 
     def _scale_for(self, image: np.ndarray) -> float:
         long_side = max(image.shape[:2])
@@ -103,10 +105,10 @@ class FaceDetector:
                 chunk = indices[start : start + self.batch_size]
                 small = np.stack([self._downscale(images[i], scale) for i in chunk])
                 if min(small.shape[1:3]) < self._mtcnn.min_face_size:
-                    continue  # no face that large fits (and MTCNN's image pyramid would be empty: it raises)
+                    continue  # no face that large fits (and MTCNN's image pyramid would be empty)
                 with torch.inference_mode():
-                    boxes, probs, points = self._mtcnn.detect(small, landmarks=True)
-                for i, b, p, pts in zip(chunk, boxes, probs, points):
+                    found = self._mtcnn.detect(small)
+                for i, (b, p, pts) in zip(chunk, found):
                     results[i] = self._faces(b, p, pts, scale)
         return results
 
@@ -143,7 +145,7 @@ class FaceDetector:
     def _faces(self, boxes, probs, points, scale: float) -> list[Face]:
         if boxes is None:
             return []
-        # MTCNN returns object arrays; map back to full-resolution coordinates.
+        # Map back to full-resolution coordinates.
         boxes = np.asarray(boxes, dtype=float) / scale
         probs = np.asarray(probs, dtype=float)
         points = np.asarray(points, dtype=float) / scale
