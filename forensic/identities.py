@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
-from scipy.optimize import linear_sum_assignment
 
 Aggregation = Literal["confident", "mean", "max"]
 
@@ -51,6 +50,9 @@ def group_identities(boxes_per_frame: list[list[tuple[float, float, float, float
         if tracks and boxes:
             cost = np.array([[_cost(t.last_box, b) for b in boxes] for t in tracks])
             finite = np.where(np.isfinite(cost), cost, 1e9)
+            # imported here: scipy.optimize costs ~0.25 s of a one-image scan's start, which never matches
+            from scipy.optimize import linear_sum_assignment
+
             rows, cols = linear_sum_assignment(finite)
             for row, col in zip(rows, cols):
                 if cost[row, col] <= MAX_CENTRE_DISTANCE:
