@@ -28,7 +28,7 @@ from facenet_pytorch.models.utils.detect_face import detect_face, imresample
 
 from forensic.faces import FaceDetector, crop_face, crop_square
 from forensic.media import sample_video_frames
-from forensic.tracking import _iou
+from forensic.tracking import iou
 from video_decode import make_video  # bench/ is the script's folder, so on sys.path
 
 
@@ -55,7 +55,7 @@ def timed(work, seconds: list[float]):
 
 def _nearest(box, faces) -> float:
     """IoU of `box` with the detected face it overlaps most (0 when there is no box)."""
-    return max(_iou(box, face.box) for face in faces) if box is not None else 0.0
+    return max(iou(box, face.box) for face in faces) if box is not None else 0.0
 
 
 def compare_followers(detector: FaceDetector, videos: list[Path], count: int) -> None:
@@ -74,7 +74,7 @@ def compare_followers(detector: FaceDetector, videos: list[Path], count: int) ->
             if chained is not None:
                 chained = detector.refine(image, [chained])[0].box
                 if faces:
-                    ious["chained O-Net"].append(max(_iou(chained, face.box) for face in faces))
+                    ious["chained O-Net"].append(max(iou(chained, face.box) for face in faces))
             if not previous or not faces:
                 continue
             box = previous[0].box

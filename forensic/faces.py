@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import torch
 
-from forensic.mtcnn import MTCNN
+from forensic.mtcnn import MTCNN, network_input
 
 
 @dataclass(frozen=True)
@@ -121,7 +121,7 @@ class FaceDetector:
             return []
         squares = [crop_square(box, 1.0) for box in boxes]
         crops = np.stack([crop_face(image, box, 1.0, ONET_SIZE) for box in boxes])
-        pixels = (torch.as_tensor(crops, device=self.device).permute(0, 3, 1, 2).float() - 127.5) * 0.0078125
+        pixels = network_input(torch.as_tensor(crops, device=self.device).permute(0, 3, 1, 2).float())
         with torch.inference_mode():
             regression, points, probabilities = (t.cpu().numpy() for t in self._mtcnn.onet(pixels))
         faces = []

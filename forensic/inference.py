@@ -99,9 +99,7 @@ class EnsembleRunner:
         if len(declared) != 4 or any(isinstance(have, int) and have != want for have, want in zip(declared[1:], (3, size, size))):
             raise BundleError(f"{path}: takes input of shape {declared}, but the manifest's input.size {size} "
                               f"means (N, 3, {size}, {size})")
-        crop = np.zeros((1, 3, size, size), np.float32)
-        if self._normalize_here:
-            crop = np.ascontiguousarray((crop - self._mean) / self._std, dtype=np.float32)
+        crop = self._model_input(np.zeros((1, 3, size, size), np.float32))
         quiet = ort.RunOptions()
         quiet.log_severity_level = 4  # the failure is reported below, in one line, not logged
         try:
@@ -128,6 +126,12 @@ class EnsembleRunner:
         """(N, H, W, 3) uint8 crops → (N, 3, H, W) float32 pixels in [0, 1]."""
         return np.ascontiguousarray(crops.astype(np.float32).transpose(0, 3, 1, 2) / 255.0)
 
+    def _model_input(self, pixels: np.ndarray) -> np.ndarray:
+        """Pixels in [0, 1] as the models take them: normalised here unless the graph does it."""
+        if not self._normalize_here:
+            return pixels
+        return np.ascontiguousarray((pixels - self._mean) / self._std, dtype=np.float32)
+
     def predict(self, crops: np.ndarray) -> Prediction:
         """`crops`: (N, size, size, 3) RGB uint8 face crops."""
         return self.predict_pixels(self.to_pixels(crops))
@@ -141,9 +145,7 @@ class EnsembleRunner:
         per_model: dict[str, list[np.ndarray]] = {name: [] for name in self.sessions}
         cams: dict[str, list[np.ndarray]] = {name: [] for name in self.cam_models}
         for start in range(0, len(crops), self.batch_size):
-            x = crops[start : start + self.batch_size]
-            if self._normalize_here:
-                x = np.ascontiguousarray((x - self._mean) / self._std, dtype=np.float32)
+            x = self._model_input(crops[start : start + self.batch_size])
             for name, session in self.sessions.items():
                 outputs = session.run(None, {session.get_inputs()[0].name: x})
                 logits = outputs[0].astype(np.float64)

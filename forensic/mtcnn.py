@@ -39,6 +39,11 @@ def _weights(name: str) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+def network_input(pixels: torch.Tensor) -> torch.Tensor:
+    """Pixels in [0, 255] scaled to [-1, 1], as MTCNN's networks take them."""
+    return (pixels - 127.5) * 0.0078125
+
+
 class PNet(nn.Module):
     def __init__(self):
         super().__init__()
@@ -207,7 +212,7 @@ def _crops(imgs, boxes, image_inds, size):
     crops = [interpolate(imgs[image_inds[k], :, y[k] - 1 : ey[k], x[k] - 1 : ex[k]].unsqueeze(0),
                          size=(size, size), mode="area")
              for k in range(len(y)) if ey[k] > y[k] - 1 and ex[k] > x[k] - 1]
-    return (torch.cat(crops, dim=0) - 127.5) * 0.0078125
+    return network_input(torch.cat(crops, dim=0))
 
 
 def _in_batches(model, data, batch_size=512):  # facenet's fixed_batch_process
@@ -261,7 +266,7 @@ class MTCNN:
         boxes, image_inds, scale_picks, offset = [], [], [], 0
         for scale in scales:
             im_data = interpolate(imgs, size=(int(h * scale + 1), int(w * scale + 1)), mode="area")
-            reg, probs = self.pnet((im_data - 127.5) * 0.0078125)
+            reg, probs = self.pnet(network_input(im_data))
             boxes_scale, image_inds_scale = _candidates(reg, probs[:, 1], scale, threshold[0])
             boxes.append(boxes_scale)
             image_inds.append(image_inds_scale)

@@ -208,14 +208,14 @@ class Scanner:
             for face in faces:
                 crops.append(crop_face(frame.image, face.box, self.bundle.margin, self.bundle.input_size))
                 owners.append((position, face))
-        detected = time.perf_counter()
+        cropped = time.perf_counter()
         prediction = self.runner.predict(np.stack(crops) if crops else np.zeros((0, 1, 1, 3), np.uint8))
         if not np.all(np.isfinite(prediction.ensemble)):
             # NaN >= threshold is False: a broken model would otherwise call every face real.
             raise ForensicError(f"{result.path}: the bundle's models gave a non-finite score (NaN or infinity); "
                                 f"no verdict")
-        timings["detect"] += detected - started
-        timings["classify"] += time.perf_counter() - detected
+        timings["detect"] += cropped - started
+        timings["classify"] += time.perf_counter() - cropped
         results = [FrameResult(index=f.index, time=f.time, faces=[], detected=detected)
                    for f, (_, detected) in zip(frames, detections)]
         offset = len(result.frames)

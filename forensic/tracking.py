@@ -32,7 +32,8 @@ SAME_FACE_IOU = 0.5  # two followed boxes overlapping this much have converged o
 SEARCH_STEP = 0.5
 
 
-def _iou(a, b) -> float:
+def iou(a, b) -> float:
+    """Intersection over union of two (x1, y1, x2, y2) boxes."""
     width = min(a[2], b[2]) - max(a[0], b[0])
     height = min(a[3], b[3]) - max(a[1], b[1])
     inter = max(0.0, width) * max(0.0, height)
@@ -73,7 +74,7 @@ class FaceFollower:
                 followed[i] = self._search(image, boxes[i])
         if any(face is None or face.size < self.detector.min_face_size for face in followed):
             return None
-        if any(_iou(a.box, b.box) > SAME_FACE_IOU for i, a in enumerate(followed) for b in followed[i + 1:]):
+        if any(iou(a.box, b.box) > SAME_FACE_IOU for i, a in enumerate(followed) for b in followed[i + 1:]):
             return None
         followed.sort(key=lambda face: -face.probability)  # as detect() orders them
         return followed

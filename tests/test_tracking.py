@@ -11,7 +11,7 @@ from forensic.bundle import DEFAULT_BUNDLE, load_bundle
 from forensic.faces import FaceDetector
 from forensic.scan import Scanner
 from forensic.media import sample_video_frames
-from forensic.tracking import FOLLOW_CONFIDENCE, FaceFollower, _iou
+from forensic.tracking import FOLLOW_CONFIDENCE, FaceFollower, iou
 from trainer.data.synthetic import astronaut, self_blend, write_video
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -73,7 +73,7 @@ def test_following_keeps_the_verdict_and_score_of_full_detection(bundle, detecto
     assert fast.score == pytest.approx(full.score, abs=SCORE_TOLERANCE)
     for a, b in zip(fast.frames, full.frames):  # every followed face is on the detected one
         assert len(a.faces) == len(b.faces) == 1
-        assert _iou(a.faces[0].box, b.faces[0].box) > 0.75
+        assert iou(a.faces[0].box, b.faces[0].box) > 0.75
 
 
 def test_a_face_one_onet_pass_loses_is_found_around_its_box(bundle, detector, tmp_path):
@@ -86,7 +86,7 @@ def test_a_face_one_onet_pass_loses_is_found_around_its_box(bundle, detector, tm
     fast = _scanner(bundle, detector, FRAMES).scan_file(path)
     assert [frame.detected for frame in fast.frames] == [True] + [False] * 7
     for a, b in zip(fast.frames, full.frames):
-        assert len(a.faces) == len(b.faces) == 1 and _iou(a.faces[0].box, b.faces[0].box) > 0.75
+        assert len(a.faces) == len(b.faces) == 1 and iou(a.faces[0].box, b.faces[0].box) > 0.75
 
 
 def test_a_face_that_jumps_is_detected_again_where_it_lands(bundle, detector, tmp_path):
@@ -96,7 +96,7 @@ def test_a_face_that_jumps_is_detected_again_where_it_lands(bundle, detector, tm
     fast = _scanner(bundle, detector, FRAMES).scan_file(path)  # only frame 0 is due for detection
     assert [frame.detected for frame in fast.frames] == [True] + [False] * 7 + [True] + [False] * 7
     for a, b in zip(fast.frames, full.frames):
-        assert len(a.faces) == len(b.faces) == 1 and _iou(a.faces[0].box, b.faces[0].box) > 0.75
+        assert len(a.faces) == len(b.faces) == 1 and iou(a.faces[0].box, b.faces[0].box) > 0.75
     assert fast.frames[8].faces[0].box[0] > 300  # found where it landed, not left behind
 
 
@@ -120,7 +120,7 @@ def test_two_followed_boxes_on_one_face_send_the_frame_to_detection(detector):
     follower.previous = [face, type(face)(box=(x1 + 4, y1 + 4, x2 + 4, y2 + 4), probability=0.99, landmarks=face.landmarks)]
     [(faces, detected)] = follower.faces([image])
     assert detected and len(faces) == 1
-    assert _iou(faces[0].box, face.box) > 0.95
+    assert iou(faces[0].box, face.box) > 0.95
 
 
 def test_frames_due_are_every_kth_across_batches(detector):
