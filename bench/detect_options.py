@@ -11,7 +11,8 @@ what `--detect-every` uses); (local) all of MTCNN on a 2.5x region around it, re
 and (chained) O-Net followed from the first frame's box through the whole clip with no
 detection at all; and O-Net re-run on each frame's own full-detection box, which shows how far
 O-Net alone lands from the cascade's box with no motion at all. Prints the IoU with full detection's box (the face it overlaps most) and the
-milliseconds per frame; then P-Net, R-Net and O-Net timed in PyTorch and in ONNX Runtime.
+milliseconds per frame; then P-Net, R-Net and O-Net timed in PyTorch (facenet-pytorch's modules)
+and in ONNX Runtime (forensic/weights/, what a scan runs).
 """
 
 from __future__ import annotations
@@ -22,12 +23,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import torch
-from facenet_pytorch.models.utils.detect_face import detect_face, imresample
+from facenet_pytorch.models.mtcnn import ONet, PNet, RNet
 
 from forensic.faces import FaceDetector, crop_face, crop_square
 from forensic.media import sample_video_frames
+from forensic.mtcnn import _integral, _pyramid_level, network_input
 from forensic.tracking import iou
 from video_decode import make_video  # bench/ is the script's folder, so on sys.path
 
@@ -36,10 +37,12 @@ def local_mtcnn(detector: FaceDetector, image: np.ndarray, box, size: int = 128,
     """All of MTCNN on a square `context` times the box, resized to `size`: the face nearest its centre."""
     left, top, side = crop_square(box, context)
     scale = size / side
-    nets = detector._mtcnn
-    with torch.inference_mode():
-        boxes, _ = detect_face(crop_face(image, box, context, size)[None], size / context / 2,
-                               nets.pnet, nets.rnet, nets.onet, [0.6, 0.7, 0.7], 0.709, "cpu")
+    mtcnn, saved = detector._mtcnn, detector._mtcnn.min_face_size
+    mtcnn.min_face_size = size / context / 2
+    try:
+        boxes, _ = mtcnn._detect_face(crop_face(image, box, context, size)[None])
+    finally:
+        mtcnn.min_face_size = saved
     if len(boxes[0]) == 0:
         return None
     x1, y1, x2, y2, _ = min(boxes[0], key=lambda b: (b[0] + b[2] - size) ** 2 + (b[1] + b[3] - size) ** 2)
@@ -95,31 +98,30 @@ def compare_runtimes(detector: FaceDetector, video: Path, threads: int) -> None:
     gives them, in PyTorch and in ONNX Runtime (one thread each), best of 3."""
     frames = [frame.image for frame in sample_video_frames(video, 16)]
     scale = detector._scale_for(frames[0])
-    images = torch.as_tensor(np.stack([detector._downscale(f, scale) for f in frames])).permute(0, 3, 1, 2).float()
-    height, width = images.shape[2:]
+    table = _integral(np.stack([detector._downscale(f, scale) for f in frames]))
+    height, width = table.shape[1] - 1, table.shape[2] - 1
     smallest = max(12, int(detector.min_face_size * scale))
     scales, level = [], 12 / smallest
     while min(height, width) * level >= 12:
         scales.append(level)
         level *= 0.709
-    pyramid = [(imresample(images, (int(height * s + 1), int(width * s + 1))) - 127.5) * 0.0078125 for s in scales]
-    nets = detector._mtcnn
-    inputs = {"P-Net": pyramid, "R-Net": [torch.randn(1400, 3, 24, 24)], "O-Net": [torch.randn(200, 3, 48, 48)]}
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
+    levels = [_pyramid_level(table, (int(height * s + 1), int(width * s + 1))) for s in scales]
+    pyramid = [np.ascontiguousarray(network_input(level).transpose(0, 3, 1, 2)) for level in levels]
+    rng = np.random.default_rng(0)
+    inputs = {"P-Net": pyramid, "R-Net": [rng.standard_normal((1400, 3, 24, 24), np.float32)],
+              "O-Net": [rng.standard_normal((200, 3, 48, 48), np.float32)]}
+    onnx = detector._mtcnn
     print(f"\nMTCNN's networks on 16 frames of {video.name} ({width}x{height} searched, {len(scales)} pyramid levels)")
     print("| network | input | PyTorch ms | ONNX Runtime ms | x |")
     print("|---|---|---|---|---|")
-    with tempfile.TemporaryDirectory() as folder:
-        for (name, batches), net in zip(inputs.items(), (nets.pnet, nets.rnet, nets.onet)):
-            path = f"{folder}/{name}.onnx"
-            torch.onnx.export(net, batches[0], path, input_names=["x"], dynamo=False,
-                              dynamic_axes={"x": {0: "n", 2: "h", 3: "w"}})
-            session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-            torch_s = min(timed_runs(lambda: [net(x) for x in batches]))
-            ort_s = min(timed_runs(lambda: [session.run(None, {"x": x.numpy()}) for x in batches]))
-            shape = "pyramid" if name == "P-Net" else f"{len(batches[0])} crops"
-            print(f"| {name} | {shape} | {torch_s * 1000:.0f} | {ort_s * 1000:.0f} | {torch_s / ort_s:.2f} |")
+    for (name, batches), net, session in zip(inputs.items(), (PNet(), RNet(), ONet()), (onnx.pnet, onnx.rnet, onnx.onet)):
+        net.eval()
+        layout = torch.channels_last if name == "P-Net" else torch.contiguous_format  # as facenet feeds them
+        tensors = [torch.from_numpy(x).contiguous(memory_format=layout) for x in batches]
+        torch_s = min(timed_runs(lambda: [net(x) for x in tensors]))
+        ort_s = min(timed_runs(lambda: [session(x) for x in batches]))
+        shape = "pyramid" if name == "P-Net" else f"{len(batches[0])} crops"
+        print(f"| {name} | {shape} | {torch_s * 1000:.0f} | {ort_s * 1000:.0f} | {torch_s / ort_s:.2f} |")
 
 
 def timed_runs(work, repeats: int = 3) -> list[float]:
@@ -137,7 +139,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="PyTorch and ONNX Runtime threads")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    detector = FaceDetector()
+    detector = FaceDetector(threads=args.threads)
     with tempfile.TemporaryDirectory() as scratch:
         videos = args.videos
         if not videos:

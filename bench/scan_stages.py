@@ -24,7 +24,6 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import torch
 from PIL import Image
 
 from forensic.bundle import DEFAULT_BUNDLE, load_bundle
@@ -116,23 +115,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--detect-every", default="1,8", help="Ks to compare; 1 (full detection) is always included")
-    parser.add_argument("--threads", type=int, default=0, help="PyTorch and ONNX Runtime threads (0: their defaults, as forensic scan)")
+    parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads, MTCNN's and the bundle's (0: its default, as forensic scan)")
     parser.add_argument("--ffpp", type=Path, help="a folder of FF++ videos: measure the verdict tolerance on them")
     parser.add_argument("--videos", type=int, help="only the first N videos under --ffpp (sorted by path)")
     parser.add_argument("--video", type=Path, help="measure the stages on this video instead of the 720p clip")
     parser.add_argument("--save-clip", type=Path, help="also keep the 720p clip here (to profile a scan of it)")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
     ks = sorted({1, *(int(k) for k in args.detect_every.split(","))})
     bundle = load_bundle(DEFAULT_BUNDLE)
     scanners = {k: Scanner(bundle, device="cpu", detect_every=k, threads=args.threads) for k in ks}
-    print(f"PyTorch threads {torch.get_num_threads()}, ONNX Runtime threads {args.threads or 'default'}")
+    print(f"ONNX Runtime threads {args.threads or 'default'}")
     if args.ffpp:
         # A reference for the differences: full detection on frames searched at 640 px instead
         # of 720 (as valid a setting), which moves MTCNN's boxes by its own jitter.
         reference = {"K=1 at 640 px": Scanner(bundle, device="cpu", threads=args.threads,
-                                              detector=FaceDetector(max_side=640), detect_every=1)}
+                                              detector=FaceDetector(max_side=640, threads=args.threads), detect_every=1)}
         ffpp_tolerance({**scanners, **reference}, args.ffpp, args.videos)
         return
     with tempfile.TemporaryDirectory() as scratch:

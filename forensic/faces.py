@@ -1,5 +1,5 @@
-"""Face detection (facenet-pytorch's MTCNN, run by forensic.mtcnn without torchvision) and the face
-crop shared by training and scanning."""
+"""Face detection (facenet-pytorch's MTCNN, run by forensic.mtcnn in ONNX Runtime, without PyTorch)
+and the face crop shared by training and scanning."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
-import torch
 
+from forensic.inference import CUDA
 from forensic.mtcnn import MTCNN, network_input
 
 
@@ -70,21 +70,24 @@ ONET_SIZE = 48  # pixels: O-Net's input
 class FaceDetector:
     """MTCNN run on frames downscaled so their long side is at most `max_side` pixels (for speed),
     but never so far that a face of `min_face_size` pixels falls below the 12 pixels MTCNN can
-    find: in a 4032 px photo a 40 px face would otherwise be missed."""
+    find: in a 4032 px photo a 40 px face would otherwise be missed. MTCNN's networks run in
+    ONNX Runtime on `device` ("cpu", "cuda", or "auto": the GPU where one is usable) with
+    `threads` intra-op threads (0: ONNX Runtime's default); `device` then names where they run."""
 
     def __init__(
         self,
-        device: str | torch.device = "cpu",
+        device: str = "cpu",
         min_face_size: int = 40,
         thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7),
         max_side: int = 720,
         batch_size: int = 16,
+        threads: int = 0,
     ):
         self.min_face_size = min_face_size
         self.max_side = max_side
         self.batch_size = batch_size
-        self.device = str(device)
-        self._mtcnn = MTCNN(thresholds=thresholds, device=device)
+        self._mtcnn = MTCNN(thresholds=thresholds, device=str(device), threads=threads)
+        self.device = "cuda" if self._mtcnn.pnet.provider == CUDA else "cpu"
 
     def _scale_for(self, image: np.ndarray) -> float:
         long_side = max(image.shape[:2])
@@ -106,8 +109,7 @@ class FaceDetector:
                 small = np.stack([self._downscale(images[i], scale) for i in chunk])
                 if min(small.shape[1:3]) < self._mtcnn.min_face_size:
                     continue  # no face that large fits (and MTCNN's image pyramid would be empty)
-                with torch.inference_mode():
-                    found = self._mtcnn.detect(small)
+                found = self._mtcnn.detect(small)
                 for i, (b, p, pts) in zip(chunk, found):
                     results[i] = self._faces(b, p, pts, scale)
         return results
@@ -121,9 +123,7 @@ class FaceDetector:
             return []
         squares = [crop_square(box, 1.0) for box in boxes]
         crops = np.stack([crop_face(image, box, 1.0, ONET_SIZE) for box in boxes])
-        pixels = network_input(torch.as_tensor(crops, device=self.device).permute(0, 3, 1, 2).float())
-        with torch.inference_mode():
-            regression, points, probabilities = (t.cpu().numpy() for t in self._mtcnn.onet(pixels))
+        regression, points, probabilities = self._mtcnn.onet(network_input(crops.transpose(0, 3, 1, 2)))
         faces = []
         for (left, top, side), reg, pts, prob in zip(squares, regression, points, probabilities):
             # MTCNN's convention (facenet-pytorch's detect_face): a square box (x1, y1, x2, y2)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import functools
 from dataclasses import dataclass
 from typing import Literal
 
@@ -16,26 +18,52 @@ CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
 
 
-def _cuda_usable() -> bool:
-    # onnxruntime-gpu lists CUDA as available even where it cannot load it, and then logs an
-    # error and runs on the CPU. torch (already imported for MTCNN) knows whether a GPU is there.
+def cuda_device_present() -> bool:
+    """Whether the CUDA driver sees a device, asked without PyTorch: libcuda's cuInit and
+    cuDeviceGetCount (False where there is no driver, as on a machine without an NVIDIA GPU)."""
+    for name in ("libcuda.so.1", "nvcuda.dll"):
+        try:
+            driver = ctypes.CDLL(name)
+        except OSError:
+            continue
+        count = ctypes.c_int(0)
+        return driver.cuInit(0) == 0 and driver.cuDeviceGetCount(ctypes.byref(count)) == 0 and count.value > 0
+    return False
+
+
+@functools.cache
+def cuda_usable() -> bool:
+    """Whether ONNX Runtime can run on a GPU here. onnxruntime-gpu lists CUDA as available even
+    where it cannot load it, and then logs an error and runs on the CPU; so the driver is asked
+    for a device first, and only where there is one is PyTorch imported to decide (it also loads
+    the CUDA libraries of its nvidia-* wheels, which ort.preload_dlls then finds). A machine
+    without a GPU never imports PyTorch here."""
+    if CUDA not in ort.get_available_providers() or not cuda_device_present():
+        return False
     import torch
 
-    return CUDA in ort.get_available_providers() and torch.cuda.is_available()
+    return torch.cuda.is_available()
 
 
-def session_options(threads: int = 0) -> ort.SessionOptions:
+def session_options(threads: int = 0, spin: bool = True) -> ort.SessionOptions:
     """ONNX Runtime's options for forensic's sessions; `threads` intra-op threads (0: one per
-    core, ONNX Runtime's default; a folder scanned by several processes gives each one)."""
+    core, ONNX Runtime's default; a folder scanned by several processes gives each one). With
+    `spin` False idle threads sleep instead of spinning: for MTCNN's many small runs, whose
+    spinning threads made a single 720p frame's detection 3.5x slower on 2 busy cores
+    (BENCHMARKS.md)."""
     options = ort.SessionOptions()
     options.log_severity_level = 3
     options.intra_op_num_threads = threads
+    if not spin:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return options
 
 
-def _make_session(model_path: str, device: Device, threads: int = 0) -> ort.InferenceSession:
-    options = session_options(threads)
-    if device == "cpu" or (device == "auto" and not _cuda_usable()):
+def make_session(model_path: str, device: Device, threads: int = 0, spin: bool = True) -> ort.InferenceSession:
+    """An ONNX Runtime session of `model_path`: on the CPU for "cpu", on the GPU for "cuda" (a
+    ForensicError where CUDA cannot load), for "auto" on the GPU where one is usable."""
+    options = session_options(threads, spin)
+    if device == "cpu" or (device == "auto" and not cuda_usable()):
         return ort.InferenceSession(model_path, options, providers=[CPU])
     # ONNX Runtime's own multi-line load errors would bury ours; the check below reports it.
     ort.set_default_logger_severity(3)
@@ -78,7 +106,7 @@ class EnsembleRunner:
         self.sessions: dict[str, ort.InferenceSession] = {}
         for entry in bundle.models:
             try:
-                self.sessions[entry.name] = _make_session(str(bundle.path / entry.file), device, threads)
+                self.sessions[entry.name] = make_session(str(bundle.path / entry.file), device, threads)
             except ForensicError:
                 raise
             except Exception as exc:  # onnxruntime raises its own exception types

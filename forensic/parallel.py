@@ -4,7 +4,7 @@ Each worker process loads the bundle and builds its own Scanner (its own MTCNN a
 Runtime sessions) with one intra-op thread, so N workers keep N cores busy without
 oversubscribing them. Files are handed out one at a time and the results come back in the
 order of the inputs, so a report does not depend on N. Workers are started with `spawn`:
-forking a process that already holds PyTorch's and ONNX Runtime's thread pools can deadlock.
+forking a process that already holds ONNX Runtime's thread pools (or CUDA) can deadlock.
 Ctrl-C is the parent's alone: workers ignore SIGINT (which the terminal sends to the whole
 process group), and the parent stops them and returns what had finished (ScanInterrupted).
 """
@@ -33,13 +33,10 @@ class ScanInterrupted(Exception):
 
 
 def _start_worker(bundle_path: str, bundle_sha256: str, settings: dict[str, Any]) -> None:
-    import torch
-
     from forensic.bundle import load_bundle
 
     global _scanner
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    torch.set_num_threads(1)
     bundle = load_bundle(Path(bundle_path))
     if bundle.sha256 != bundle_sha256:  # replaced on disk since the parent loaded it
         raise ForensicError(f"{bundle_path}: changed while the scan was starting")

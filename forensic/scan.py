@@ -180,14 +180,9 @@ class Scanner:
                 self.self_test_fallback = (f"model {entry.name} has no gradient graph "
                                            f"({entry.gradient_graph_missing or 'not exported'}): SPSA instead of PGD")
         if detector is None:
-            import torch
-
-            if device == "cuda" and not torch.cuda.is_available():
-                # The models may run on the GPU while PyTorch (MTCNN's) cannot: no silent CPU detector.
-                raise ForensicError("--device cuda: PyTorch sees no CUDA device, so the face detector (MTCNN) "
-                                    "cannot run on the GPU; use --device auto or cpu")
-            use_cuda = device != "cpu" and torch.cuda.is_available()
-            detector = FaceDetector(device="cuda" if use_cuda else "cpu", min_face_size=min_face)
+            # MTCNN's networks run where the bundle's do: ONNX Runtime on the GPU for --device cuda
+            # (a ForensicError where CUDA cannot load), for auto where one is usable, else the CPU.
+            detector = FaceDetector(device=device, min_face_size=min_face, threads=threads)
         self.detector = detector
 
     def _frames(self, path: Path, kind: str, check: Callable[[], None] | None) -> Iterator[Frame]:

@@ -49,7 +49,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from forensic.errors import MediaError
+from forensic.errors import ForensicError, MediaError
 from forensic.faces import FaceDetector, crop_face, to_crop_coordinates
 from forensic.media import Frame, load_image, media_kind, sample_video_frames
 from trainer.data.datasets import CLASSES, SPLITS
@@ -580,14 +580,13 @@ def prepare_dataset(
 
 
 def _detector(device: str) -> FaceDetector:
-    import torch
-
+    """forensic scan's detector (MTCNN in ONNX Runtime): on the GPU for cuda, where one is usable for auto."""
     if device not in ("auto", "cpu", "cuda"):
         raise PrepareError(f"--device must be auto, cpu or cuda, not {device!r}")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise PrepareError("--device cuda: no CUDA device available")
-    use_cuda = device != "cpu" and torch.cuda.is_available()
-    return FaceDetector(device="cuda" if use_cuda else "cpu")
+    try:
+        return FaceDetector(device=device)
+    except ForensicError as exc:  # --device cuda where ONNX Runtime cannot load CUDA
+        raise PrepareError(str(exc)) from None
 
 
 def _detector_settings(detector: FaceDetector) -> dict:
