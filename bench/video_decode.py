@@ -1,17 +1,22 @@
 """Reaching 32 sampled frames of a long video: seeking to keyframes against decoding every frame.
 
-    .venv/bin/python bench/video_decode.py [--seconds 600] [--frames 32]
+    .venv/bin/python bench/video_decode.py [--seconds 600] [--frames 32] [--scan]
 
 Makes a 20-s 1280x720 H.264 clip at 25 fps with a keyframe every 250 frames (libx264's
 default) and loops it to --seconds by copying its packets with shifted timestamps (no
 re-encoding), then times `sample_video_frames` both ways (one run each, same process) and prints
 frames decoded, seeks, seconds and the ratio; the sampled frames are checked to be identical.
+With --scan it also times a whole `forensic scan VIDEO --frames N` in a fresh process (start-up,
+bundle load, decode, detection, models and report: exports/default) against the seek floor.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -60,6 +65,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=int, default=600)
     parser.add_argument("--frames", type=int, default=32)
+    parser.add_argument("--scan", action="store_true", help="also time a whole forensic scan of the video")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         clip, video = Path(folder) / "clip.mp4", Path(folder) / "long.mp4"
@@ -76,6 +82,15 @@ def main() -> None:
             print(f"{stats['method']:>10}: {timings[seek]:6.2f} s, {stats['decoded']} frames decoded, {stats['seeks']} seeks")
         same = all(a.index == b.index and np.array_equal(a.image, b.image) for a, b in zip(frames[True], frames[False]))
         print(f"seeking is {timings[False] / timings[True]:.1f}x faster; same {len(frames[True])} frames: {same}")
+        if args.scan:
+            report = Path(folder) / "report.json"
+            started = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "forensic", "scan", str(video), "--frames", str(args.frames),
+                            "--json", str(report), "--quiet"], check=True)
+            wall = time.perf_counter() - started
+            verdict = json.loads(report.read_text())["files"][0]["verdict"]
+            print(f"forensic scan: {wall:.2f} s wall (verdict {verdict}), {wall / timings[True]:.2f}x the seek floor, "
+                  f"{wall / timings[False]:.2f}x decoding every frame")
 
 
 if __name__ == "__main__":
