@@ -12,7 +12,8 @@ share the cores; with --threads 1 it is the compute itself), the best wall time 
 fgsm-at with p=0.3 draws clean or adversarial per step, so its mean (over about
 `--mixed-steps` steps) is the figure to read, beside (1 − f) · erm + f · (fgsm-at p=1) for the
 share f of those steps that were adversarial (0.3 in expectation). Last, where dual-attacker's
-step goes: PGD, the attacker's update, the detector's update on the tripled batch.
+step goes: PGD, the attacker's update, the detector's update on the tripled batch. On CUDA the
+steps run under bfloat16 autocast, as `trainer fit` trains there, and the figure is wall time.
 """
 
 from __future__ import annotations
@@ -55,6 +56,9 @@ def main() -> None:
         "erm": ("erm", {}),
         "gradreg": ("gradreg", {}),
         "fgsm-at p=1": ("fgsm-at", {"p": 1.0}),
+        "fgsm-rs": ("fgsm-rs", {}),
+        "pgd-at": ("pgd-at", {}),
+        "trades": ("trades", {}),
         "dual-attacker": ("dual-attacker", {}),
     }
     runs = {}
@@ -75,9 +79,16 @@ def main() -> None:
             torch.cuda.synchronize()
         return time.perf_counter() - wall, time.process_time() - cpu, result
 
+    # As `trainer fit` trains: bfloat16 autocast on CUDA.
+    autocast = torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+
     def one_step(label: str) -> tuple[float, float, dict]:
         model, method, optimizer = runs[label]
-        return timed(lambda: method.step(model, pixels, labels, optimizer))
+
+        def step():
+            with autocast:
+                return method.step(model, pixels, labels, optimizer)
+        return timed(step)
 
     model = copy.deepcopy(base).train()
     mixed = create_method("fgsm-at", p=0.3)
@@ -127,7 +138,7 @@ def main() -> None:
     kind = "CPU" if device.type == "cpu" else "wall"
     print(f"{kind} seconds per step{' (process time: steadier than wall time on a shared machine)' if kind == 'CPU' else ''}")
     print(f"{'method':<16} {'best s/step':>11} {'x erm':>7} {'mean s/step':>12} {'x erm':>7} {'best wall s':>12}")
-    for label in ("erm", "gradreg", "fgsm-at p=1", "fgsm-at p=0.3", "dual-attacker"):
+    for label in ("erm", "gradreg", "fgsm-at p=1", "fgsm-at p=0.3", "fgsm-rs", "pgd-at", "trades", "dual-attacker"):
         note = f"  theory {THEORY[label]:.1f}x" if label in THEORY else ""
         if label == "fgsm-at p=0.3":
             fraction = adversarial / len(times[label])  # the draws' actual share (0.3 in expectation)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -174,6 +175,19 @@ def test_uploads_augmentation_degrades_within_its_ranges():
     transform = uploads_transform(32)
     tensor = transform(image)
     assert tensor.shape == (3, 32, 32) and tensor.dtype == torch.float32 and 0 <= tensor.min() <= tensor.max() <= 1
+
+
+def test_uploads_without_h264_never_needs_pyav(monkeypatch):
+    image = crop_face(data.astronaut(), BOX, 1.15, 64)
+    monkeypatch.setitem(sys.modules, "av", None)  # as on a machine without PyAV: `import av` fails
+    torch.manual_seed(0)
+    outputs = [degrade(image, with_h264=False) for _ in range(200)]
+    assert sum(not np.array_equal(o, image) for o in outputs) > 60  # the other degradations still fire
+    assert uploads_transform(32, with_h264=False)(image).shape == (3, 32, 32)
+    torch.manual_seed(0)
+    with pytest.raises(ImportError):  # the full recipe reaches H.264 within as many draws
+        for _ in range(200):
+            degrade(image)
 
 
 def test_fit_with_paired_batches_uploads_augmentation_and_self_blends_trains(prepared, tmp_path):

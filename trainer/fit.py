@@ -52,6 +52,9 @@ class RunError(Exception):
     """A run that cannot be done as asked, described in one line."""
 
 
+AUGMENTS = ("standard", "uploads", "uploads-no-h264", "none")
+
+
 @dataclass
 class FitConfig:
     data: str
@@ -73,7 +76,7 @@ class FitConfig:
     warmup_epochs: float = 1.0
     patience: int | None = None  # early stopping: epochs without a better validation AUC
     size: int | None = None  # None: the architecture's input size
-    augment: str = "standard"  # standard (flip, rotation, colour, JPEG, blur), uploads (trainer.data.augment) or none
+    augment: str = "standard"  # one of AUGMENTS: standard (flip, rotation, colour, JPEG, blur), uploads (trainer.data.augment)
     sbi: bool = False  # add self-blended fakes made on the fly from the real training crops
     paired: bool = False  # batches of fakes beside their own reals (trainer.data.pairing)
     # Backbone module paths (e.g. conv_stem, bn1, blocks.0) whose weights and batch-norm
@@ -364,10 +367,10 @@ def _remove_partials(out: Path) -> None:
 
 
 def _train_transform(config: FitConfig, size: int):
-    if config.augment == "uploads":
+    if config.augment in ("uploads", "uploads-no-h264"):
         from trainer.data.augment import uploads_transform
 
-        return uploads_transform(size)
+        return uploads_transform(size, with_h264=config.augment == "uploads")
     return train_transform(size) if config.augment == "standard" else eval_transform(size)
 
 
@@ -418,8 +421,8 @@ def _fit(config: FitConfig, ctx: distributed.Context, resume: bool,
     if resume and not last_path.exists():
         raise RunError(f"{out}: nothing to resume (no last.pt)")
     config = config.resolved()
-    if config.augment not in ("standard", "uploads", "none"):
-        raise RunError(f"unknown augment {config.augment!r}: use standard, uploads or none")
+    if config.augment not in AUGMENTS:
+        raise RunError(f"unknown augment {config.augment!r}: use {', '.join(AUGMENTS)}")
 
     train_samples = list_split(Path(config.data), "train")
     val_samples = list_split(Path(config.val_data or config.data), "validation")

@@ -7,6 +7,10 @@ sensor noise, and finally lossy re-encoding by JPEG or H.264 (one frame through 
 `trainer eval`'s h264 corruption). Each fires with its own probability, so most crops get one
 or two, some none. Random draws come from torch's generator, which DataLoader seeds per worker
 (numpy's global generator would repeat the same draws in every worker).
+
+`uploads-no-h264` is the same recipe with the H.264 step left out (its 15 % of crops get no
+re-encoding), for machines without PyAV (the lent GPU machine: its wheel does not fit what can be
+carried there).
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ def _fires(probability: float) -> bool:
     return torch.rand(()).item() < probability
 
 
-def degrade(image: np.ndarray) -> np.ndarray:
+def degrade(image: np.ndarray, with_h264: bool = True) -> np.ndarray:
     """One random upload degradation chain on an RGB uint8 (H, W, 3) image."""
     h, w = image.shape[:2]
     if _fires(DOWNSCALE[0]):
@@ -51,12 +55,12 @@ def degrade(image: np.ndarray) -> np.ndarray:
     draw = torch.rand(()).item()
     if draw < JPEG[0]:
         image = jpeg(image[None], quality=round(_uniform(*JPEG[1])))[0]
-    elif draw < JPEG[0] + H264[0]:
+    elif with_h264 and draw < JPEG[0] + H264[0]:
         image = h264(image[None], crf=round(_uniform(*H264[1])))[0]
     return np.ascontiguousarray(image)
 
 
-def uploads_transform(size: int) -> v2.Compose:
+def uploads_transform(size: int, with_h264: bool = True) -> v2.Compose:
     """RGB uint8 array -> float tensor (3, size, size) in [0, 1], augmented as uploads are."""
     return v2.Compose([
         v2.ToImage(),
@@ -64,6 +68,6 @@ def uploads_transform(size: int) -> v2.Compose:
         v2.RandomHorizontalFlip(),
         v2.RandomApply([v2.RandomAffine(degrees=8, translate=(0.04, 0.04), scale=(0.93, 1.07))], p=0.5),
         v2.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.03),
-        v2.Lambda(lambda tensor: torch.from_numpy(degrade(tensor.permute(1, 2, 0).numpy())).permute(2, 0, 1)),
+        v2.Lambda(lambda tensor: torch.from_numpy(degrade(tensor.permute(1, 2, 0).numpy(), with_h264)).permute(2, 0, 1)),
         v2.ToDtype(torch.float32, scale=True),
     ])

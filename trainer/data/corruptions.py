@@ -24,7 +24,6 @@ import io
 from dataclasses import dataclass
 from typing import Callable
 
-import av
 import cv2
 import numpy as np
 
@@ -77,6 +76,8 @@ def downscale(images: np.ndarray, seed: int = 0, factor: float = 0.5) -> np.ndar
 def h264(images: np.ndarray, seed: int = 0, crf: int = 23, fps: int = 25) -> np.ndarray:
     """Encode the crops as consecutive frames of one H.264 clip (libx264, yuv420p) and decode
     them back. Odd sides are padded by edge replication for 4:2:0 and cropped afterwards."""
+    import av  # here, not at the top: training without H.264 augmentation needs no PyAV
+
     images = _check(images)
     n, h, w = images.shape[:3]
     ph, pw = h + h % 2, w + w % 2

@@ -25,8 +25,8 @@ import torch
 from torch.utils.data import Sampler
 
 from trainer.data.datasets import Sample
-from trainer.data.prepare import PAIR_PREFIX  # the names prepare gives paired fakes: one definition
 
+PAIR_PREFIX = "pair-"  # the name `trainer prepare` gives a paired fake: pair-<its real's stem>
 _CROP_NAME = re.compile(r"(?P<video>.+)_(?P<frame>\d{4})_(?P<face>\d+)")
 _FFPP_STEM = re.compile(r"\d+(?:_\d+)+")
 

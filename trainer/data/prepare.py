@@ -53,6 +53,7 @@ from forensic.errors import ForensicError, MediaError
 from forensic.faces import FaceDetector, crop_face, to_crop_coordinates
 from forensic.media import Frame, load_image, media_kind, sample_video_frames
 from trainer.data.datasets import CLASSES, SPLITS
+from trainer.data.pairing import PAIR_PREFIX
 from trainer.data.sbi import LANDMARKS_FILE, self_blend
 
 PREPARE_FILE = "prepare.json"
@@ -61,7 +62,6 @@ SBI_PREFIX = "sbi-"
 # Settings that decide what the crops are: a folder can only be resumed with the same ones.
 EXTRACTION_SETTINGS = ("frames", "size", "margin", "split", "seed", "group_pattern")
 PAIRS_FILE = "pairs.csv"
-PAIR_PREFIX = "pair-"  # a paired fake's name: pair-<its real's stem>
 FFPP_STEM = re.compile(r"\d+(?:_\d+)*")  # 044, 044_945
 
 T = TypeVar("T")

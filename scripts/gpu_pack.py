@@ -1,0 +1,98 @@
+"""Pack the default bundle's fine-tuning data small enough to travel to a lent GPU machine.
+
+What travels there is the working tree (about 31 MB, the shipped bundle included) plus what a
+call carries, 64 MiB in all; so the crops go as JPEG (quality 90, 4:2:0) rather than PNG:
+
+    PACK/train/{real,fake}       the ffmix view's training crops (every FF++ training crop and
+                                 `--pairs` seeded DFDC training pairs, as
+                                 scripts/default_bundle_views.py draws them), with landmarks.json
+    PACK/validation/{real,fake}  every third FF++ validation crop (for the run's own per-epoch AUC
+                                 only; the candidates are ranked afterwards on this machine, on
+                                 every validation crop, as PNG)
+    PACK/prepare.json            the dataset's record (export reads the crops' margin from it)
+    PACK/init.pt                 the stage-1 checkpoint's weights, float16 except batch-norm
+                                 statistics (half the size; `trainer fit --init` takes it)
+
+Research-licensed crops: PACK lives under build/ (git-ignored) and is never committed.
+
+    python scripts/gpu_pack.py build/default/data128 build/default/erm/best.pt build/gpu/pack
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import shutil
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+QUALITY = 90
+
+
+def is_ffpp(name: str) -> bool:  # as scripts/default_bundle_views.py
+    return not name.startswith("pair-") and (name[0].isdigit() or "-" in name)
+
+
+def chosen_training_crops(data: Path, pairs: int) -> dict[str, list[str]]:
+    reals = sorted(p.name for p in (data / "train" / "real").glob("*.png"))
+    dfdc = [name for name in reals if not is_ffpp(name)]
+    random.Random(0).shuffle(dfdc)
+    chosen = set(dfdc[:pairs])
+    fakes = sorted(p.name for p in (data / "train" / "fake").glob("*.png"))
+    return {"real": [n for n in reals if is_ffpp(n) or n in chosen],
+            "fake": [n for n in fakes if is_ffpp(n) or n[len("pair-"):] in chosen]}
+
+
+def write_jpegs(source: Path, names: list[str], target: Path) -> int:
+    target.mkdir(parents=True, exist_ok=True)
+    marks_file = source / "landmarks.json"
+    marks = json.loads(marks_file.read_text()) if marks_file.exists() else {}
+    renamed = {}
+    size = 0
+    for name in names:
+        jpeg = target / (Path(name).stem + ".jpg")
+        with Image.open(source / name) as image:
+            image.convert("RGB").save(jpeg, "JPEG", quality=QUALITY, subsampling=2)
+        size += jpeg.stat().st_size
+        if name in marks:
+            renamed[jpeg.name] = marks[name]
+    (target / "landmarks.json").write_text(json.dumps(renamed))
+    return size
+
+
+def half_weights(checkpoint: Path, target: Path) -> None:
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    weights = state.get("model", state)
+    packed = {key: value.half() if value.is_floating_point() and "running_" not in key else value
+              for key, value in weights.items()}
+    torch.save({"model": packed}, target)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("data", type=Path, help="the `trainer prepare` dataset (build/default/data128)")
+    parser.add_argument("init", type=Path, help="the stage-1 checkpoint (build/default/erm/best.pt)")
+    parser.add_argument("pack", type=Path)
+    parser.add_argument("--pairs", type=int, default=1500, help="DFDC training pairs (the ffmix view's 1,500)")
+    args = parser.parse_args()
+    if args.pack.exists():
+        shutil.rmtree(args.pack)
+    total = 0
+    for label, names in chosen_training_crops(args.data, args.pairs).items():
+        total += write_jpegs(args.data / "train" / label, names, args.pack / "train" / label)
+        print(f"train {label}: {len(names)} crops")
+    for label in ("real", "fake"):
+        names = sorted(p.name for p in (args.data / "validation" / label).glob("*.png") if is_ffpp(p.name))[::3]
+        total += write_jpegs(args.data / "validation" / label, names, args.pack / "validation" / label)
+        print(f"validation {label}: {len(names)} FF++ crops")
+    shutil.copy(args.data / "prepare.json", args.pack / "prepare.json")
+    half_weights(args.init, args.pack / "init.pt")
+    total += (args.pack / "init.pt").stat().st_size + (args.pack / "prepare.json").stat().st_size
+    print(f"{args.pack}: {total / 2**20:.1f} MiB")
+
+
+if __name__ == "__main__":
+    main()

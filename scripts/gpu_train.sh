@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Train the robust candidates of the default bundle on a lent GPU machine, side by side, in one
+# call of under 8 minutes (issue 13), after the GPU figures of bench/gpu.py (issue 15).
+#
+# Here, first:   .venv/bin/python scripts/gpu_pack.py build/default/data128 build/default/erm/best.pt build/gpu/pack
+# There:         bash scripts/gpu_train.sh        (the device tool: carry build/gpu/pack; $OUT comes back)
+# Here, after:   .venv/bin/python scripts/gpu_checkpoints.py restore OUT/NAME.pt build/gpu/NAME, then
+#                `trainer eval` each on the full validation views, as the model card says.
+#
+# Each candidate fine-tunes the stage-1 checkpoint (build/default/erm/best.pt, in the pack) on the
+# ffmix view with the default recipe's data settings; `uploads-no-h264` because PyAV's wheel does
+# not fit what a call can carry. The runs share the GPU and the CPU cores (data loading is the
+# limit: about 4 ms of one core per augmented crop), each stopped after SECONDS_PER_RUN.
+set -uo pipefail
+PYTHON=${PYTHON:-python3}
+DEVICE=${DEVICE:-cuda}
+OUT=${OUT:-build/gpu/out}
+PACK=${PACK:-build/gpu/pack}
+RUNS=${RUNS:-build/gpu/runs}
+SECONDS_PER_RUN=${SECONDS_PER_RUN:-360}
+WORKERS=${WORKERS:-4}
+EPOCH_SIZE=${EPOCH_SIZE:-16384}
+BATCH=${BATCH:-128}
+BENCH_SECONDS=${BENCH_SECONDS:-75}
+export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+mkdir -p "$OUT" "$RUNS"
+
+timeout "$BENCH_SECONDS" "$PYTHON" bench/gpu.py --device "$DEVICE" 2>&1 | tee "$OUT/gpu_bench.txt"
+
+EPS4=0.01568627450980392  # 4/255
+COMMON=(--data "$PACK" --init "$PACK/init.pt" --arch efficientnet_lite0 --size 128 --augment uploads-no-h264
+        --sbi --paired --optimizer adamw --lr 2e-4 --schedule constant --batch-size "$BATCH"
+        --epochs 1000 --epoch-size "$EPOCH_SIZE" --workers "$WORKERS" --seed 0 --device "$DEVICE")
+launch() {
+    local name=$1; shift
+    timeout --signal=INT --kill-after=20 "$SECONDS_PER_RUN" \
+        "$PYTHON" -m trainer fit "${COMMON[@]}" --out "$RUNS/$name" "$@" >"$RUNS/$name.log" 2>&1 &
+}
+launch pgd-at-eps4 --method pgd-at -o eps=$EPS4 -o steps=3
+launch trades-eps4-beta6 --method trades -o eps=$EPS4 -o steps=3 -o beta=6
+launch trades-eps4-beta2 --method trades -o eps=$EPS4 -o steps=3 -o beta=2
+
+# Fail fast: a run that dies in its first minute is a bug, not a result; end the call early so
+# that the device time left allows another try.
+sleep 60
+if ! pgrep -f "trainer fit" >/dev/null; then
+    echo "every run ended within a minute:"; tail -n 5 "$RUNS"/*.log
+    tar -czf "$OUT/logs.tar.gz" "$RUNS"/*.log
+    exit 1
+fi
+wait
+tail -n 3 "$RUNS"/*.log
+"$PYTHON" scripts/gpu_checkpoints.py shrink "$RUNS" "$OUT"
+tar -czf "$OUT/logs.tar.gz" "$RUNS"/*.log "$RUNS"/*/metrics.jsonl 2>/dev/null
+ls -la "$OUT"
