@@ -10,7 +10,7 @@
 # Each candidate fine-tunes the stage-1 checkpoint (build/default/erm/best.pt, in the pack) on the
 # ffmix view with the default recipe's data settings; `uploads-no-h264` because PyAV's wheel does
 # not fit what a call can carry. The runs share the GPU and the CPU cores (data loading is the
-# limit: about 4 ms of one core per augmented crop), each stopped after SECONDS_PER_RUN.
+# limit: about 4 ms of one core per augmented crop; 4 runs x (1 + 3 workers) fill 16 cores), each stopped after SECONDS_PER_RUN.
 set -uo pipefail
 PYTHON=${PYTHON:-python3}
 DEVICE=${DEVICE:-cuda}
@@ -18,7 +18,7 @@ OUT=${OUT:-build/gpu/out}
 PACK=${PACK:-build/gpu/pack}
 RUNS=${RUNS:-build/gpu/runs}
 SECONDS_PER_RUN=${SECONDS_PER_RUN:-360}
-WORKERS=${WORKERS:-4}
+WORKERS=${WORKERS:-3}
 EPOCH_SIZE=${EPOCH_SIZE:-16384}
 BATCH=${BATCH:-128}
 BENCH_SECONDS=${BENCH_SECONDS:-75}
@@ -28,6 +28,7 @@ mkdir -p "$OUT" "$RUNS"
 timeout "$BENCH_SECONDS" "$PYTHON" bench/gpu.py --device "$DEVICE" 2>&1 | tee "$OUT/gpu_bench.txt"
 
 EPS4=0.01568627450980392  # 4/255
+EPS2=0.00784313725490196  # 2/255
 COMMON=(--data "$PACK" --init "$PACK/init.pt" --arch efficientnet_lite0 --size 128 --augment uploads-no-h264
         --sbi --paired --optimizer adamw --lr 2e-4 --schedule constant --batch-size "$BATCH"
         --epochs 1000 --epoch-size "$EPOCH_SIZE" --workers "$WORKERS" --seed 0 --device "$DEVICE")
@@ -39,6 +40,7 @@ launch() {
 launch pgd-at-eps4 --method pgd-at -o eps=$EPS4 -o steps=3
 launch trades-eps4-beta6 --method trades -o eps=$EPS4 -o steps=3 -o beta=6
 launch trades-eps4-beta2 --method trades -o eps=$EPS4 -o steps=3 -o beta=2
+launch trades-eps2-beta6 --method trades -o eps=$EPS2 -o steps=3 -o beta=6
 
 # Fail fast: a run that dies in its first minute is a bug, not a result; end the call early so
 # that the device time left allows another try.
