@@ -7,6 +7,7 @@ import json
 import math
 import os
 import sys
+from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn, Optional
@@ -31,7 +32,8 @@ if TYPE_CHECKING:  # the scan's modules (PyTorch, MTCNN, ONNX Runtime) load in t
 EXIT_FILE_ERRORS = 1  # the scan completed but some files could not be analysed or an output not written
 EXIT_USAGE = 2  # bad arguments or an unusable bundle (Typer also uses 2); nothing was scanned
 EXIT_FAKE_FOUND = 3  # only with --fail-on-fake
-EXIT_INTERRUPTED = 130  # Ctrl-C: the report (marked incomplete) holds the files finished before it
+EXIT_INTERRUPTED = 130  # Ctrl-C: the report (marked incomplete) holds the files finished before it; or, once all
+# were scanned, the reports were being written: a line says which are written whole
 # A worker process starts in seconds (PyTorch, MTCNN, ONNX Runtime): by default parallel scanning
 # starts once there are this many files per worker.
 FILES_PER_WORKER = 16
@@ -115,7 +117,9 @@ def _table(results: list[FileResult]) -> Table:
         "Exit status: 0 the scan completed (fakes or not); 1 some files could not be analysed (or a report "
         "could not be written); "
         "2 bad usage or an unusable bundle; 3 a fake was found, with --fail-on-fake (it wins over 1); "
-        "130 interrupted (Ctrl-C): the reports asked for are written, marked incomplete, with the files finished."
+        "130 interrupted (Ctrl-C): during the scan, the reports asked for are written, marked incomplete, with the "
+        "files finished; once every file is scanned, as the reports are written, a line names those written whole "
+        "and those not (a file is never left half written; the JSON report on stdout is cut short)."
     )
 )
 def scan(
@@ -204,48 +208,55 @@ def scan(
         progress.advance(task)
 
     not_scanned = None
-    with progress:
-        task = progress.add_task("scanning", total=len(inputs))
-        processes = min(workers or max(1, min(os.cpu_count() or 1, len(inputs) // FILES_PER_WORKER)), len(inputs))
-        if processes > 1:
-            from forensic.parallel import ScanInterrupted, scan_in_processes
+    try:
+        with progress:
+            task = progress.add_task("scanning", total=len(inputs))
+            processes = min(workers or max(1, min(os.cpu_count() or 1, len(inputs) // FILES_PER_WORKER)), len(inputs))
+            if processes > 1:
+                from forensic.parallel import ScanInterrupted, scan_in_processes
 
-            progress.update(task, description=f"scanning in {processes} processes")
-            try:
-                results = scan_in_processes(inputs, loaded.path, loaded.sha256, settings, processes,
-                                            on_result=lambda index, result: finished(result))
-            except ForensicError as exc:
-                _usage_error(errors, str(exc))
-            except ScanInterrupted as interrupted:
-                results = [result for result in interrupted.results if result is not None]
-                not_scanned = [path for path, result in zip(inputs, interrupted.results) if result is None]
-        else:
-            try:
+                progress.update(task, description=f"scanning in {processes} processes")
+                try:
+                    results = scan_in_processes(inputs, loaded.path, loaded.sha256, settings, processes,
+                                                on_result=lambda index, result: finished(result))
+                except ForensicError as exc:
+                    _usage_error(errors, str(exc))
+                except ScanInterrupted as interrupted:
+                    results = [result for result in interrupted.results if result is not None]
+                    not_scanned = [path for path, result in zip(inputs, interrupted.results) if result is None]
+            else:
                 for path in inputs:
                     progress.update(task, description=f"scanning {escape(printable(path.name))}")
                     result = scanner.scan_file(path, on_frames=lambda n, name=printable(path.name): progress.update(
                         task, description=f"scanning {escape(name)}: {n} frames analysed"))
                     results.append(result)
                     finished(result)
-            except KeyboardInterrupt:
-                not_scanned = inputs[len(results):]
+    except KeyboardInterrupt:  # in this process's scan; or as the workers started, or the progress bar closed
+        if not_scanned is None:
+            not_scanned = inputs[len(results):]
     if not_scanned is not None:
         errors.print(f"interrupted: {len(results)} of {len(inputs)} files scanned; the report is marked incomplete "
                      f"and lists the {len(not_scanned)} not scanned", markup=False, highlight=False, soft_wrap=True)
 
-    report = build_report(results, scanner, not_scanned, shard=selection.record(results, not_scanned) if selection else None)
-    console.print(_table(results))
-    if part:
-        console.print(f"shard {part.index}/{part.count}: {len(inputs)} of the {len(listed)} files listed",
-                      markup=False, highlight=False, soft_wrap=True)
-    console.print(
-        f"bundle {printable(loaded.name)} ({loaded.sha256[:12]}) on {report['provider']}, threshold {scanner.threshold:g}"
-        + (f" ± {scanner.uncertain_band:g} uncertain" if scanner.uncertain_band else "")
-        + (f" (given; the bundle's is {loaded.threshold:g})" if scanner.threshold != loaded.threshold else ""),
-        markup=False, highlight=False, soft_wrap=True,
-    )
-    weights = {name: scanner.runner.model_weight(name) for name in scanner.runner.sessions}
-    unwritten = _write_outputs(console, errors, report, results, weights, json_out, csv_out, html_out)
+    outputs = _Outputs.asked_for(json_out, csv_out, html_out)
+    try:
+        report = build_report(results, scanner, not_scanned, shard=selection.record(results, not_scanned) if selection else None)
+        console.print(_table(results))
+        if part:
+            console.print(f"shard {part.index}/{part.count}: {len(inputs)} of the {len(listed)} files listed",
+                          markup=False, highlight=False, soft_wrap=True)
+        console.print(
+            f"bundle {printable(loaded.name)} ({loaded.sha256[:12]}) on {report['provider']}, threshold {scanner.threshold:g}"
+            + (f" ± {scanner.uncertain_band:g} uncertain" if scanner.uncertain_band else "")
+            + (f" (given; the bundle's is {loaded.threshold:g})" if scanner.threshold != loaded.threshold else ""),
+            markup=False, highlight=False, soft_wrap=True,
+        )
+        weights = {name: scanner.runner.model_weight(name) for name in scanner.runner.sessions}
+        unwritten = _write_outputs(console, errors, outputs, report, results, weights, json_out, csv_out, html_out)
+    except KeyboardInterrupt:
+        lead = ("interrupted again, as the reports were written" if not_scanned is not None else
+                f"interrupted: all {len(inputs)} files were scanned, but the writing of the reports was interrupted")
+        _interrupted(errors, outputs.interrupted(lead))
     if not_scanned is not None:
         raise typer.Exit(EXIT_INTERRUPTED)
     _exit(results, fail_on_fake, unwritten)
@@ -283,32 +294,95 @@ def _path_list_lines(errors: Console, from_list: str) -> list[str]:
     return [os.fsdecode(line) for line in b"".join(blocks).splitlines()]
 
 
-def _write_outputs(console: Console, errors: Console, report: dict, results: list[FileResult],
+@dataclass
+class _Outputs:
+    """The outputs asked for: the files, named as given, in the order they are written, and
+    whether the JSON report goes to stdout (written last); and, as they are written, how far
+    that got: what a Ctrl-C while writing them reports."""
+
+    files: list[str]
+    stdout: bool
+    written: list[str] = field(default_factory=list)  # the files written whole
+    stdout_state: str = "not begun"  # or "cut short", "written"
+
+    @classmethod
+    def asked_for(cls, json_out: Optional[str], csv_out: Optional[Path], html_out: Optional[Path]) -> _Outputs:
+        files = [None if json_out == "-" else json_out, html_out and html_out / "index.html", csv_out]
+        return cls([str(path) for path in files if path], stdout=json_out == "-")
+
+    def interrupted(self, lead: str) -> str:
+        """One line: `lead`, then the outputs written whole and those not written."""
+        if not self.files and not self.stdout:
+            return f"{lead}; no report was asked for"
+        written = [name for name in self.files if name in self.written]
+        not_written = [name for name in self.files if name not in self.written]
+        if self.stdout:
+            stdout = "the JSON report on stdout"
+            (written if self.stdout_state == "written" else not_written).append(
+                stdout + (" (cut short)" if self.stdout_state == "cut short" else ""))
+        return f"{lead}: written whole: {', '.join(written) or 'none'}; not written: {', '.join(not_written) or 'none'}"
+
+
+def _interrupted(errors: Console, line: str) -> NoReturn:
+    errors.print(printable(line), markup=False, highlight=False, soft_wrap=True)
+    raise typer.Exit(EXIT_INTERRUPTED)
+
+
+def _write_outputs(console: Console, errors: Console, outputs: _Outputs, report: dict, results: list[FileResult],
                    weights: dict[str, float], json_out: Optional[str], csv_out: Optional[Path],
                    html_out: Optional[Path]) -> bool:
     """Write the report to the outputs asked for, each tried even when another fails (said on
-    stderr); whether one could not be written."""
+    stderr); whether one could not be written. Files first, stdout last: a reader slow to take
+    the report holds no file back. Each written whole is added to `outputs.written`, so that
+    Ctrl-C (KeyboardInterrupt, raised on) leaves that record right."""
     from forensic.html_report import write_html
+    from forensic.outputs import file_identity, replaced_since
     from forensic.report import write_csv, write_report
 
-    if json_out == "-":
-        sys.stdout.write(json.dumps(report, indent=2) + "\n")
     writers = []
     if json_out and json_out != "-":
-        writers.append(("report", lambda: write_report(report, Path(json_out))))
+        writers.append(("report", Path(json_out), lambda: write_report(report, Path(json_out))))
     if html_out:
-        writers.append(("HTML report", lambda: write_html(report, results, weights, html_out / "index.html")))
+        writers.append(("HTML report", html_out / "index.html", lambda: write_html(report, results, weights, html_out / "index.html")))
     if csv_out:
-        writers.append(("CSV summary", lambda: write_csv(report, csv_out)))
+        writers.append(("CSV summary", csv_out, lambda: write_csv(report, csv_out)))
     unwritten = False
-    for what, write in writers:  # each is tried: one that fails does not lose the others
+    for what, destination, write in writers:  # each is tried: one that fails does not lose the others
+        before = file_identity(destination)
         try:
-            console.print(f"{what} written to {printable(str(write()))}", markup=False, highlight=False, soft_wrap=True)
+            written = write()
+            outputs.written.append(str(destination))
         except OSError as exc:
             unwritten = True
             errors.print(printable(f"error: {exc.filename or what}: cannot write the {what} ({exc.strerror or exc})"),
                          markup=False, highlight=False, soft_wrap=True)
+            continue
+        except KeyboardInterrupt:  # as the file was put in place, or before: which, its inode tells
+            if str(destination) not in outputs.written and replaced_since(destination, before):
+                outputs.written.append(str(destination))
+            raise
+        console.print(f"{what} written to {printable(str(written))}", markup=False, highlight=False, soft_wrap=True)
+    if json_out == "-":
+        _write_stdout(outputs, json.dumps(report, indent=2) + "\n")
     return unwritten
+
+
+def _write_stdout(outputs: _Outputs, text: str) -> None:
+    """The JSON report on stdout. Ctrl-C while a reader is slow to take it (a pipe holds 64 KiB)
+    leaves it cut short: what is still buffered then goes to /dev/null, not to stdout at exit,
+    where a reader that no longer reads would hold the process."""
+    outputs.stdout_state = "cut short"
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except KeyboardInterrupt:
+        with contextlib.suppress(OSError, ValueError, AttributeError):  # no file descriptor (a test's runner)
+            descriptor = sys.stdout.fileno()
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, descriptor)
+            os.close(devnull)
+        raise
+    outputs.stdout_state = "written"
 
 
 def _exit(results: list[FileResult], fail_on_fake: bool, failed: bool) -> NoReturn:
@@ -322,7 +396,8 @@ def _exit(results: list[FileResult], fail_on_fake: bool, failed: bool) -> NoRetu
     epilog=(
         "Exit status: 0 merged; 1 some files are errors, the merged report is incomplete (a shard was "
         "interrupted, or missing with --allow-missing) or a report could not be written; 2 bad usage or "
-        "reports that are not the shards of one scan (nothing written); 3 a fake was found, with --fail-on-fake."
+        "reports that are not the shards of one scan (nothing written); 3 a fake was found, with --fail-on-fake; "
+        "130 interrupted (Ctrl-C) as the outputs were written: a line names those written whole and those not."
     )
 )
 def merge(
@@ -357,7 +432,11 @@ def merge(
         errors.print(f"incomplete: {len(report['not_scanned'])} inputs were not scanned (an interrupted shard); "
                      f"the report lists them", markup=False, highlight=False, soft_wrap=True)
     weights = {model["name"]: model["weight"] for model in report["bundle"].get("models", [])}
-    unwritten = _write_outputs(console, errors, report, merged.results, weights, json_out, csv_out, html_out)
+    outputs = _Outputs.asked_for(json_out, csv_out, html_out)
+    try:
+        unwritten = _write_outputs(console, errors, outputs, report, merged.results, weights, json_out, csv_out, html_out)
+    except KeyboardInterrupt:
+        _interrupted(errors, outputs.interrupted("interrupted as the merged report was written"))
     _exit(merged.results, fail_on_fake, unwritten or not report["complete"])
 
 
