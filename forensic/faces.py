@@ -4,6 +4,7 @@ and the face crop shared by training and scanning."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -72,7 +73,8 @@ class FaceDetector:
     but never so far that a face of `min_face_size` pixels falls below the 12 pixels MTCNN can
     find: in a 4032 px photo a 40 px face would otherwise be missed. MTCNN's networks run in
     ONNX Runtime on `device` ("cpu", "cuda", or "auto": the GPU where one is usable) with
-    `threads` intra-op threads (0: ONNX Runtime's default); `device` then names where they run."""
+    `threads` intra-op threads (0: ONNX Runtime's default); `device` then names where they run.
+    `weights`: the folder of the networks' ONNX files and their mtcnn.json (default forensic/weights/)."""
 
     def __init__(
         self,
@@ -82,12 +84,19 @@ class FaceDetector:
         max_side: int = 720,
         batch_size: int = 16,
         threads: int = 0,
+        weights: Path | None = None,
     ):
         self.min_face_size = min_face_size
         self.max_side = max_side
         self.batch_size = batch_size
-        self._mtcnn = MTCNN(thresholds=thresholds, device=str(device), threads=threads)
+        self._mtcnn = MTCNN(thresholds=thresholds, device=str(device), threads=threads, weights=weights)
         self.device = "cuda" if self._mtcnn.pnet.provider == CUDA else "cpu"
+
+    @property
+    def identity(self) -> dict:
+        """The detector as a report records it: name, the weights' source and the SHA-256 of
+        each ONNX file loaded (forensic.mtcnn.read_networks)."""
+        return self._mtcnn.identity
 
     def _scale_for(self, image: np.ndarray) -> float:
         long_side = max(image.shape[:2])

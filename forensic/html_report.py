@@ -95,6 +95,17 @@ def _identity_rows(result: FileResult, weights: dict[str, float]) -> str:
             "<th>per model</th><th>most fake face, heatmap</th></tr>" + "".join(rows) + "</table>")
 
 
+def _face_detector_row(detector: dict | None) -> str:
+    """The face detector's name, weights and each network's SHA-256 (none in a report made
+    before forensic recorded it, or merged from such shards)."""
+    if not detector:
+        return ""
+    hashes = "".join(f"<br><code>{html.escape(network['name'])} sha256 {html.escape(network['sha256'])}</code>"
+                     for network in detector["networks"])
+    return (f"<tr><th>face detector</th><td>{html.escape(detector['name'])}, "
+            f"{html.escape(detector['weights'])}{hashes}</td></tr>")
+
+
 def render(report: dict, results: list[FileResult], weights: dict[str, float]) -> str:
     settings = report["settings"]
     threshold, band = settings["threshold"], settings["uncertain_band"]
@@ -102,6 +113,7 @@ def render(report: dict, results: list[FileResult], weights: dict[str, float]) -
             f"<tr><th>created</th><td>{html.escape(report['created'])}</td></tr>"
             f"<tr><th>tool</th><td>forensic {html.escape(report['tool_version'])}</td></tr>"
             f"<tr><th>bundle</th><td>{html.escape(report['bundle']['name'])} <code>sha256 {report['bundle']['sha256']}</code></td></tr>"
+            + _face_detector_row(report.get("face_detector")) +
             f"<tr><th>execution provider</th><td>{html.escape(report['provider'])}</td></tr>"
             f"<tr><th>decision</th><td>fake when score ≥ {threshold:g}"
             + (f"; uncertain within ±{band:g}" if band else "") + "</td></tr>"

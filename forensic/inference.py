@@ -59,19 +59,23 @@ def session_options(threads: int = 0, spin: bool = True) -> ort.SessionOptions:
     return options
 
 
-def make_session(model_path: str, device: Device, threads: int = 0, spin: bool = True) -> ort.InferenceSession:
+def make_session(model_path: str, device: Device, threads: int = 0, spin: bool = True,
+                 contents: bytes | None = None) -> ort.InferenceSession:
     """An ONNX Runtime session of `model_path`: on the CPU for "cpu", on the GPU for "cuda" (a
-    ForensicError where CUDA cannot load), for "auto" on the GPU where one is usable."""
+    ForensicError where CUDA cannot load), for "auto" on the GPU where one is usable. With
+    `contents` (the file's bytes, read and hashed by the caller) the session is made from those
+    bytes, so that what runs is what was hashed; `model_path` then only names it in errors."""
     options = session_options(threads, spin)
+    model = model_path if contents is None else contents
     if device == "cpu" or (device == "auto" and not cuda_usable()):
-        return ort.InferenceSession(model_path, options, providers=[CPU])
+        return ort.InferenceSession(model, options, providers=[CPU])
     # ONNX Runtime's own multi-line load errors would bury ours; the check below reports it.
     ort.set_default_logger_severity(3)
     if hasattr(ort, "preload_dlls"):
         # Loads the CUDA/cuDNN libraries that torch's nvidia-* wheels bring.
         ort.preload_dlls()
     # HEURISTIC: exhaustive cuDNN algorithm search costs seconds per new input shape.
-    session = ort.InferenceSession(model_path, options, providers=[(CUDA, {"cudnn_conv_algo_search": "HEURISTIC"}), CPU])
+    session = ort.InferenceSession(model, options, providers=[(CUDA, {"cudnn_conv_algo_search": "HEURISTIC"}), CPU])
     if session.get_providers()[0] != CUDA and device == "cuda":
         raise ForensicError(
             f"{model_path}: --device cuda was asked for but ONNX Runtime could not load "

@@ -2,7 +2,9 @@
 
 facenet-pytorch's three networks (P-Net, R-Net, O-Net) with its shipped weights are exported once
 to ONNX (scripts/export_mtcnn_onnx.py; the files, their versions and the weights' licence are in
-forensic/weights/) and run by ONNX Runtime; the rest of facenet's `detect_face` runs in NumPy:
+forensic/weights/) and run by ONNX Runtime, each file checked as it loads against the SHA-256
+that weights/mtcnn.json records (the hashes go into the scan report as its `face_detector`);
+the rest of facenet's `detect_face` runs in NumPy:
 the image pyramid and the 24/48-pixel crops resampled as torch's `interpolate(mode="area")` does
 (adaptive average pooling, reproduced bit for bit from an integral image), the box arithmetic in
 float32 as torch does it, and an NMS that reproduces torchvision's. So a scan imports neither
@@ -23,13 +25,18 @@ THE SOFTWARE IS PROVIDED "AS IS", WITHOUT WARRANTY OF ANY KIND, EXPRESS OR IMPLI
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 from typing import Callable, Sequence
 
 import cv2
 import numpy as np
 
+from forensic.errors import ForensicError
+
 WEIGHTS = Path(__file__).resolve().parent / "weights"
+RECORD = "mtcnn.json"  # beside the networks: their source, the exporting versions, each file's SHA-256
 NETWORKS = ("pnet", "rnet", "onet")
 F32 = np.float32
 
@@ -38,13 +45,49 @@ F32 = np.float32
 Network = Callable[[np.ndarray], Sequence[np.ndarray]]
 
 
-class OnnxNetwork:
-    """One of MTCNN's networks from forensic/weights/, in ONNX Runtime."""
+def read_networks(weights: Path) -> tuple[dict[str, tuple[Path, bytes]], dict]:
+    """Each network's ONNX file in `weights`, read once and checked against the SHA-256 that
+    `weights`/mtcnn.json records ({name: (path, contents)}), and the detector's identity as a
+    report records it: its name, the weights' source and the SHA-256 of each file read. The
+    bytes checked are the bytes ONNX Runtime is given (OnnxNetwork), so the hashes are those of
+    the networks that run. A record or file that is missing, unreadable or does not match is a
+    ForensicError naming it, in one line (as forensic.bundle refuses a model file)."""
+    record_path = Path(weights) / RECORD
+    try:
+        record = json.loads(record_path.read_text("utf-8"))
+        source = f"facenet-pytorch {record['versions']['facenet-pytorch']}"
+        entries = {name: (str(record["networks"][name]["file"]), record["networks"][name]["sha256"]) for name in NETWORKS}
+    except OSError as exc:
+        raise ForensicError(f"{record_path}: cannot read the face detector's record ({exc.strerror or exc})") from None
+    except (ValueError, KeyError, TypeError) as exc:  # not UTF-8 or JSON, or another shape
+        raise ForensicError(f"{record_path}: not a face detector record ({type(exc).__name__}: {exc})") from None
+    files, identities = {}, []
+    for name, (file, expected) in entries.items():
+        path = record_path.parent / file
+        try:
+            if not path.is_file():  # never opened: a FIFO would block
+                raise ForensicError(f"{path}: the face detector's {name} is "
+                                    f"{'not a regular file' if path.exists() else 'missing'}")
+            contents = path.read_bytes()
+        except OSError as exc:
+            raise ForensicError(f"{path}: cannot read the face detector's {name} ({exc.strerror or exc})") from None
+        digest = hashlib.sha256(contents).hexdigest()
+        if digest != expected:
+            raise ForensicError(f"{path}: SHA-256 {digest[:12]}… does not match {RECORD}'s {str(expected)[:12]}…; "
+                                f"the face detector's weights were modified or are corrupt")
+        files[name] = (path, contents)
+        identities.append({"name": name, "file": file, "sha256": digest})
+    return files, {"name": "MTCNN", "weights": f"{source}, exported to ONNX", "networks": identities}
 
-    def __init__(self, name: str, device: str = "cpu", threads: int = 0):
+
+class OnnxNetwork:
+    """One of MTCNN's networks in ONNX Runtime, from its ONNX file's `contents` (read and checked
+    by read_networks); `path` names it in errors."""
+
+    def __init__(self, path: Path, contents: bytes, device: str = "cpu", threads: int = 0):
         from forensic.inference import make_session
 
-        self.session = make_session(str(WEIGHTS / f"{name}.onnx"), device, threads, spin=False)
+        self.session = make_session(str(path), device, threads, spin=False, contents=contents)
 
     @property
     def provider(self) -> str:
@@ -229,16 +272,21 @@ class MTCNN:
     """facenet-pytorch's MTCNN(keep_all=True) for detection: `detect` gives, per image, its boxes
     (N x 4, largest first as facenet's default select_largest orders them), probabilities (N) and
     landmarks (N x 5 x 2), or (None, None, None) where no face is found. `networks`: P-Net, R-Net
-    and O-Net as callables (default: forensic/weights/'s ONNX files in ONNX Runtime on `device`,
-    "cpu", "cuda" or "auto", with `threads` intra-op threads, 0 for ONNX Runtime's default)."""
+    and O-Net as callables (default: the ONNX files in `weights`, forensic/weights/ unless given,
+    checked against its mtcnn.json, in ONNX Runtime on `device`, "cpu", "cuda" or "auto", with
+    `threads` intra-op threads, 0 for ONNX Runtime's default). `identity`: what a report records
+    of the detector (read_networks); None for networks given as callables."""
 
     def __init__(self, thresholds=(0.6, 0.7, 0.7), min_face_size: int = 20, factor: float = 0.709,
-                 device: str = "cpu", threads: int = 0, networks: tuple[Network, Network, Network] | None = None):
+                 device: str = "cpu", threads: int = 0, networks: tuple[Network, Network, Network] | None = None,
+                 weights: Path | None = None):
         self.thresholds = list(thresholds)
         self.min_face_size = min_face_size
         self.factor = factor
+        self.identity: dict | None = None
         if networks is None:
-            networks = tuple(OnnxNetwork(name, device, threads) for name in NETWORKS)
+            files, self.identity = read_networks(WEIGHTS if weights is None else weights)
+            networks = tuple(OnnxNetwork(*files[name], device, threads) for name in NETWORKS)
         self.pnet, self.rnet, self.onet = networks
 
     def detect(self, images: np.ndarray):

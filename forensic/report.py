@@ -75,6 +75,7 @@ def build_report(results: list[FileResult], scanner: Scanner, not_scanned: list[
             "decision_threshold": bundle.threshold,  # settings.threshold differs when --threshold overrides it
             "uncertain_band": bundle.uncertain_band,
         },
+        "face_detector": scanner.detector.identity,  # the SHA-256 of each of its ONNX files loaded
         "provider": "+".join(scanner.runner.providers),
         "settings": {
             "frames_per_video": scanner.frames,

@@ -103,6 +103,21 @@ def _is_int(value: Any, low: int = 0, high: int | None = None) -> bool:
 _VERDICTS = get_args(Verdict)
 
 
+def _face_detector(report: dict) -> dict | None:
+    """The report's face detector as shards must share it (name, weights, each network's
+    SHA-256), or None where the report has none or not of that shape."""
+    detector = report.get("face_detector")
+    if not isinstance(detector, dict) or not isinstance(detector.get("networks"), list):
+        return None
+    networks = detector["networks"]
+    if not all(isinstance(value, str) for value in (detector.get("name"), detector.get("weights"))) \
+            or not all(isinstance(network, dict) and isinstance(network.get("name"), str)
+                       and isinstance(network.get("sha256"), str) for network in networks):
+        return None
+    return {"name": detector["name"], "weights": detector["weights"],
+            **{f"{network['name']} sha256": network["sha256"] for network in networks}}
+
+
 def _malformed(report: dict) -> str | None:
     """What is wrong with a parsed shard report's structure, or None."""
     kinds = {"tool_version": str, "bundle": dict, "provider": str, "settings": dict, "versions": dict,
@@ -112,6 +127,8 @@ def _malformed(report: dict) -> str | None:
             return f"no {key}" if key not in report else f"{key} is not a {kind.__name__}"
     if not isinstance(report["bundle"].get("sha256"), str):
         return "no bundle sha256"
+    if "face_detector" in report and _face_detector(report) is None:  # absent from reports made before it was recorded
+        return "face_detector is not {name, weights, networks: [{name, sha256}]}"
     shard = report["shard"]
     if not isinstance(shard, dict) or not _is_int(shard.get("count"), 1) \
             or not _is_int(shard.get("index"), 0, shard["count"]):
@@ -164,6 +181,7 @@ def load_shard_report(path: Path) -> ShardReport:
 # What the shards of one scan share: a merged report has one of each.
 _SHARED: tuple[tuple[str, Callable[[dict], Any]], ...] = (
     ("scanned with another bundle than", lambda report: {"sha256": report["bundle"]["sha256"]}),
+    ("scanned with another face detector than", _face_detector),
     ("scanned with other settings than", lambda report: report["settings"]),
     ("made by another forensic version than", lambda report: report["tool_version"]),
     ("run on another execution provider than", lambda report: report["provider"]),
@@ -201,12 +219,12 @@ def merge_reports(paths: list[Path], allow_missing: bool = False) -> Merged:
     """Join the shard reports at `paths` into the report one scan of all the shards gives.
 
     Refused (ForensicError, naming the file): a report that cannot be read or is not a shard
-    report; one of another bundle, settings, tool or library version, execution provider, shard
-    count or input listing than the first; a shard given twice; a file in two reports; and,
-    unless `allow_missing`, a shard no report is given for. The files and `not_scanned` are in
-    listing order; `complete` is true when every shard is present and complete; `shard` is
-    null and `merged_from` lists the shard reports; `created` is now; the rest is the shards'
-    (the bundle's `path` is the lowest shard's)."""
+    report; one of another bundle, face detector (its networks' SHA-256), settings, tool or
+    library version, execution provider, shard count or input listing than the first; a shard
+    given twice; a file in two reports; and, unless `allow_missing`, a shard no report is given
+    for. The files and `not_scanned` are in listing order; `complete` is true when every shard
+    is present and complete; `shard` is null and `merged_from` lists the shard reports;
+    `created` is now; the rest is the shards' (the bundle's `path` is the lowest shard's)."""
     if not paths:
         raise ForensicError("nothing to merge: give the shard reports")
     shards = [load_shard_report(path) for path in paths]

@@ -5,9 +5,10 @@ from __future__ import annotations
 import platform
 from importlib.metadata import PackageNotFoundError, version
 
+# No facenet-pytorch: nothing runs it (its MTCNN weights run as ONNX files, which reports
+# identify by their SHA-256 in `face_detector`); it is needed only to re-export them.
 PACKAGES = ("deepfake-forensics", "torch", "torchvision", "timm", "onnx", "onnxruntime-gpu", "onnxruntime",
-            "facenet-pytorch", "numpy", "opencv-python-headless", "av", "pillow", "scikit-learn", "scipy",
-            "matplotlib")
+            "numpy", "opencv-python-headless", "av", "pillow", "scikit-learn", "scipy", "matplotlib")
 
 
 def library_versions() -> dict[str, str]:

@@ -2,6 +2,7 @@
 weights) to the ONNX files forensic/weights/ holds, which forensic.mtcnn runs in ONNX Runtime so
 that a scan never imports PyTorch. Run once, when the weights or the exporter change:
 
+    .venv/bin/pip install -c constraints.txt -e '.[mtcnn-export]'   # facenet-pytorch (also in .[test])
     .venv/bin/python scripts/export_mtcnn_onnx.py [--out forensic/weights] [--opset 17]
 
 P-Net takes any batch, height and width; R-Net (24 x 24) and O-Net (48 x 48) any batch. Each
@@ -25,7 +26,14 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
-from facenet_pytorch.models.mtcnn import ONet, PNet, RNet
+
+try:
+    from facenet_pytorch.models.mtcnn import ONet, PNet, RNet
+except ModuleNotFoundError as missing:  # an optional dependency: a scan runs the exported files
+    if (missing.name or "").split(".")[0] != "facenet_pytorch":
+        raise
+    raise SystemExit("error: facenet-pytorch is not installed; exporting MTCNN needs the mtcnn-export extra: "
+                     ".venv/bin/pip install -c constraints.txt -e '.[mtcnn-export]'") from None
 
 ROOT = Path(__file__).resolve().parent.parent
 NETWORKS = {

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -37,3 +40,23 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def reexported_mtcnn_weights(tmp_path_factory) -> Path:
+    """A copy of forensic/weights/ whose pnet.onnx is the same network in other bytes (a doc
+    string added, as another exporter would differ) and whose mtcnn.json records that file's
+    SHA-256: face-detector weights that load, but are not the shipped files."""
+    import onnx
+
+    from forensic.mtcnn import RECORD, WEIGHTS
+
+    folder = tmp_path_factory.mktemp("weights") / "weights"
+    shutil.copytree(WEIGHTS, folder)
+    model = onnx.load(str(folder / "pnet.onnx"))
+    model.doc_string = "re-exported for a test"
+    onnx.save(model, str(folder / "pnet.onnx"))
+    record = json.loads((folder / RECORD).read_text())
+    record["networks"]["pnet"]["sha256"] = hashlib.sha256((folder / "pnet.onnx").read_bytes()).hexdigest()
+    (folder / RECORD).write_text(json.dumps(record, indent=2))
+    return folder

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import runpy
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -20,7 +23,8 @@ import torch
 from skimage import data
 from torch.nn.functional import interpolate
 
-from forensic.mtcnn import MTCNN, WEIGHTS, _integral, _pyramid_level, _regions, batched_nms, nms
+from forensic.errors import ForensicError
+from forensic.mtcnn import MTCNN, NETWORKS, RECORD, WEIGHTS, _integral, _pyramid_level, _regions, batched_nms, nms
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 THRESHOLDS = (0.6, 0.7, 0.7)
@@ -181,6 +185,49 @@ def test_the_onnx_files_are_the_recorded_export_of_facenets_weights():
         assert hashlib.sha256((WEIGHTS / entry["file"]).read_bytes()).hexdigest() == entry["sha256"]
         assert hashlib.sha256((package / "data" / f"{name}.pt").read_bytes()).hexdigest() == entry["weights_sha256"]
     assert "MIT License" in (WEIGHTS / "LICENSE.facenet-pytorch").read_text()
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_the_detector_is_named_by_the_files_it_loaded_and_refuses_a_changed_one(ours, reexported_mtcnn_weights, tmp_path):
+    """MTCNN's identity (what a report records) holds the SHA-256 of each ONNX file it loaded;
+    a file that does not match mtcnn.json, a missing one or a broken record is refused in one
+    line naming the file."""
+    assert ours.identity == {"name": "MTCNN", "weights": "facenet-pytorch 2.5.3, exported to ONNX", "networks": [
+        {"name": name, "file": f"{name}.onnx", "sha256": _sha256(WEIGHTS / f"{name}.onnx")} for name in NETWORKS]}
+    other = MTCNN(threads=1, weights=reexported_mtcnn_weights).identity
+    assert other["networks"][0]["sha256"] == _sha256(reexported_mtcnn_weights / "pnet.onnx") != ours.identity["networks"][0]["sha256"]
+    assert other["networks"][1:] == ours.identity["networks"][1:]
+
+    tampered = tmp_path / "weights"
+    shutil.copytree(WEIGHTS, tampered)
+    rnet = tampered / "rnet.onnx"
+    rnet.write_bytes(rnet.read_bytes() + b"\0")
+    recorded = json.loads((WEIGHTS / RECORD).read_text())["networks"]["rnet"]["sha256"]
+    refusals = [(f"{rnet}: SHA-256 {_sha256(rnet)[:12]}… does not match mtcnn.json's {recorded[:12]}…; "
+                 "the face detector's weights were modified or are corrupt")]
+    with pytest.raises(ForensicError) as refused:
+        MTCNN(weights=tampered)
+    rnet.unlink()
+    refusals.append(f"{rnet}: the face detector's rnet is missing")
+    with pytest.raises(ForensicError) as missing:
+        MTCNN(weights=tampered)
+    (tampered / RECORD).write_text('{"networks": {}}')
+    refusals.append(f"{tampered / RECORD}: not a face detector record (KeyError: 'versions')")
+    with pytest.raises(ForensicError) as malformed:
+        MTCNN(weights=tampered)
+    assert [str(refused.value), str(missing.value), str(malformed.value)] == refusals
+
+
+def test_the_export_script_names_the_extra_when_facenet_pytorch_is_missing(monkeypatch):
+    for name in [name for name in sys.modules if name.split(".")[0] == "facenet_pytorch"] + ["facenet_pytorch"]:
+        monkeypatch.setitem(sys.modules, name, None)  # as where it is not installed: importing it fails
+    with pytest.raises(SystemExit) as stopped:
+        runpy.run_path(str(Path(__file__).resolve().parents[1] / "scripts" / "export_mtcnn_onnx.py"))
+    assert stopped.value.code == ("error: facenet-pytorch is not installed; exporting MTCNN needs the mtcnn-export "
+                                  "extra: .venv/bin/pip install -c constraints.txt -e '.[mtcnn-export]'")
 
 
 @pytest.mark.parametrize("count", [0, 1, 40, 900, 1500])

@@ -163,11 +163,14 @@ def test_layout_names_and_landmarks(prepared):
         assert sorted(load_landmarks(out / split)) == sorted(p.name for p in out.glob(f"{split}/*/*.png"))
 
 
-def test_prepare_json_counts_and_skipped(prepared, source):
+def test_prepare_json_counts_and_skipped(prepared, source, detector):
     out, result = prepared
     manifest = json.loads((out / "prepare.json").read_text())
     assert manifest["settings"] == {"frames": FRAMES, "size": SIZE, "margin": MARGIN, "split": [0.7, 0.15, 0.15],
                                     "seed": 0, "sbi": 0, "group_pattern": None}
+    # the detector a scan report names (each ONNX file's SHA-256), with its settings
+    assert manifest["detector"] == {**detector.identity, "min_face_size": 40, "max_side": 720, "thresholds": [0.6, 0.7, 0.7]}
+    assert [network["name"] for network in manifest["detector"]["networks"]] == ["pnet", "rnet", "onet"]
     assert manifest["complete"] is True and manifest["counts"] == result.counts
     assert result.processed == 6 and result.reused == 0
     skipped = {entry["video"]: entry["reason"] for entry in manifest["skipped"]}
@@ -201,9 +204,14 @@ def test_crops_are_scan_crops_of_the_same_frames(prepared, source, detector):
 def test_resume_skips_done_videos_and_sbi_adds_blended_fakes(prepared, source, tmp_path):
     out = tmp_path / "dataset"
     shutil.copytree(prepared[0], out)  # keeps mtimes
+    # crops made before prepare.json named the detector by its files: that record is kept as it was
+    older = json.loads((out / "prepare.json").read_text())
+    older["detector"] = {"model": "facenet-pytorch MTCNN", "min_face_size": 40, "max_side": 720, "thresholds": [0.6, 0.7, 0.7]}
+    (out / "prepare.json").write_text(json.dumps(older))
     before = {p: p.stat().st_mtime_ns for p in _crops(out)}
     again = prepare_dataset(source, out, frames=FRAMES, size=SIZE, margin=MARGIN, seed=0)  # no detector: none needed
     assert (again.processed, again.reused) == (0, 6)
+    assert json.loads((out / "prepare.json").read_text())["detector"] == older["detector"]
     assert {p: p.stat().st_mtime_ns for p in _crops(out)} == before
     assert [entry["video"] for entry in again.skipped] == ["200", "Deepfakes-300_301"]
 

@@ -107,6 +107,42 @@ def test_uncertain_band_gives_uncertain_verdicts(sample_media, tmp_path):
     assert json.loads(outside.stdout)["files"][0]["verdict"] in ("real", "fake")
 
 
+def test_the_report_names_the_face_detector_by_the_files_that_ran(sample_media, reexported_mtcnn_weights, tmp_path, monkeypatch):
+    """`face_detector`: MTCNN and the SHA-256 of each ONNX file loaded, so other files give other
+    hashes; files that do not match mtcnn.json stop the scan with a one-line error naming the file."""
+    import hashlib
+
+    import forensic.mtcnn
+
+    def loaded(report: dict) -> dict[str, str]:
+        return {network["name"]: network["sha256"] for network in report["face_detector"]["networks"]}
+
+    def files(folder: Path) -> dict[str, str]:
+        return {name: hashlib.sha256((folder / f"{name}.onnx").read_bytes()).hexdigest() for name in forensic.mtcnn.NETWORKS}
+
+    image = str(sample_media["astronaut.png"])
+    shipped = json.loads(runner.invoke(app, ["scan", image, "--json", "-"]).stdout)
+    jsonschema.validate(shipped, report_schema())
+    assert (shipped["face_detector"]["name"], shipped["face_detector"]["weights"]) == \
+        ("MTCNN", "facenet-pytorch 2.5.3, exported to ONNX")
+    assert loaded(shipped) == files(forensic.mtcnn.WEIGHTS)
+
+    monkeypatch.setattr(forensic.mtcnn, "WEIGHTS", reexported_mtcnn_weights)  # the folder a scan's detector loads
+    other = json.loads(runner.invoke(app, ["scan", image, "--json", "-"]).stdout)
+    assert loaded(other) == files(reexported_mtcnn_weights) and loaded(other)["pnet"] != loaded(shipped)["pnet"]
+    assert other["files"][0]["frames"] == shipped["files"][0]["frames"]  # the same network in other bytes
+
+    tampered = tmp_path / "weights"
+    shutil.copytree(reexported_mtcnn_weights, tampered)
+    onet = tampered / "onet.onnx"
+    onet.write_bytes(onet.read_bytes()[:-1])
+    monkeypatch.setattr(forensic.mtcnn, "WEIGHTS", tampered)
+    result = runner.invoke(app, ["scan", image, "--json", str(tmp_path / "report.json")])
+    assert result.exit_code == 2 and result.output.count("\n") == 1, result.output
+    assert result.output.startswith(f"error: {onet}: SHA-256 ") and "does not match mtcnn.json's" in result.output
+    assert not (tmp_path / "report.json").exists()
+
+
 def test_usage_errors_are_one_line(tmp_path):
     for args in (["scan"], ["scan", str(tmp_path), "--aggregate", "median"],
                  ["scan", str(tmp_path), "--from", str(tmp_path / "missing.txt")],

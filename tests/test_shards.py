@@ -90,6 +90,7 @@ def test_three_shards_merge_into_the_report_of_one_full_scan(scans, monkeypatch)
         assert scans["codes"][index] == (1 if any(f["verdict"] == "error" for f in shard["files"]) else 0)
     assert full["shard"] is None and full["merged_from"] is None
     assert all(shard["files"] for shard in shards), "these names spread over all three shards"
+    assert all(shard["face_detector"] == full["face_detector"] for shard in shards)
 
     # in any order, and the CSV and HTML writers are the scan's
     given = [str(path.relative_to(scans["work"])) for path in reversed(scans["shards"])]
@@ -105,6 +106,7 @@ def test_three_shards_merge_into_the_report_of_one_full_scan(scans, monkeypatch)
     assert (scans["work"] / "merged.csv").read_bytes() == (scans["work"] / "full.csv").read_bytes()
     page = (scans["work"] / "html" / "index.html").read_text()
     assert all(f["path"] in page for f in full["files"])
+    assert all(f"{network['name']} sha256 {network['sha256']}" in page for network in full["face_detector"]["networks"])
 
     # --fail-on-fake as scan's, and --json - writes only the report to stdout
     piped = runner.invoke(app, ["merge", *given, "--json", "-", "--fail-on-fake"])
@@ -188,6 +190,18 @@ def test_merge_refuses_reports_that_are_not_the_shards_of_one_scan(scans, tmp_pa
     other_bundle = edited("bundle.json", 2, lambda r: r["bundle"].update(sha256="0" * 64))
     _one_line_usage_error(runner.invoke(app, ["merge", *paths[:2], other_bundle, "--json", str(tmp_path / "m.json")]),
                           f"{other_bundle}: scanned with another bundle than {paths[0]} (sha256 '{'0' * 64}' vs")
+    pnet = reports[0]["face_detector"]["networks"][0]
+    other_detector = edited("detector.json", 2, lambda r: r["face_detector"]["networks"][0].update(sha256="0" * 64))
+    _one_line_usage_error(runner.invoke(app, ["merge", *paths[:2], other_detector]),
+                          f"{other_detector}: scanned with another face detector than {paths[0]} "
+                          f"(pnet sha256 '{'0' * 64}' vs '{pnet['sha256']}')")
+    unrecorded = edited("unrecorded.json", 2, lambda r: r.pop("face_detector"))  # made before it was recorded
+    _one_line_usage_error(runner.invoke(app, ["merge", *paths[:2], unrecorded]),
+                          f"{unrecorded}: scanned with another face detector than {paths[0]} (None vs {{'name': 'MTCNN'")
+    garbled = edited("garbled.json", 2, lambda r: r["face_detector"].update(networks=[pnet["sha256"]]))
+    _one_line_usage_error(runner.invoke(app, ["merge", *paths[:2], garbled]),
+                          f"{garbled}: not a well-formed shard report (face_detector is not "
+                          "{name, weights, networks: [{name, sha256}]})")
     # a real scan of shard 2 with --frames 3
     _one_line_usage_error(runner.invoke(app, ["merge", *paths[:2], "frames3.json", "--json", str(tmp_path / "m.json")]),
                           f"frames3.json: scanned with other settings than {paths[0]} (frames_per_video 3 vs 2)")
@@ -220,6 +234,24 @@ def test_merge_refuses_reports_that_are_not_the_shards_of_one_scan(scans, tmp_pa
                           f"{paths[0]}: is one of the inputs")
     assert not (tmp_path / "m.json").exists()
     assert [_load(path) for path in scans["shards"]] == reports  # inputs untouched
+
+
+def test_shards_made_before_the_face_detector_was_recorded_still_merge(scans, tmp_path, monkeypatch):
+    monkeypatch.chdir(scans["work"])
+    given = []
+    for index, path in enumerate(scans["shards"]):
+        report = _load(path)
+        del report["face_detector"]
+        given.append(tmp_path / f"unrecorded-{index}.json")
+        given[-1].write_text(json.dumps(report))
+    result = runner.invoke(app, ["merge", *map(str, given), "--json", str(tmp_path / "merged.json"),
+                                 "--html", str(tmp_path / "html")])
+    assert result.exit_code == 1, result.output  # corrupt.jpg
+    merged, full = _load(tmp_path / "merged.json"), _load(scans["work"] / "full.json")
+    jsonschema.validate(merged, report_schema())
+    del full["face_detector"]
+    assert _comparable(merged) == _comparable(full)
+    assert "<th>face detector</th>" not in (tmp_path / "html" / "index.html").read_text()
 
 
 def test_missing_and_interrupted_shards_merge_only_when_said_and_are_marked_incomplete(scans, tmp_path, monkeypatch):

@@ -29,7 +29,8 @@ from forensic.cli import app as cli_app
 from forensic.errors import ForensicError
 from forensic.media import collect_inputs
 from forensic.report import file_entry, report_schema
-from forensic.scan import FileResult
+from forensic.faces import FaceDetector
+from forensic.scan import FileResult, Scanner
 from forensic.selftest import SelfTestSettings
 from forensic.tui.app import ForensicApp
 from forensic.tui.cache import ResultCache, default_cache_dir
@@ -573,7 +574,7 @@ def test_quitting_while_a_large_file_is_hashed_stops_within_a_mebibyte(settings,
     assert [type(m) for m in messages] == [ScannerReady, FileStarted, FileRequeued]
 
 
-def test_cache_round_trip_and_what_invalidates_it(sample_media, settings, tmp_path, monkeypatch):
+def test_cache_round_trip_and_what_invalidates_it(sample_media, settings, reexported_mtcnn_weights, tmp_path, monkeypatch):
     scanner = settings.build_scanner()
     result = scanner.scan_file(sample_media["astronaut_blended_pan.mp4"])
     # The scan keeps only each identity's most fake crop (20 frames were analysed).
@@ -589,6 +590,13 @@ def test_cache_round_trip_and_what_invalidates_it(sample_media, settings, tmp_pa
     assert cache.get(sample_media["astronaut_blended_pan.mp4"], self_test=(2, (1 / 255,))) is None  # no self-test
     other_settings = ResultCache(tmp_path, ScanSettings(settings.bundle, frames=5, device="cpu").build_scanner())
     assert other_settings.get(sample_media["astronaut_blended_pan.mp4"]) is None
+
+    def with_detector(detector: FaceDetector) -> ResultCache:  # the scanner's settings, this face detector
+        return ResultCache(tmp_path, Scanner(settings.bundle, device="cpu", frames=settings.frames, keep_crops=True,
+                                             detector=detector))
+    assert with_detector(FaceDetector(device="cpu")).get(sample_media["astronaut_blended_pan.mp4"]) is not None
+    other_weights = with_detector(FaceDetector(device="cpu", weights=reexported_mtcnn_weights))
+    assert other_weights.get(sample_media["astronaut_blended_pan.mp4"]) is None
 
     # A damaged entry is a miss (the file is scanned again), never an error row that stays.
     entry_path = next((tmp_path / settings.bundle.sha256).glob("*.json"))

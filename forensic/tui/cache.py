@@ -4,8 +4,9 @@ An entry is keyed by the bundle's SHA-256 and the input file's SHA-256:
 `ROOT/<bundle sha256>/<file sha256>.json` holds the file's report entry (as in the JSON report)
 and the settings it was made with; `<file sha256>.npz` beside it holds each identity's most
 fake face crop and its class activation maps, for thumbnails, heatmaps and HTML exports.
-An entry made with other settings (frames, threshold, execution provider, tool version…) is
-not reused. The cache lives outside the scanned folder: inputs are never written to.
+An entry made with other settings (frames, threshold, execution provider, tool version, face
+detector weights…) is not reused. The cache lives outside the scanned folder: inputs are never
+written to.
 """
 
 from __future__ import annotations
@@ -47,7 +48,8 @@ class ResultCache:
         self.folder = Path(root) / scanner.bundle.sha256
         # What else changes a result: reused only when all of it is the same.
         self.settings = {"tool_version": report["tool_version"], "provider": report["provider"],
-                         "settings": report["settings"], "versions": report["versions"]}
+                         "settings": report["settings"], "versions": report["versions"],
+                         "face_detector": report["face_detector"]}
 
     def _paths(self, file_sha256: str) -> tuple[Path, Path]:
         return self.folder / f"{file_sha256}.json", self.folder / f"{file_sha256}.npz"

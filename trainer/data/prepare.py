@@ -590,8 +590,11 @@ def _detector(device: str) -> FaceDetector:
 
 
 def _detector_settings(detector: FaceDetector) -> dict:
+    """prepare.json's `detector`: what a scan report's `face_detector` records (name, weights,
+    each ONNX file's SHA-256) and the settings. A prepare.json written before said
+    {"model": "facenet-pytorch MTCNN", ...}; such a record is only carried forward as read."""
     mtcnn = getattr(detector, "_mtcnn", None)
-    return {"model": "facenet-pytorch MTCNN", "min_face_size": detector.min_face_size, "max_side": detector.max_side,
+    return {**detector.identity, "min_face_size": detector.min_face_size, "max_side": detector.max_side,
             "thresholds": [float(t) for t in getattr(mtcnn, "thresholds", [])]}
 
 
