@@ -346,7 +346,7 @@ def eval_command(
     batch_size: int = typer.Option(32, "--batch-size", min=1),
     seed: int = typer.Option(0, "--seed", help="Seeds the subset, the bootstrap, the attacks' random starts, the noise and the heatmap sample."),
     attacks: bool = typer.Option(True, "--attacks/--no-attacks", help="FGSM, PGD-5/10/20 (white-box), a black-box random search and a dual-attacker run's U-Net, with gradient-masking checks."),
-    attack_set: str = typer.Option("full", "--attack-set", help="full (the above) or pgd10 (PGD-10 at 1/255 and 4/255 only, for screening candidates: no masking checks)."),
+    attack_set: str = typer.Option("full", "--attack-set", help="full (the above), pgd10 (PGD-10 at 1/255 and 4/255 only, for screening candidates: no masking checks) or curve (PGD-10 at 0.25, 0.5, 1, 2 and 4/255: a robust-training run's progress below the goals' points)."),
     corruptions: bool = typer.Option(True, "--corruptions/--no-corruptions", help="Noise, blur, JPEG, downscaling and H.264 re-encoding."),
     heatmaps: int = typer.Option(4, "--heatmaps", min=0, help="Grad-CAM (run) or CAM (bundle) overlays for up to N crops per confusion-matrix cell; 0: none."),
     save_adv: bool = typer.Option(False, "--save-adv", help="Keep adversarial examples (the first 4 crops of each class per attack) in REPORT_DIR/adversarial/."),
@@ -355,7 +355,7 @@ def eval_command(
     compare: bool = typer.Option(False, "--compare", help="Compare report folders side by side instead of evaluating."),
 ) -> None:
     """Evaluate a run or a bundle on a split: clean metrics (frames and videos), attacks, gradient-masking checks, corruptions, heatmaps."""
-    from trainer.attacks.suite import BLACK_BOX, DEFAULT_ATTACKS, SCREENING_ATTACKS
+    from trainer.attacks.suite import ATTACK_SETS, BLACK_BOX
     from trainer.data.corruptions import DEFAULT_CORRUPTIONS
     from trainer.data.datasets import DatasetError
     from trainer.evaluation.compare import compare_reports, compare_table, write_compare
@@ -384,11 +384,11 @@ def eval_command(
         _fail(ValueError("give exactly one RUN_DIR or --bundle DIR (or --compare REPORT_DIR REPORT_DIR...)"))
     if data is None or out is None:
         _fail(ValueError("--data DATASET_DIR and --out REPORT_DIR are required"))
-    if attack_set not in ("full", "pgd10"):
-        _fail(ValueError(f"--attack-set must be full or pgd10, not {attack_set!r}"))
+    if attack_set not in ATTACK_SETS:
+        _fail(ValueError(f"--attack-set must be {', '.join(ATTACK_SETS)}, not {attack_set!r}"))
     full = attacks and attack_set == "full"
     settings = EvalSettings(split=split, limit=limit, batch_size=batch_size, seed=seed,
-                            attacks=(DEFAULT_ATTACKS if full else SCREENING_ATTACKS) if attacks else (),
+                            attacks=ATTACK_SETS[attack_set] if attacks else (),
                             black_box=BLACK_BOX if full else None, learned_attacks=full, corruptions=DEFAULT_CORRUPTIONS if corruptions else (),
                             heatmaps_per_cell=heatmaps,
                             save_adv=save_adv_dir or (out / "adversarial" if save_adv else None), device=device)

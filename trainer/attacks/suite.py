@@ -67,6 +67,11 @@ DEFAULT_ATTACKS: tuple[AttackSpec, ...] = (
 BLACK_BOX = AttackSpec("square", 4 / 255, SQUARE_QUERIES, "4/255")
 # `--attack-set pgd10`: the two points the robustness goals name, for ranking candidates quickly
 SCREENING_ATTACKS: tuple[AttackSpec, ...] = tuple(AttackSpec("pgd", k / 255, 10, f"{k}/255") for k in (1, 4))
+# `--attack-set curve`: PGD-10 accuracy against ε from a quarter of the goal's 1/255 up, so that a
+# robust-training run's progress shows while every crop still flips at the goals' two points
+ROBUSTNESS_CURVE: tuple[AttackSpec, ...] = tuple(AttackSpec("pgd", k / 255, 10, f"{k:g}/255")
+                                                 for k in (0.25, 0.5, 1, 2, 4))
+ATTACK_SETS = {"full": DEFAULT_ATTACKS, "pgd10": SCREENING_ATTACKS, "curve": ROBUSTNESS_CURVE}
 
 
 def run_attack(scorer: Scorer, spec: AttackSpec, pixels: torch.Tensor, labels: torch.Tensor,
