@@ -73,7 +73,8 @@ def main(jobs_file: str) -> None:
     torch.set_num_threads(1)
     import torch.distributed as dist
 
-    from trainer.fit import FitConfig, RunError, fit
+    from trainer.config import FitConfig, RunError
+    from trainer.fit import fit
 
     spec = json.loads(Path(jobs_file).read_text())
     rank = int(os.environ["RANK"])

@@ -33,7 +33,8 @@ def test_a_resnet_se_bundle_carries_a_verified_grad_cam_that_forensic_uses(face_
     from forensic.bundle import load_bundle
     from forensic.inference import EnsembleRunner
     from trainer.export.bundle import export_bundle, load_run_model
-    from trainer.fit import FitConfig, fit
+    from trainer.config import FitConfig
+    from trainer.fit import fit
 
     run = tmp_path / "run"
     fit(FitConfig(data=str(face_dataset), out=str(run), arch="resnet_se", epochs=1, batch_size=8, size=SIZE,

@@ -22,8 +22,10 @@ import torch
 
 from tests.distributed_worker import TINY, register_tiny
 from trainer import distributed
+from trainer.checkpoints import rank_states
+from trainer.config import FitConfig, resume_differences
 from trainer.data.synthetic import make_face_dataset
-from trainer.fit import FitConfig, _rank_states, fit
+from trainer.fit import fit
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -243,17 +245,15 @@ def test_state_dicts_load_with_or_without_ddps_prefix():
 def test_a_rank_the_checkpoint_has_no_state_for_takes_rank_0s_with_its_own_generator():
     own, fresh = torch.ByteTensor([1]), torch.ByteTensor([2])
     state = {"method": {"generator": own, "unet": 1}, "rng": {"torch": 0}}
-    assert _rank_states(state, 0, {"generator": fresh}) == (state["method"], state["rng"])
-    method_state, rng_state = _rank_states(state, 1, {"generator": fresh})
+    assert rank_states(state, 0, {"generator": fresh}) == (state["method"], state["rng"])
+    method_state, rng_state = rank_states(state, 1, {"generator": fresh})
     assert method_state == {"generator": fresh, "unet": 1} and rng_state is None
     by_rank = {**state, "method_by_rank": [{"generator": own}, {"generator": fresh}], "rng_by_rank": [{}, {"torch": 1}]}
-    assert _rank_states(by_rank, 1, {}) == ({"generator": fresh}, {"torch": 1})
+    assert rank_states(by_rank, 1, {}) == ({"generator": fresh}, {"torch": 1})
 
 
 def test_fit_config_records_sync_bn_and_old_runs_without_it_still_resume():
-    from trainer.fit import _resume_differences
-
     config = FitConfig(data="d", out="o")
     saved = {key: value for key, value in asdict(config).items() if key != "sync_bn"}
-    assert _resume_differences(saved, config) == []
-    assert _resume_differences({**saved, "sync_bn": True}, config) == ["sync_bn True → False"]
+    assert resume_differences(saved, config) == []
+    assert resume_differences({**saved, "sync_bn": True}, config) == ["sync_bn True → False"]

@@ -303,7 +303,8 @@ def test_corruptions_are_deterministic_and_keep_shape():
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory) -> tuple[Path, Path]:
     """A 1-epoch efficientnet_b0 run at 32 px, and a dataset whose test crops form videos of 3."""
-    from trainer.fit import FitConfig, fit
+    from trainer.config import FitConfig
+    from trainer.fit import fit
     from trainer.data.synthetic import make_face_dataset
 
     root = tmp_path_factory.mktemp("eval")
@@ -543,7 +544,8 @@ def test_bundle_eval_scores_as_forensic_and_is_black_box_only_without_gradient_g
 @pytest.fixture(scope="module")
 def dual_attacker_run(tiny_run, tmp_path_factory) -> Path:
     """A 1-epoch dual-attacker run (it saves unet_attacker.pt) on the tiny run's data."""
-    from trainer.fit import FitConfig, fit
+    from trainer.config import FitConfig
+    from trainer.fit import fit
 
     _, data = tiny_run
     run = tmp_path_factory.mktemp("dual") / "run"

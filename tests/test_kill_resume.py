@@ -107,7 +107,7 @@ def test_sigkill_then_resume_matches_the_uninterrupted_run(tmp_path):
 def test_a_save_reaches_the_disk_before_the_rename_and_the_rename_after(tmp_path, monkeypatch):
     """fsync the new file, then os.replace, then fsync the folder (or a power cut can leave
     an empty file under the final name, or the old name)."""
-    from trainer import fit
+    from trainer import checkpoints
 
     calls: list[str] = []
     real_fsync, real_replace = os.fsync, os.replace
@@ -120,14 +120,14 @@ def test_a_save_reaches_the_disk_before_the_rename_and_the_rename_after(tmp_path
         calls.append(f"replace {Path(source).name} {Path(target).name}")
         real_replace(source, target)
 
-    monkeypatch.setattr(fit.os, "fsync", fsync)
-    monkeypatch.setattr(fit.os, "replace", replace)
+    monkeypatch.setattr(checkpoints.os, "fsync", fsync)
+    monkeypatch.setattr(checkpoints.os, "replace", replace)
     (tmp_path / "last.pt").write_bytes(b"old")
-    fit._save_atomically({"x": torch.ones(2)}, tmp_path / "last.pt")
+    checkpoints.save_atomically({"x": torch.ones(2)}, tmp_path / "last.pt")
     assert calls == ["fsync file", "replace last.pt.partial last.pt", "fsync folder"]
     assert torch.equal(torch.load(tmp_path / "last.pt", weights_only=True)["x"], torch.ones(2))
     calls.clear()
-    fit._write_metrics(tmp_path, [{"epoch": 1, "val_auc": 0.5}])
+    checkpoints.write_metrics(tmp_path, [{"epoch": 1, "val_auc": 0.5}])
     assert calls == ["fsync file", "replace metrics.jsonl.partial metrics.jsonl", "fsync folder",
                      "fsync file", "replace metrics.csv.partial metrics.csv", "fsync folder"]
     assert (tmp_path / "metrics.csv").read_bytes() == b"epoch,val_auc\r\n1,0.5\r\n"  # as before: csv, newline=""

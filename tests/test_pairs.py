@@ -17,7 +17,8 @@ from skimage import data
 from forensic.faces import FaceDetector, crop_face
 from trainer.data.augment import degrade, uploads_transform
 from trainer.data.datasets import Sample, list_split
-from trainer.fit import FitConfig, fit
+from trainer.config import FitConfig
+from trainer.fit import fit
 from trainer.data.pairing import PairedBatchSampler, find_partners, partner_video
 from trainer.data.prepare import PrepareError, find_videos, pad_tight_crop, prepare_dataset
 from trainer.data.synthetic import panning_frames, self_blend, write_video

@@ -323,7 +323,8 @@ def test_self_blend_ratio_zero_is_the_identity(scene):
 
 
 def test_freeze_keeps_weights_and_batch_norm_statistics_and_trains_the_rest(face_dataset, tmp_path):
-    from trainer.fit import FitConfig, fit
+    from trainer.config import FitConfig
+    from trainer.fit import fit
 
     frozen = ["conv_stem", "bn1", "blocks.0"]
     config = FitConfig(data=str(face_dataset), out=str(tmp_path / "run"), arch="efficientnet_lite0", epochs=1,
@@ -340,7 +341,8 @@ def test_freeze_keeps_weights_and_batch_norm_statistics_and_trains_the_rest(face
 
 
 def test_freeze_names_an_unknown_module(face_dataset, tmp_path):
-    from trainer.fit import FitConfig, RunError, fit
+    from trainer.config import FitConfig, RunError
+    from trainer.fit import fit
 
     config = FitConfig(data=str(face_dataset), out=str(tmp_path / "run"), epochs=1, size=64, workers=0,
                        freeze=["blocks.99"])
@@ -355,7 +357,8 @@ def test_freeze_names_an_unknown_module(face_dataset, tmp_path):
 @pytest.fixture(scope="module")
 def two_dataset_run(face_dataset, tmp_path_factory) -> tuple[Path, Path]:
     """Two epochs trained on face_dataset's train split, validated on another dataset's."""
-    from trainer.fit import FitConfig, fit
+    from trainer.config import FitConfig
+    from trainer.fit import fit
     from trainer.data.synthetic import make_face_dataset
 
     root = tmp_path_factory.mktemp("val-data")
@@ -379,7 +382,8 @@ def test_val_data_validates_on_the_other_dataset(two_dataset_run):
 
 def test_val_data_without_a_validation_split_is_named(face_dataset, tmp_path):
     from trainer.data.datasets import DatasetError
-    from trainer.fit import FitConfig, fit
+    from trainer.config import FitConfig
+    from trainer.fit import fit
 
     (tmp_path / "empty").mkdir()
     config = FitConfig(data=str(face_dataset), val_data=str(tmp_path / "empty"), out=str(tmp_path / "run"),
@@ -500,7 +504,7 @@ def test_lite0_stats_heads_the_mean_and_std_of_lite0s_fourth_block():
 
 
 def test_a_methods_learning_rate_applies_only_with_its_own_optimizer():
-    from trainer.fit import FitConfig
+    from trainer.config import FitConfig
 
     def resolved(method, optimizer=None):
         config = FitConfig(data="d", out="o", method=method, optimizer=optimizer).resolved()
@@ -514,7 +518,8 @@ def test_a_methods_learning_rate_applies_only_with_its_own_optimizer():
 
 
 def test_seed_reaches_the_methods_own_random_draws():
-    from trainer.fit import FitConfig, _method_options
+    from trainer.config import FitConfig
+    from trainer.fit import _method_options
 
     for method in ("fgsm-at", "dual-attacker"):
         seeded = create_method(method, **_method_options(FitConfig(data="d", out="o", method=method, seed=7)))
@@ -525,7 +530,7 @@ def test_seed_reaches_the_methods_own_random_draws():
 
 
 def test_config_files_are_checked_as_the_command_line_is(tmp_path):
-    from trainer.fit import RunError, load_config_file
+    from trainer.config import RunError, load_config_file
 
     yaml_file = tmp_path / "run.yaml"
     yaml_file.write_text("data: crops\nlr: 3e-4\nepochs: 3\nfreeze: [conv_stem, bn1]\n")

@@ -125,7 +125,8 @@ def fit_command(
     """Train a real/fake classifier on face crops; validation accuracy and ROC-AUC each epoch."""
     from trainer import distributed
     from trainer.data.datasets import DatasetError
-    from trainer.fit import FitConfig, RunError, fit, load_config_file
+    from trainer.config import FitConfig, RunError, load_config_file
+    from trainer.fit import fit
     from trainer.methods import method_class
     from trainer.models import InitError, model_spec
 

@@ -4,6 +4,7 @@
                   dataset DIR/{train,validation,test}/{real,fake}/, split by identity
     datasets      that folder layout: listing a split, datasets and transforms of crops
     pairing       batches holding each fake beside its own real (`trainer fit --paired`)
+    training_set  the dataset `trainer fit` draws from: augmented crops, self-blends, partners
     sbi           self-blended fakes made from real crops (`--sbi`)
     augment       the `uploads` augmentation recipe
     corruptions   corruptions for `trainer eval` (and the re-encodings `augment` uses)

@@ -59,7 +59,7 @@ from trainer.evaluation.report import SCHEMA, write_report
 from trainer.evaluation.scorers import BundleScorer, Scorer, TorchScorer
 from trainer.evaluation.summary import summarise
 from trainer.evaluation.sweep import Progress, collect
-from trainer.fit import resolve_device
+from trainer.config import resolve_device
 
 
 @dataclass
