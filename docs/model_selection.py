@@ -8,7 +8,7 @@ on all 72 train + validation videos instead:
 1. Linear probes (scikit-learn logistic regression, balanced classes, flip-augmented) on frozen
    EfficientNet-Lite0 ImageNet features pooled after blocks 2-6 and after the head convolution
    (mean, std or both over the spatial map), scored out-of-fold with 6-fold cross-validation
-   grouped by identity (GroupKFold over trainer.data.prepare.group_videos): no identity is ever
+   grouped by identity (GroupKFold over trainer.data.sources.group_videos): no identity is ever
    scored by a probe that saw it. The `blocks.4 mean` probe is the `efficientnet_lite0_mid`
    member's architecture.
 2. Optionally a run trained without any FaceForensics++ face (`--sbi-run`, the self-blended
@@ -40,7 +40,7 @@ from torch.utils.data import DataLoader
 from trainer.data.datasets import FaceCrops, eval_transform, list_split
 from trainer.export.bundle import load_run_model
 from trainer.models import create_model
-from trainer.data.prepare import group_videos
+from trainer.data.sources import group_videos
 
 TAPS = ("blocks.2", "blocks.3", "blocks.4", "blocks.5", "blocks.6", "head")
 STATS = ("mean", "std", "both")

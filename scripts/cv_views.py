@@ -32,8 +32,10 @@ import random
 import shutil
 from pathlib import Path
 
-from trainer.data.prepare import PAIR_PREFIX, SBI_PREFIX, assign_splits, find_videos, group_videos
+from trainer.data.pairing import PAIR_PREFIX
+from trainer.data.prepared_folder import SBI_PREFIX
 from trainer.data.sbi import LANDMARKS_FILE
+from trainer.data.sources import assign_splits, find_videos, group_videos
 
 
 def is_ffpp(name: str) -> bool:

@@ -18,8 +18,10 @@ from typer.testing import CliRunner
 from forensic.faces import FaceDetector
 from trainer.cli import app
 from trainer.data.datasets import list_split
-from trainer.data.prepare import group_videos, prepare_dataset, read_records, video_ids
+from trainer.data.prepare import prepare_dataset
+from trainer.data.prepared_folder import read_records
 from trainer.data.sbi import load_landmarks
+from trainer.data.sources import group_videos, video_ids
 from trainer.data.synthetic import panning_frames, self_blend
 from trainer.evaluation.folds import FoldsError, assign_folds, make_folds, pool_reports
 from trainer.evaluation.metrics import video_id

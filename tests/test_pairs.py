@@ -15,13 +15,15 @@ from PIL import Image
 from skimage import data
 
 from forensic.faces import FaceDetector, crop_face
+from trainer.config import FitConfig
 from trainer.data.augment import degrade, uploads_transform
 from trainer.data.datasets import Sample, list_split
-from trainer.config import FitConfig
-from trainer.fit import fit
+from trainer.data.extraction import pad_tight_crop
 from trainer.data.pairing import PairedBatchSampler, find_partners, partner_video
-from trainer.data.prepare import PrepareError, find_videos, pad_tight_crop, prepare_dataset
+from trainer.data.prepare import prepare_dataset
+from trainer.data.sources import PrepareError, find_videos
 from trainer.data.synthetic import panning_frames, self_blend, write_video
+from trainer.fit import fit
 
 BOX = (181.0, 62.0, 268.0, 172.0)  # MTCNN's box of scikit-image's astronaut
 SIZE, MARGIN = 48, 1.15

@@ -18,9 +18,10 @@ from forensic.faces import FaceDetector, crop_face
 from forensic.media import sample_video_frames
 from trainer.cli import app
 from trainer.data.datasets import CLASSES, SPLITS
-from trainer.data.prepare import (PrepareError, assign_splits, check_group_pattern, crop_landmarks, find_videos, group_videos,
-                                  prepare_dataset, video_ids)
+from trainer.data.extraction import crop_landmarks
+from trainer.data.prepare import prepare_dataset
 from trainer.data.sbi import LANDMARKS_FILE, load_landmarks
+from trainer.data.sources import PrepareError, assign_splits, check_group_pattern, find_videos, group_videos, video_ids
 from trainer.data.synthetic import panning_frames, self_blend, write_video
 
 BOX = (181.0, 62.0, 268.0, 172.0)  # MTCNN's box of scikit-image's astronaut

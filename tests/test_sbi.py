@@ -12,7 +12,7 @@ from skimage import data
 
 from forensic.faces import crop_face
 from trainer.data.datasets import Sample, eval_transform
-from trainer.data.prepare import crop_landmarks
+from trainer.data.extraction import crop_landmarks
 from trainer.data.sbi import (BLEND_RATIOS, LANDMARKS_FILE, SelfBlendedFakes, compose, load_landmarks, self_blend,
                               self_blend_parts)
 

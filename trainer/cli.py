@@ -262,7 +262,8 @@ def prepare_command(
     device: str = typer.Option("auto", "--device", help="Face detection on auto, cpu or cuda."),
 ) -> None:
     """Extract face crops from real and fake videos into a dataset split by identity (resumable)."""
-    from trainer.data.prepare import PrepareError, prepare_dataset, summary_lines
+    from trainer.data.prepare import prepare_dataset, summary_lines
+    from trainer.data.sources import PrepareError
 
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                         console=console, transient=True)

@@ -29,8 +29,10 @@ from typing import Sequence
 import numpy as np
 
 from trainer.data.datasets import CLASSES, SPLITS
-from trainer.data.prepare import DONE_FILE, PAIR_PREFIX, PREPARE_FILE, SBI_PREFIX, group_videos, read_records
+from trainer.data.pairing import PAIR_PREFIX
+from trainer.data.prepared_folder import DONE_FILE, PREPARE_FILE, SBI_PREFIX, read_records
 from trainer.data.sbi import LANDMARKS_FILE
+from trainer.data.sources import group_videos
 from trainer.evaluation.metrics import BOOTSTRAP_RESAMPLES, auc_score, video_id
 
 FOLDS_FILE = "folds.json"

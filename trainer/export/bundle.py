@@ -38,7 +38,7 @@ from torch.utils.data import DataLoader
 from forensic.bundle import CLASS_ORDER, Bundle, write_bundle
 from forensic.inference import member_probability
 from trainer.data.datasets import CLASSES, FaceCrops, list_split, scan_transform
-from trainer.data.prepare import PREPARE_FILE
+from trainer.data.prepared_folder import PREPARE_FILE
 from trainer.models import DetectorWithCAM, create_model, model_spec
 from forensic.versions import library_versions
 
