@@ -32,6 +32,17 @@ def link(source: Path, folder: Path) -> None:
         os.symlink(source.resolve(), target)
 
 
+def ffmix_training_crops(data: Path, pairs: int) -> dict[str, list[str]]:
+    """The ffmix view's training crop names per class: every FF++ crop and `pairs` seeded DFDC pairs."""
+    reals = sorted(p.name for p in (data / "train" / "real").glob("*.png"))
+    dfdc = [name for name in reals if not is_ffpp(name)]
+    random.Random(0).shuffle(dfdc)
+    chosen = set(dfdc[:pairs])
+    return {"real": [n for n in reals if is_ffpp(n) or n in chosen],
+            "fake": [p.name for p in sorted((data / "train" / "fake").glob("*.png"))
+                     if is_ffpp(p.name) or p.name[len("pair-"):] in chosen]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("data", type=Path)
@@ -43,13 +54,7 @@ def main() -> None:
         for label in ("real", "fake"):
             for path in sorted((data / split / label).glob("*.png")):
                 link(path, views / ("ffpp" if is_ffpp(path.name) else "dfdc") / split / label)
-    reals = sorted(p.name for p in (data / "train" / "real").glob("*.png"))
-    dfdc = [name for name in reals if not is_ffpp(name)]
-    random.Random(0).shuffle(dfdc)
-    chosen = set(dfdc[: args.pairs])
-    keep = {"real": [n for n in reals if is_ffpp(n) or n in chosen],
-            "fake": [p.name for p in sorted((data / "train" / "fake").glob("*.png"))
-                     if is_ffpp(p.name) or p.name[len("pair-"):] in chosen]}
+    keep = ffmix_training_crops(data, args.pairs)
     mix = views / "ffmix"
     for label, names in keep.items():
         for name in names:

@@ -19,7 +19,8 @@ from pathlib import Path
 import torch
 
 
-def _half(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def half_precision(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """float16 weights; batch-norm statistics stay float32 (a variance can underflow float16)."""
     return {key: value.half() if value.is_floating_point() and "running_" not in key else value
             for key, value in weights.items()}
 
@@ -28,7 +29,7 @@ def _epoch_state(path: Path) -> dict | None:
     if not path.is_file():
         return None
     state = torch.load(path, map_location="cpu", weights_only=True)
-    return {"model": _half(state["model"]), "epoch": state.get("epoch"), "config": state.get("config")}
+    return {"model": half_precision(state["model"]), "epoch": state.get("epoch"), "config": state.get("config")}
 
 
 def shrink(runs: Path, out: Path) -> None:

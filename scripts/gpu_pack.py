@@ -5,7 +5,7 @@ call carries, 64 MiB in all; so the crops go as JPEG (quality 90, 4:2:0) rather 
 
     PACK/train/{real,fake}       the ffmix view's training crops (every FF++ training crop and
                                  `--pairs` seeded DFDC training pairs, as
-                                 scripts/default_bundle_views.py draws them), with landmarks.json
+                                 scripts/default_bundle_views.py draws them, by its function), with landmarks.json
     PACK/validation/{real,fake}  every third FF++ validation crop (for the run's own per-epoch AUC
                                  only; the candidates are ranked afterwards on this machine, on
                                  every validation crop, as PNG)
@@ -22,28 +22,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import shutil
 from pathlib import Path
 
 import torch
 from PIL import Image
 
+# Siblings in scripts/ (on sys.path when a script runs): one selection and one float16 rule.
+from default_bundle_views import ffmix_training_crops, is_ffpp
+from gpu_checkpoints import half_precision
+
 QUALITY = 90
-
-
-def is_ffpp(name: str) -> bool:  # as scripts/default_bundle_views.py
-    return not name.startswith("pair-") and (name[0].isdigit() or "-" in name)
-
-
-def chosen_training_crops(data: Path, pairs: int) -> dict[str, list[str]]:
-    reals = sorted(p.name for p in (data / "train" / "real").glob("*.png"))
-    dfdc = [name for name in reals if not is_ffpp(name)]
-    random.Random(0).shuffle(dfdc)
-    chosen = set(dfdc[:pairs])
-    fakes = sorted(p.name for p in (data / "train" / "fake").glob("*.png"))
-    return {"real": [n for n in reals if is_ffpp(n) or n in chosen],
-            "fake": [n for n in fakes if is_ffpp(n) or n[len("pair-"):] in chosen]}
 
 
 def write_jpegs(source: Path, names: list[str], target: Path) -> int:
@@ -65,10 +54,7 @@ def write_jpegs(source: Path, names: list[str], target: Path) -> int:
 
 def half_weights(checkpoint: Path, target: Path) -> None:
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    weights = state.get("model", state)
-    packed = {key: value.half() if value.is_floating_point() and "running_" not in key else value
-              for key, value in weights.items()}
-    torch.save({"model": packed}, target)
+    torch.save({"model": half_precision(state.get("model", state))}, target)
 
 
 def main() -> None:
@@ -81,7 +67,7 @@ def main() -> None:
     if args.pack.exists():
         shutil.rmtree(args.pack)
     total = 0
-    for label, names in chosen_training_crops(args.data, args.pairs).items():
+    for label, names in ffmix_training_crops(args.data, args.pairs).items():
         total += write_jpegs(args.data / "train" / label, names, args.pack / "train" / label)
         print(f"train {label}: {len(names)} crops")
     for label in ("real", "fake"):
