@@ -80,6 +80,16 @@ def read_networks(weights: Path) -> tuple[dict[str, tuple[Path, bytes]], dict]:
     return files, {"name": "MTCNN", "weights": f"{source}, exported to ONNX", "networks": identities}
 
 
+def detector_fields(record: dict) -> dict:
+    """A face detector record (an `identity`, perhaps with settings beside it) as flat fields to
+    compare: each network as `{name} sha256` (a network is its bytes, whatever its file is named)."""
+    networks = record.get("networks")
+    if not isinstance(networks, list) or not all(isinstance(network, dict) for network in networks):
+        return dict(record)
+    fields = {key: value for key, value in record.items() if key != "networks"}
+    return {**fields, **{f"{network.get('name')} sha256": network.get("sha256") for network in networks}}
+
+
 class OnnxNetwork:
     """One of MTCNN's networks in ONNX Runtime, from its ONNX file's `contents` (read and checked
     by read_networks); `path` names it in errors."""

@@ -238,6 +238,46 @@ def test_resume_skips_done_videos_and_sbi_adds_blended_fakes(prepared, source, t
     assert fewer.sbi_removed == len(reals) and not list(out.glob("train/fake/sbi-*"))
 
 
+def test_resume_refuses_to_mix_the_crops_of_two_face_detectors(prepared, source, detector, tmp_path):
+    # prepare.json names the one detector that cut the folder's crops: a run that would cut more
+    # with another is refused before it writes anything, the record of the earlier one kept.
+    out = tmp_path / "dataset"
+    shutil.copytree(prepared[0], out)
+    made = json.loads((out / "prepare.json").read_text())
+    pnet = made["detector"]["networks"][0]
+    earlier = json.loads(json.dumps(made))
+    earlier["detector"]["networks"][0]["sha256"] = "0" * 64  # the crops of an earlier run with another P-Net
+    (out / "prepare.json").write_text(json.dumps(earlier))
+    done = (out / ".done").read_text()
+    without_044 = "".join(line + "\n" for line in done.splitlines() if json.loads(line)["video"] != "044")
+    (out / ".done").write_text(without_044)  # as if that run had stopped before 044: faces to detect
+    files = [out / "prepare.json", out / ".done", *_crops(out)]
+    before = {path: path.read_bytes() for path in files}
+    with pytest.raises(PrepareError) as refused:
+        prepare_dataset(source, out, frames=FRAMES, size=SIZE, margin=MARGIN, seed=0, detector=detector)
+    assert str(refused.value) == (f"{out}: its crops were cut by another face detector (pnet sha256 000000000000… vs "
+                                  f"{pnet['sha256'][:12]}…: earlier vs this run); resume with the same one, "
+                                  f"or use a new --out")
+    assert {path: path.read_bytes() for path in files} == before and len(_crops(out)) == len(files) - 2
+    result = runner.invoke(app, ["prepare", str(source), "--out", str(out), "--frames", str(FRAMES), "--size", str(SIZE)])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {out}: ") and "pnet sha256 000000000000…" in lines[0]
+
+    (out / "prepare.json").write_text(json.dumps(made))  # the same networks, another setting
+    other = FaceDetector(min_face_size=30)
+    with pytest.raises(PrepareError, match=r"another face detector \(min_face_size 40 vs 30: earlier vs this run\)"):
+        prepare_dataset(source, out, frames=FRAMES, size=SIZE, margin=MARGIN, seed=0, detector=other)
+    (out / ".done").write_text(done)  # nothing to detect: the detector given cuts nothing, so is not recorded
+    again = prepare_dataset(source, out, frames=FRAMES, size=SIZE, margin=MARGIN, seed=0, detector=other)
+    assert (again.processed, again.reused) == (0, 6)
+    assert json.loads((out / "prepare.json").read_text())["detector"] == made["detector"]
+    (out / ".done").write_text(without_044)  # the same detector resumes
+    again = prepare_dataset(source, out, frames=FRAMES, size=SIZE, margin=MARGIN, seed=0, detector=detector)
+    assert (again.processed, again.reused) == (1, 5)
+    assert json.loads((out / "prepare.json").read_text())["detector"] == made["detector"]
+
+
 def test_self_blending_leaves_fakes_from_an_sbi_folder_alone(detector, tmp_path):
     # fake/sbi/ (fakes made by the SBI method) gives crops named sbi-…: they are data, not the
     # self-blends prepare makes, and were once deleted as stale ones on every run.

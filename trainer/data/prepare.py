@@ -27,8 +27,8 @@ from forensic.faces import FaceDetector
 from trainer.data.datasets import CLASSES, SPLITS
 from trainer.data.extraction import PairedCrop, extract_crops, extract_tight_crop
 from trainer.data.prepared_folder import (DONE_FILE, PREPARE_FILE, SBI_PREFIX, append_done, check_out_folder,
-                                          previous_detector, read_done, remove_crops, round_points, save_png,
-                                          still_done, write_json)
+                                          check_same_detector, previous_detector, read_done, remove_crops,
+                                          round_points, save_png, still_done, write_json)
 from trainer.data.sbi import LANDMARKS_FILE, self_blend
 from trainer.data.sources import PrepareError, check_group_pattern, find_all_videos, parse_ratios, split_by_identity
 
@@ -64,8 +64,10 @@ def prepare_dataset(
     """Extract face crops from SRC into OUT (see the module docstring); resumable.
 
     `detector`: a FaceDetector to reuse (default: a new one with forensic scan's settings on
-    `device`). `on_progress(phase, done, total)` per video / SBI crop and `log(line)` for the split
-    summary, so a CLI can draw progress without this module knowing about terminals.
+    `device`), made only where there are faces to detect; a PrepareError where OUT's crops were cut
+    by another (its name, weights, networks' SHA-256 or settings differ).
+    `on_progress(phase, done, total)` per video / SBI crop and `log(line)` for the split summary,
+    so a CLI can draw progress without this module knowing about terminals.
     `sbi`: self-blended fakes per real training crop, written to train/fake/sbi-*.png; the sbi
     files are made to match this number (0 removes earlier ones).
     """
@@ -85,7 +87,8 @@ def prepare_dataset(
     progress = on_progress or (lambda phase, done, total: None)
     log = log or (lambda line: None)
 
-    groups, group_splits = split_by_identity(videos, len(sources), ratios, seed, group_pattern, log)
+    split_summary: list[str] = []  # logged once the folder is known to take this run (else its error is all)
+    groups, group_splits = split_by_identity(videos, len(sources), ratios, seed, group_pattern, split_summary.append)
     assignment = {video.name: split for group, split in zip(groups, group_splits) for video in group}
 
     out.mkdir(parents=True, exist_ok=True)
@@ -96,22 +99,30 @@ def prepare_dataset(
         "version": 1,
         "source": str(sources[0].resolve()) if len(sources) == 1 else [str(s.resolve()) for s in sources],
         "settings": settings,
-        "detector": None,
+        "detector": previous_detector(out),
         "complete": False,
         "assignment": assignment,
     }
-    earlier_detector = previous_detector(out)
-    write_json(out / PREPARE_FILE, manifest)  # settings first, so an interrupted run resumes checked
-
     done_path = out / DONE_FILE
     records = read_done(done_path)
+    to_detect = {video.name for video in videos if video.name not in records
+                 or not still_done(records[video.name], out, assignment[video.name], video.label)}
+    if to_detect:  # with the detector that cut the crops already there, if any
+        detector = detector or _detector(device)
+        current = _detector_settings(detector)
+        check_same_detector(out, manifest["detector"], current)
+        manifest["detector"] = current
+    for line in split_summary:
+        log(line)
+    # settings and detector first, so an interrupted run resumes checked
+    write_json(out / PREPARE_FILE, manifest)
     processed = reused = 0
     paired: dict[str, PairedCrop] = {}  # a paired real's box, for its fake (which follows it)
     for position, video in enumerate(videos):
         progress(f"faces: {video.name}", position, len(videos))
         split_name = assignment[video.name]
         record = records.get(video.name)
-        if record is not None and still_done(record, out, split_name, video.label):
+        if video.name not in to_detect:
             reused += 1
             if record.get("box") and record["status"] == "done":
                 (name, points), = record["crops"].items()
@@ -120,8 +131,6 @@ def prepare_dataset(
             continue
         if record is not None:  # e.g. its group moved split: no crop of it may stay behind
             remove_crops(out, record)
-        if detector is None:
-            detector = _detector(device)
         tight = None
         try:
             if video.padded:
@@ -191,7 +200,6 @@ def prepare_dataset(
             "fake": crops_in["fake"],
             "sbi": sbi_count,
         }
-    manifest["detector"] = _detector_settings(detector) if detector is not None else earlier_detector
     manifest.update({"complete": True, "counts": counts, "skipped": skipped})
     write_json(out / PREPARE_FILE, manifest)
     return PrepareResult(out=out, processed=processed, reused=reused, skipped=skipped, counts=counts,

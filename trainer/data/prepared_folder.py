@@ -2,7 +2,8 @@
 (self-blended fakes as train/fake/sbi-*.png) and beside the crops:
 
     {split}/{class}/landmarks.json  crop file name -> MTCNN's five landmarks in crop pixels
-    prepare.json                    settings, the video -> split assignment, counts, skipped videos
+    prepare.json                    settings, the face detector that cut the crops (one per folder),
+                                    the video -> split assignment, counts, skipped videos
     .done                           one JSON line per finished (or skipped) video: a re-run skips
                                     them, so an interrupted run resumes where it stopped
 """
@@ -16,6 +17,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from forensic.errors import differences
+from forensic.mtcnn import detector_fields
 from trainer.data.datasets import CLASSES
 from trainer.data.sources import PrepareError
 
@@ -50,11 +53,25 @@ def check_out_folder(out: Path, src: Path, settings: dict) -> None:
 
 
 def previous_detector(out: Path) -> dict | None:
-    """The detector an earlier run recorded, kept when this run detects nothing."""
+    """The detector an earlier run recorded (None where it recorded none), kept when this run
+    detects nothing."""
     try:
-        return json.loads((out / PREPARE_FILE).read_text()).get("detector")
+        detector = json.loads((out / PREPARE_FILE).read_text()).get("detector")
     except (OSError, ValueError, AttributeError):
         return None
+    return detector if isinstance(detector, dict) else None
+
+
+def check_same_detector(out: Path, earlier: dict | None, current: dict) -> None:
+    """PrepareError if the crops already in OUT were cut by another face detector (name, weights,
+    a network's SHA-256 or a setting) than the one this run would cut more with: a folder's
+    provenance names one detector. A folder whose earlier run recorded none passes."""
+    if earlier is None:
+        return
+    changed = differences(detector_fields(earlier), detector_fields(current))
+    if changed:
+        raise PrepareError(f"{out}: its crops were cut by another face detector ({changed}: earlier vs this run); "
+                           f"resume with the same one, or use a new --out")
 
 
 def write_json(path: Path, data) -> None:
