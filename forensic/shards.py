@@ -25,7 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, get_args
 
-from forensic.errors import ForensicError
+from forensic.errors import ForensicError, differences
+from forensic.mtcnn import detector_fields
 from forensic.report import REPORT_SCHEMA_VERSION, result_from_entry, timestamp
 from forensic.scan import FileResult, Verdict
 
@@ -114,8 +115,7 @@ def _face_detector(report: dict) -> dict | None:
             or not all(isinstance(network, dict) and isinstance(network.get("name"), str)
                        and isinstance(network.get("sha256"), str) for network in networks):
         return None
-    return {"name": detector["name"], "weights": detector["weights"],
-            **{f"{network['name']} sha256": network["sha256"] for network in networks}}
+    return detector_fields({"name": detector["name"], "weights": detector["weights"], "networks": networks})
 
 
 def _malformed(report: dict) -> str | None:
@@ -192,11 +192,13 @@ _SHARED: tuple[tuple[str, Callable[[dict], Any]], ...] = (
 )
 
 
-def _difference(a: Any, b: Any) -> str:
-    if isinstance(a, dict) and isinstance(b, dict):
-        return ", ".join(f"{key} {a.get(key)!r} vs {b.get(key)!r}" for key in sorted(set(a) | set(b))
-                         if a.get(key) != b.get(key))
-    return f"{a!r} vs {b!r}"
+def _difference(ours: Any, theirs: Any, reference: Path) -> str:
+    """What differs, short: the fields (SHA-256s cut to 12 digits), never a whole record."""
+    if ours is None or theirs is None:  # only a face detector goes unrecorded (in reports made before it was)
+        return f"{'it' if ours is None else reference} has no face_detector record"
+    if isinstance(ours, dict) and isinstance(theirs, dict):
+        return differences(ours, theirs)
+    return f"{ours!r} vs {theirs!r}"
 
 
 def check_same_scan(reference: ShardReport, other: ShardReport) -> None:
@@ -204,7 +206,8 @@ def check_same_scan(reference: ShardReport, other: ShardReport) -> None:
     for problem, value in _SHARED:
         ours, theirs = value(other.report), value(reference.report)
         if ours != theirs:
-            raise ForensicError(f"{other.path}: {problem} {reference.path} ({_difference(ours, theirs)})")
+            difference = _difference(ours, theirs, reference.path)
+            raise ForensicError(f"{other.path}: {problem} {reference.path} ({difference})")
 
 
 @dataclass

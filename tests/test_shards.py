@@ -189,15 +189,26 @@ def test_merge_refuses_reports_that_are_not_the_shards_of_one_scan(scans, tmp_pa
 
     other_bundle = edited("bundle.json", 2, lambda r: r["bundle"].update(sha256="0" * 64))
     _one_line_usage_error(runner.invoke(app, ["merge", *paths[:2], other_bundle, "--json", str(tmp_path / "m.json")]),
-                          f"{other_bundle}: scanned with another bundle than {paths[0]} (sha256 '{'0' * 64}' vs")
+                          f"{other_bundle}: scanned with another bundle than {paths[0]} (sha256 000000000000… vs "
+                          f"{reports[0]['bundle']['sha256'][:12]}…)\n")
+    # a face detector that differs is named by the fields that differ, never printed whole
     pnet = reports[0]["face_detector"]["networks"][0]
     other_detector = edited("detector.json", 2, lambda r: r["face_detector"]["networks"][0].update(sha256="0" * 64))
     _one_line_usage_error(runner.invoke(app, ["merge", *paths[:2], other_detector]),
                           f"{other_detector}: scanned with another face detector than {paths[0]} "
-                          f"(pnet sha256 '{'0' * 64}' vs '{pnet['sha256']}')")
+                          f"(pnet sha256 000000000000… vs {pnet['sha256'][:12]}…)\n")
+    weights = reports[0]["face_detector"]["weights"]
+    other_weights = edited("weights.json", 2, lambda r: r["face_detector"].update(weights="retrained"))
+    _one_line_usage_error(runner.invoke(app, ["merge", *paths[:2], other_weights]),
+                          f"{other_weights}: scanned with another face detector than {paths[0]} "
+                          f"(weights 'retrained' vs {weights!r})\n")
     unrecorded = edited("unrecorded.json", 2, lambda r: r.pop("face_detector"))  # made before it was recorded
     _one_line_usage_error(runner.invoke(app, ["merge", *paths[:2], unrecorded]),
-                          f"{unrecorded}: scanned with another face detector than {paths[0]} (None vs {{'name': 'MTCNN'")
+                          f"{unrecorded}: scanned with another face detector than {paths[0]} "
+                          f"(it has no face_detector record)\n")
+    _one_line_usage_error(runner.invoke(app, ["merge", unrecorded, *paths[:2]]),
+                          f"{paths[0]}: scanned with another face detector than {unrecorded} "
+                          f"({unrecorded} has no face_detector record)\n")
     garbled = edited("garbled.json", 2, lambda r: r["face_detector"].update(networks=[pnet["sha256"]]))
     _one_line_usage_error(runner.invoke(app, ["merge", *paths[:2], garbled]),
                           f"{garbled}: not a well-formed shard report (face_detector is not "
