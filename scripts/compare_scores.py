@@ -1,5 +1,6 @@
 """Two detectors' clean scores on the crops both scored (`trainer eval` scores.csv files), per
-source, with AUC intervals from resampling videos (a DFDC pair's crops are one video each):
+source, with AUC intervals from resampling videos (a DFDC pair's crops are one video each) and
+the interval of the paired difference (both AUCs on each resample of the same videos):
 
     python scripts/compare_scores.py A_SCORES.csv... --vs B_SCORES.csv... [--names A B]
 
@@ -29,7 +30,8 @@ def read(paths: list[str]) -> dict[str, tuple[str, int, float]]:
     return rows
 
 
-def figures(crops: list[str], rows: dict, video_level: bool) -> str:
+def source_arrays(crops: list[str], rows: dict, video_level: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Labels, scores and video ids of `crops`; with video_level, one mean score per video."""
     videos = np.array([rows[c][0] for c in crops])
     labels = np.array([rows[c][1] for c in crops])
     scores = np.array([rows[c][2] for c in crops])
@@ -38,8 +40,13 @@ def figures(crops: list[str], rows: dict, video_level: bool) -> str:
         labels = np.array([labels[videos == v][0] for v in ids])
         scores = np.array([scores[videos == v].mean() for v in ids])
         videos = np.array(ids)
-    low, high = grouped_auc_ci(labels, scores, videos, 1000, 0)
-    return f"AUC {auc_score(labels, scores):.3f} ({low:.3f}-{high:.3f}), n {len(labels)} ({int((labels == 0).sum())} real)"
+    return labels, scores, videos
+
+
+def figures(labels: np.ndarray, scores: np.ndarray, videos: np.ndarray) -> str:
+    interval = grouped_auc_ci(labels, scores, videos, 1000, 0)
+    spread = f" ({interval[0]:.3f}-{interval[1]:.3f})" if interval else ""
+    return f"AUC {auc_score(labels, scores):.3f}{spread}, n {len(labels)} ({int((labels == 0).sum())} real)"
 
 
 def main() -> None:
@@ -52,8 +59,15 @@ def main() -> None:
     common = sorted(set(a) & set(b))
     for source, video_level in (("FF++ frames", False), ("FF++ videos", True), ("DFDC pairs", False)):
         crops = [c for c in common if is_ffpp(c) == source.startswith("FF++")]
-        for name, rows in zip(args.names, (a, b)):
-            print(f"{source:12} {name:>10}: {figures(crops, rows, video_level)}")
+        if not crops:
+            continue
+        (labels, a_scores, videos), (_, b_scores, _) = (source_arrays(crops, rows, video_level) for rows in (a, b))
+        for name, scores in zip(args.names, (a_scores, b_scores)):
+            print(f"{source:12} {name:>10}: {figures(labels, scores, videos)}")
+        difference = auc_score(labels, a_scores) - auc_score(labels, b_scores)
+        interval = grouped_auc_ci(labels, a_scores, videos, 1000, 0, minus=b_scores)
+        spread = f" ({interval[0]:+.3f} to {interval[1]:+.3f}, paired, resampling videos)" if interval else ""
+        print(f"{source:12} {'difference':>10}: {args.names[0]} - {args.names[1]} {difference:+.3f}{spread}")
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from trainer.data.prepared_folder import read_records
 from trainer.data.sbi import load_landmarks
 from trainer.data.sources import group_videos, video_ids
 from trainer.data.synthetic import panning_frames, self_blend
-from trainer.evaluation.folds import FoldsError, assign_folds, make_folds, pool_reports
+from trainer.evaluation.folds import FoldsError, assign_folds, grouped_auc_ci, make_folds, pool_reports
 from trainer.evaluation.metrics import video_id
 
 BOX = (181.0, 62.0, 268.0, 172.0)  # MTCNN's box of scikit-image's astronaut
@@ -167,3 +167,19 @@ def test_pool_refuses_overlapping_folds_and_bad_folders(tmp_path):
     result = runner.invoke(app, ["pool", str(a), str(c), "--json", str(out)])
     assert result.exit_code == 0 and "pooled videos: 4 (2 real, 2 fake), AUC 1.000" in result.output
     assert json.loads(out.read_text())["frames"]["n"] == 4
+
+
+def test_paired_auc_difference_resamples_the_same_videos_for_both_detectors():
+    rng = np.random.default_rng(0)
+    videos = np.repeat(np.arange(40), 5)
+    labels = (videos % 2).astype(int)
+    difficulty = rng.normal(0, 1, 40)[videos]  # what makes a video hard, shared by both detectors
+    informed = labels + difficulty + rng.normal(0, 0.3, len(labels))
+    noisier = informed + rng.normal(0, 0.6, len(labels))
+    same = grouped_auc_ci(labels, informed, videos, 300, 0, minus=informed)
+    assert same == (0.0, 0.0)  # identical scores differ by nothing on every resample
+    low, high = grouped_auc_ci(labels, informed, videos, 300, 0, minus=noisier)
+    assert 0 < low < roc_auc_score(labels, informed) - roc_auc_score(labels, noisier) < high
+    # pairing removes the videos' shared difficulty: narrower than either detector's own interval
+    alone = grouped_auc_ci(labels, noisier, videos, 300, 0)
+    assert high - low < alone[1] - alone[0]

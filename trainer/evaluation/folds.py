@@ -163,9 +163,11 @@ def _read_scores(report_dir: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
 
 
 def grouped_auc_ci(labels: np.ndarray, scores: np.ndarray, groups: np.ndarray, resamples: int,
-                    seed: int) -> tuple[float, float] | None:
+                    seed: int, minus: np.ndarray | None = None) -> tuple[float, float] | None:
     """Percentile interval of the AUC over bootstrap resamples of whole videos (a video's frames
-    are not independent, so resampling frames would give too narrow an interval)."""
+    are not independent, so resampling frames would give too narrow an interval). With `minus`
+    (a second detector's scores of the same crops): the interval of AUC(scores) - AUC(minus), both
+    on each resample, so a paired difference is not judged by two overlapping intervals."""
     from sklearn.metrics import roc_auc_score
 
     unique = np.unique(groups)
@@ -175,7 +177,8 @@ def grouped_auc_ci(labels: np.ndarray, scores: np.ndarray, groups: np.ndarray, r
     for _ in range(resamples):
         chosen = np.concatenate([index[g] for g in rng.choice(unique, len(unique))])
         if len(np.unique(labels[chosen])) == 2:
-            values.append(roc_auc_score(labels[chosen], scores[chosen]))
+            value = roc_auc_score(labels[chosen], scores[chosen])
+            values.append(value if minus is None else value - roc_auc_score(labels[chosen], minus[chosen]))
     if not values:
         return None
     return float(np.quantile(values, 0.025)), float(np.quantile(values, 0.975))
