@@ -108,7 +108,8 @@ def prepare_dataset(
     to_detect = {video.name for video in videos if video.name not in records
                  or not still_done(records[video.name], out, assignment[video.name], video.label)}
     if to_detect:  # with the detector that cut the crops already there, if any
-        detector = detector or _detector(device)
+        if detector is None:
+            detector = _detector(device)
         current = _detector_settings(detector)
         check_same_detector(out, manifest["detector"], current)
         manifest["detector"] = current
