@@ -227,6 +227,23 @@ def export_command(
         console.print(f"warning: {warning}", style="yellow", highlight=False, soft_wrap=True)
 
 
+@app.command(name="average")
+def average_command(
+    run_dirs: list[Path] = typer.Argument(..., help="Two or more `trainer fit` runs of one architecture, fine-tuned from the same start."),
+    out: Path = typer.Option(..., "--out", help="Folder to write (new or empty): the averaged model as best.pt, last.pt and final.pt, and config.json."),
+    checkpoint: str = typer.Option("last", "--checkpoint", help="Each run's best, last or final."),
+) -> None:
+    """Average runs' weights into one model (a model soup): one model's cost per crop instead of an ensemble's."""
+    from trainer.export.average import AverageError, average_runs
+
+    try:
+        config = average_runs(run_dirs, out, checkpoint=checkpoint)
+    except (AverageError, OSError) as exc:
+        _fail(exc)
+    typer.echo(f"{len(run_dirs)} runs of {config['fit']['arch']} (epochs {', '.join(map(str, config['averaged']['epochs']))}) "
+               f"averaged into {out}; export it with `trainer export {out}`")
+
+
 @app.command(name="synth")
 def synth_command(
     dataset: Optional[Path] = typer.Option(None, "--dataset", help="Write a tiny face-crop dataset here."),

@@ -398,7 +398,8 @@ def export_bundle(run_dirs: list[Path], out_dir: Path, name: str | None = None, 
                                          "data": run.config["data"],
                                          "validation_data": run.config.get("val_data") or run.config["data"],
                                          "counts": run.config["counts"],
-                                         "validation": run.validation}})
+                                         "validation": run.validation,
+                                         **({"averaged": run.config["averaged"]} if "averaged" in run.config else {})}})
             files[file] = path
             differences[model_name] = difference
         first = runs[0].config
