@@ -28,7 +28,8 @@ import random
 import shutil
 from pathlib import Path
 
-DONE_FILE, LANDMARKS_FILE, PREPARE_FILE = ".done", "landmarks.json", "prepare.json"
+from trainer.data.prepared_folder import DONE_FILE, PREPARE_FILE, append_done, read_records
+from trainer.data.sbi import LANDMARKS_FILE
 
 
 def is_ffpp(name: str) -> bool:
@@ -69,9 +70,10 @@ def ffpp_prepared(data: Path, out: Path) -> int:
     """OUT: DATA's record (.done) of its FF++ videos only, beside links to DATA's split folders,
     which `trainer folds` reads as a prepared folder of FF++ alone; returns the videos kept."""
     out.mkdir(parents=True, exist_ok=True)
-    lines = [line for line in (data / DONE_FILE).read_text().splitlines() if line.strip()]
-    kept = [line for line in lines if is_ffpp(json.loads(line)["video"])]
-    (out / DONE_FILE).write_text("".join(line + "\n" for line in kept))
+    kept = [record for record in read_records(data).values() if is_ffpp(record["video"])]
+    (out / DONE_FILE).unlink(missing_ok=True)
+    for record in kept:
+        append_done(out / DONE_FILE, record)
     shutil.copy(data / PREPARE_FILE, out / PREPARE_FILE)
     for split in ("train", "validation", "test"):
         if not (out / split).is_symlink():
