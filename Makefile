@@ -33,7 +33,11 @@ DFDC ?= ../shared/data/dfdc-faces
 DEFAULT_BUILD := build/default
 DATA := $(DEFAULT_BUILD)/data128
 VIEWS := $(DEFAULT_BUILD)/views
-TRAIN := --arch efficientnet_lite0 --size 128 --augment uploads --sbi --paired --optimizer adamw --lr 3e-4 --workers 2 --seed 0
+TRAIN := --arch efficientnet_lite0 --size 128 --paired --optimizer adamw --lr 3e-4 --workers 2 --seed 0
+# DFDC pretraining with the uploads augmentation and self-blends; the FF++ fold fine-tunes with the
+# standard one and no self-blends (cross-validated against uploads + SBI in the model card).
+PRETRAIN_AUGMENT := --augment uploads --sbi
+FOLD_AUGMENT := --augment standard --no-sbi
 FOLD_RUNS := $(foreach i,0 1 2 3 4,$(DEFAULT_BUILD)/cv/fold-$(i))
 # Stage 1: ERM from the offline ImageNet weights on the DFDC training pairs (with self-blends),
 # 3 x 12,800 samples. Stage 2: five grouped folds of the FF++ training and validation videos
@@ -46,16 +50,16 @@ default-bundle: $(STAMP)
 	$(BIN)/trainer prepare $(FFPP) $(DFDC) --out $(DATA) --frames 48 --size 128 --margin 1.15 --split 0.6,0.25,0.15 --seed 0
 	$(BIN)/python scripts/default_bundle_views.py views $(DATA) $(VIEWS)
 	rm -rf $(DEFAULT_BUILD)/dfdc-pre $(DEFAULT_BUILD)/folds $(DEFAULT_BUILD)/cv
-	$(BIN)/trainer fit --data $(VIEWS)/dfdc-train $(TRAIN) --init lite0-pypi --epochs 3 --epoch-size 12800 \
+	$(BIN)/trainer fit --data $(VIEWS)/dfdc-train $(TRAIN) $(PRETRAIN_AUGMENT) --init lite0-pypi --epochs 3 --epoch-size 12800 \
 	  --out $(DEFAULT_BUILD)/dfdc-pre
 	$(BIN)/trainer folds $(VIEWS)/ffpp-prepared --k 5 --seed 0 --out $(DEFAULT_BUILD)/folds
 	$(BIN)/python scripts/default_bundle_views.py add-pairs $(DEFAULT_BUILD)/folds $(DATA)
-	scripts/cross_validate.sh $(DEFAULT_BUILD)/folds $(DEFAULT_BUILD)/cv $(TRAIN) \
+	scripts/cross_validate.sh $(DEFAULT_BUILD)/folds $(DEFAULT_BUILD)/cv $(TRAIN) $(FOLD_AUGMENT) \
 	  --init $(DEFAULT_BUILD)/dfdc-pre/last.pt --epochs 5 --epoch-size 2400
 	rm -rf $(DEFAULT_BUILD)/soup
 	$(BIN)/trainer average $(FOLD_RUNS) --checkpoint last --out $(DEFAULT_BUILD)/soup
 	$(BIN)/trainer export $(DEFAULT_BUILD)/soup --checkpoint last --data $(VIEWS)/dfdc-train --out exports/default \
-	  --name ffpp-dfdc-lite0-128-soup5 --operating-point eer --force
+	  --name ffpp-dfdc-lite0-128-std-soup5 --operating-point eer --force
 
 # The model card's test-split figures for the bundle in exports/default (needs default-bundle's data):
 # clean and corrupted per source, then every attack with the masking checks on a seeded 128-crop subset.
