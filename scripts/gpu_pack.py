@@ -15,7 +15,7 @@ call carries, 64 MiB in all; so the crops go as JPEG (quality 90, 4:2:0) rather 
 
 Research-licensed crops: PACK lives under build/ (git-ignored) and is never committed.
 
-    python scripts/gpu_pack.py build/default/data128 build/default/erm/best.pt build/gpu/pack
+    python scripts/gpu_pack.py build/default/data128 build/default/dfdc-pre/last.pt build/gpu/pack
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def half_weights(checkpoint: Path, target: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("data", type=Path, help="the `trainer prepare` dataset (build/default/data128)")
-    parser.add_argument("init", type=Path, help="the stage-1 checkpoint (build/default/erm/best.pt)")
+    parser.add_argument("init", type=Path, help="the stage-1 checkpoint (build/default/dfdc-pre/last.pt)")
     parser.add_argument("pack", type=Path)
     parser.add_argument("--pairs", type=int, default=1500, help="DFDC training pairs (the ffmix view's 1,500)")
     args = parser.parse_args()

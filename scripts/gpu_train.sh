@@ -2,12 +2,12 @@
 # Train the robust candidates of the default bundle on a lent GPU machine, side by side, in one
 # call of under 8 minutes (issue 13), after the GPU figures of bench/gpu.py (issue 15).
 #
-# Here, first:   .venv/bin/python scripts/gpu_pack.py build/default/data128 build/default/erm/best.pt build/gpu/pack
+# Here, first:   .venv/bin/python scripts/gpu_pack.py build/default/data128 build/default/dfdc-pre/last.pt build/gpu/pack
 # There:         bash scripts/gpu_train.sh        (the device tool: carry build/gpu/pack; $OUT comes back)
 # Here, after:   .venv/bin/python scripts/gpu_checkpoints.py restore OUT/NAME.pt build/gpu/NAME, then
 #                `trainer eval` each on the full validation views, as the model card says.
 #
-# Each candidate fine-tunes the stage-1 checkpoint (build/default/erm/best.pt, in the pack) on the
+# Each candidate fine-tunes the stage-1 checkpoint (the DFDC pretraining, build/default/dfdc-pre/last.pt, in the pack) on the
 # ffmix view with the default recipe's data settings; `uploads-no-h264` because PyAV's wheel does
 # not fit what a call can carry. The runs share the GPU and the CPU cores (data loading is the
 # limit: about 4 ms of one core per augmented crop; 4 runs x (1 + 3 workers) fill 16 cores), each stopped after SECONDS_PER_RUN.
