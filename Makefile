@@ -34,18 +34,18 @@ DEFAULT_BUILD := build/default
 DATA := $(DEFAULT_BUILD)/data128
 VIEWS := $(DEFAULT_BUILD)/views
 TRAIN := --arch efficientnet_lite0 --size 128 --paired --optimizer adamw --lr 3e-4 --workers 2 --seed 0
-# DFDC pretraining with the uploads augmentation and self-blends; the FF++ fold fine-tunes with the
-# standard one and no self-blends (cross-validated against uploads + SBI in the model card).
 PRETRAIN_AUGMENT := --augment uploads --sbi
 FOLD_AUGMENT := --augment standard --no-sbi
 FOLD_RUNS := $(foreach i,0 1 2 3 4,$(DEFAULT_BUILD)/cv/fold-$(i))
-# Stage 1: ERM from the offline ImageNet weights on the DFDC training pairs (with self-blends),
-# 3 x 12,800 samples. Stage 2: five grouped folds of the FF++ training and validation videos
-# (identity groups never split; the test split stays out), each fold's training side with 1,500
-# DFDC training pairs added; per fold, stage 1's last epoch fine-tuned 5 x 2,400 samples and scored
-# on its held-out videos. The bundle is one model, the five fold models' weights averaged (a model
-# soup: one model's time per crop, where their ensemble costs five), calibrated on the DFDC
-# validation pairs, which no fold model trained on. The card says why not an adversarial method.
+# Stage 1: ERM from the offline ImageNet weights on the DFDC training pairs (PRETRAIN_AUGMENT:
+# uploads augmentation and self-blends), 3 x 12,800 samples. Stage 2: five grouped folds of the FF++
+# training and validation videos (identity groups never split; the test split stays out), each
+# fold's training side with 1,500 DFDC training pairs added; per fold, stage 1's last epoch fine-
+# tuned 5 x 2,400 samples (FOLD_AUGMENT: standard augmentation, no self-blends, which won the model
+# card's grouped cross-validation against uploads + self-blends) and scored on its held-out videos.
+# The bundle is one model, the five fold models' weights averaged (a model soup: one model's time
+# per crop, where their ensemble costs five), calibrated on the DFDC validation pairs, which no fold
+# model trained on. The card says why not an adversarial method.
 default-bundle: $(STAMP)
 	$(BIN)/trainer prepare $(FFPP) $(DFDC) --out $(DATA) --frames 48 --size 128 --margin 1.15 --split 0.6,0.25,0.15 --seed 0
 	$(BIN)/python scripts/default_bundle_views.py views $(DATA) $(VIEWS)
