@@ -31,9 +31,7 @@ from pathlib import Path
 from trainer.data.prepared_folder import DONE_FILE, PREPARE_FILE, append_done, read_records
 from trainer.data.sbi import LANDMARKS_FILE
 
-
-def is_ffpp(name: str) -> bool:
-    return not name.startswith("pair-") and (name[0].isdigit() or "-" in name)
+from cv_views import is_ffpp  # a sibling script: `python scripts/...` puts scripts/ on the path
 
 
 def link(source: Path, folder: Path) -> None:

@@ -17,6 +17,25 @@ import torch
 from trainer import distributed
 
 
+class CheckpointError(ValueError):
+    """A run's checkpoint that is missing or unusable, in one line naming the file."""
+
+
+def read_run_checkpoint(run_dir: Path, checkpoint: str) -> dict[str, Any]:
+    """RUN_DIR/CHECKPOINT.pt as `trainer fit` saved it (never unpickled: weights_only=True),
+    checked to hold a fit config and model weights."""
+    path = Path(run_dir) / f"{checkpoint}.pt"
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint (is {run_dir} a `trainer fit` run folder?)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        state["config"]["fit"]["arch"], state["model"]  # noqa: B018 - a fit checkpoint has both
+    except Exception as exc:  # unreadable, not a checkpoint
+        first = (str(exc).splitlines() or [""])[0]
+        raise CheckpointError(f"{path}: not a usable `trainer fit` checkpoint ({type(exc).__name__}: {first})") from None
+    return state
+
+
 def rng_state(ctx: distributed.Context | None = None) -> dict[str, Any]:
     """The torch, NumPy, Python and CUDA generators' states as tensors and plain values (last.pt
     loads with weights_only=True)."""

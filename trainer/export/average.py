@@ -20,7 +20,7 @@ from typing import Sequence
 
 import torch
 
-from trainer.checkpoints import save_atomically, write_atomically
+from trainer.checkpoints import CheckpointError, read_run_checkpoint, save_atomically, write_atomically
 
 CHECKPOINT_NAMES = ("best", "last", "final")
 # Settings that must agree for averaged weights to be one model that sees crops as each run did.
@@ -29,19 +29,6 @@ SAME_SETTINGS = ("arch", "size")
 
 class AverageError(Exception):
     """Runs that cannot be averaged, or an OUT that would be overwritten, in one line."""
-
-
-def _load(run: Path, checkpoint: str) -> dict:
-    path = Path(run) / f"{checkpoint}.pt"
-    if not path.is_file():
-        raise AverageError(f"{path}: no such checkpoint (is {run} a `trainer fit` run folder?)")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        state["config"]["fit"], state["model"]  # noqa: B018 - a checkpoint has both
-    except Exception as exc:  # unreadable, not a checkpoint
-        first = (str(exc).splitlines() or [""])[0]
-        raise AverageError(f"{path}: not a usable `trainer fit` checkpoint ({type(exc).__name__}: {first})") from None
-    return state
 
 
 def average_runs(runs: Sequence[Path], out: Path, checkpoint: str = "last") -> dict:
@@ -53,7 +40,10 @@ def average_runs(runs: Sequence[Path], out: Path, checkpoint: str = "last") -> d
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise AverageError(f"{out}: exists and is not empty; choose another --out")
-    states = [_load(run, checkpoint) for run in runs]
+    try:
+        states = [read_run_checkpoint(run, checkpoint) for run in runs]
+    except CheckpointError as exc:
+        raise AverageError(str(exc)) from None
     first = states[0]
     for run, state in zip(runs[1:], states[1:]):
         for key in SAME_SETTINGS:

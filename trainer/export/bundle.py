@@ -37,6 +37,7 @@ from torch.utils.data import DataLoader
 
 from forensic.bundle import CLASS_ORDER, Bundle, write_bundle
 from forensic.inference import member_probability
+from trainer.checkpoints import CheckpointError, read_run_checkpoint
 from trainer.data.datasets import CLASSES, FaceCrops, list_split, scan_transform
 from trainer.data.prepared_folder import PREPARE_FILE
 from trainer.models import DetectorWithCAM, create_model, model_spec
@@ -68,17 +69,18 @@ class RunModel:
 def load_run_model(run_dir: Path, checkpoint: str = "best") -> RunModel:
     """The trained model (eval mode, CPU), its run config and the chosen epoch's metrics."""
     run_dir = Path(run_dir)
-    path = run_dir / f"{checkpoint}.pt"
-    if not path.is_file():
-        raise ExportError(f"{path}: no such checkpoint (is {run_dir} a `trainer fit` run directory?)")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        config = {**state["config"], **state["config"]["fit"]}
+        state = read_run_checkpoint(run_dir, checkpoint)
+    except CheckpointError as exc:
+        raise ExportError(str(exc)) from None
+    config = {**state["config"], **state["config"]["fit"]}
+    try:
         model = create_model(config["arch"], init="random")
         model.load_state_dict(state["model"])
-    except Exception as exc:  # unreadable, not a checkpoint, another architecture's weights
+    except Exception as exc:  # an unknown architecture, or weights of another one
         first = (str(exc).splitlines() or [""])[0]
-        raise ExportError(f"{path}: not a usable `trainer fit` checkpoint ({type(exc).__name__}: {first})") from None
+        raise ExportError(f"{run_dir / f'{checkpoint}.pt'}: its weights do not load into {config['arch']} "
+                          f"({type(exc).__name__}: {first})") from None
     metrics_path = run_dir / "metrics.jsonl"
     history = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()] \
         if metrics_path.exists() else []
