@@ -4,6 +4,10 @@ the interval of the paired difference (both AUCs on each resample of the same vi
 
     python scripts/compare_scores.py A_SCORES.csv... --vs B_SCORES.csv... [--names A B]
 
+Files on one side are pooled (e.g. the folds' out-of-fold scores). Files joined by "+" are
+members of an equal-weight ensemble: their scores of the same crops are averaged (mean P(fake)),
+over the crops all of them scored.
+
 Used for the default bundle's model card: the new recipe's out-of-fold scores against the
 previous bundle's scores on FF++ videos and DFDC pairs neither was trained on.
 """
@@ -21,12 +25,18 @@ from trainer.evaluation.metrics import auc_score
 from cv_views import is_ffpp  # a sibling script: `python scripts/...` puts scripts/ on the path
 
 
+def read_file(path: str) -> dict[str, tuple[str, int, float]]:
+    with open(path, newline="") as handle:
+        return {row["crop"]: (row["video"], int(row["label"]), float(row["clean"])) for row in csv.DictReader(handle)}
+
+
 def read(paths: list[str]) -> dict[str, tuple[str, int, float]]:
     rows = {}
     for path in paths:
-        with open(path, newline="") as handle:
-            for row in csv.DictReader(handle):
-                rows[row["crop"]] = (row["video"], int(row["label"]), float(row["clean"]))
+        members = [read_file(member) for member in path.split("+")]
+        for crop in set(members[0]).intersection(*members[1:]):
+            video, label, _ = members[0][crop]
+            rows[crop] = (video, label, float(np.mean([member[crop][2] for member in members])))
     return rows
 
 
