@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Every training method at equal CPU time, for the model card:
+#   scripts/method_comparison.sh FOLD_DIR START_RUN OUT_DIR [SECONDS]
+# Each method fine-tunes START_RUN's last epoch on FOLD_DIR's training side at eps 1/255 for about
+# SECONDS (240) of training: a 320-sample probe measures the method's img/s on this machine and
+# sets its epoch size. START_RUN and every result are then scored on the same 128 seeded crops of
+# FOLD_DIR's held-out videos, clean and under PGD-10 at 0.25-4/255 (`--attack-set curve`).
+# Resumable: a method whose run exists is not retrained.
+set -euo pipefail
+fold=$1 start=$2 out=$3 budget=${4:-240}
+bin=$(dirname "$0")/../.venv/bin
+eps=0.00392156862745098
+fit=(--data "$fold" --arch efficientnet_lite0 --size 128 --paired --optimizer adamw --lr 1e-4 --workers 2
+     --seed 0 --augment uploads --no-sbi --init "$start/last.pt" --epochs 1)
+score=(--data "$fold" --split validation --checkpoint last --limit 128 --no-corruptions --heatmaps 0 --attack-set curve)
+declare -A options=(
+  [erm]=""
+  [fgsm-at]="-o p=1 -o eps_choices=$eps"
+  [fgsm-rs]="-o eps=$eps"
+  [pgd-at]="-o eps=$eps -o steps=2"
+  [trades]="-o eps=$eps -o steps=2 -o beta=6"
+  [gradreg]=""
+  [dual-attacker]="-o pgd_eps=$eps -o pgd_steps=2 -o eps_unet=$eps"
+)
+mkdir -p "$out"
+[ -f "$out/start-eval/metrics.json" ] || "$bin/trainer" eval "$start" "${score[@]}" --out "$out/start-eval"
+for method in erm fgsm-at fgsm-rs pgd-at trades gradreg dual-attacker; do
+  run=$out/$method
+  if [ ! -f "$run/last.pt" ]; then
+    rm -rf "$out/probe-$method"
+    # shellcheck disable=SC2086  # the options are words on purpose
+    "$bin/trainer" fit "${fit[@]}" --method $method ${options[$method]} --epoch-size 320 --out "$out/probe-$method" \
+      > "$out/probe-$method.log" 2>&1
+    rate=$(grep -o '[0-9.]* img/s' "$out/probe-$method.log" | tail -1 | cut -d' ' -f1)
+    size=$(python3 -c "print(max(320, int($rate * $budget) // 32 * 32))")
+    echo "$method: probe $rate img/s -> epoch size $size"
+    # shellcheck disable=SC2086
+    "$bin/trainer" fit "${fit[@]}" --method $method ${options[$method]} --epoch-size "$size" --out "$run" > "$run.log" 2>&1
+    grep '^epoch 1' "$run.log"
+  fi
+  [ -f "$out/$method-eval/metrics.json" ] || "$bin/trainer" eval "$run" "${score[@]}" --out "$out/$method-eval" > "$out/$method-eval.log" 2>&1
+done
+"$bin/python" "$(dirname "$0")/method_table.py" "$out"
