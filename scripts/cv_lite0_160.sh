@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # A candidate recipe for the default bundle, measured by grouped cross-validation (every step seeded
-# and resumable). It lost to the shipped bundle on DFDC (exports/default/MODEL_CARD.md, "Candidates").
+# and resumable). It lost to the bundle of its day on DFDC (docs/detector-history.md, "A later
+# candidate, measured by grouped cross-validation, that lost").
 #   scripts/cv_lite0_160.sh BUILD_DIR [FFPP_DIR] [DFDC_DIR]
 # 1. a seeded draw of 8,000 DFDC pairs, and `trainer prepare` of it with the 84 FF++ videos
 #    (32 frames a video, 224 px crops at the scan's margin 1.3, split 0.7/0.15/0.15 by identity);

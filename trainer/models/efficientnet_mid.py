@@ -4,8 +4,9 @@ global-pool + linear head on that feature map.
 Why: face-swap and reenactment artefacts (blending seams, resampling, colour mismatch) are
 middle-level texture, which ImageNet's last blocks abstract away. On our FaceForensics++
 validation split a logistic-regression probe on frozen ImageNet features scored frame AUC 0.77
-on this block's pooled output against 0.72 on the network's final 1280 features
-(exports/default/MODEL_CARD.md). Half the network, so it is also cheap.
+on this block's pooled output against 0.72 on the network's final 1280 features (the model
+card of that day: `git show 3edc145:exports/default/MODEL_CARD.md`). Half the network, so it is
+also cheap.
 """
 
 from __future__ import annotations
