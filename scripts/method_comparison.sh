@@ -13,6 +13,7 @@ eps=0.00392156862745098
 fit=(--data "$fold" --arch efficientnet_lite0 --size 128 --paired --optimizer adamw --lr 1e-4 --workers 2
      --seed 0 --augment uploads --no-sbi --init "$start/last.pt" --epochs 1)
 score=(--data "$fold" --split validation --checkpoint last --limit 128 --no-corruptions --heatmaps 0 --attack-set curve)
+methods=(erm fgsm-at fgsm-rs pgd-at trades gradreg dual-attacker)
 declare -A options=(
   [erm]=""
   [fgsm-at]="-o p=1 -o eps_choices=$eps"
@@ -24,20 +25,21 @@ declare -A options=(
 )
 mkdir -p "$out"
 [ -f "$out/start-eval/metrics.json" ] || "$bin/trainer" eval "$start" "${score[@]}" --out "$out/start-eval"
-for method in erm fgsm-at fgsm-rs pgd-at trades gradreg dual-attacker; do
+for method in "${methods[@]}"; do
   run=$out/$method
   if [ ! -f "$run/last.pt" ]; then
     rm -rf "$out/probe-$method"
     # shellcheck disable=SC2086  # the options are words on purpose
     "$bin/trainer" fit "${fit[@]}" --method $method ${options[$method]} --epoch-size 320 --out "$out/probe-$method" \
       > "$out/probe-$method.log" 2>&1
-    rate=$(grep -o '[0-9.]* img/s' "$out/probe-$method.log" | tail -1 | cut -d' ' -f1)
-    size=$(python3 -c "print(max(320, int($rate * $budget) // 32 * 32))")
-    echo "$method: probe $rate img/s -> epoch size $size"
+    size=$("$bin/python" -c "import json, sys
+rate = json.loads(open(sys.argv[1]).readline())['images_per_second']
+print(max(320, int(rate * $budget) // 32 * 32))" "$out/probe-$method/metrics.jsonl")
+    echo "$method: epoch size $size from the probe's img/s"
     # shellcheck disable=SC2086
     "$bin/trainer" fit "${fit[@]}" --method $method ${options[$method]} --epoch-size "$size" --out "$run" > "$run.log" 2>&1
     grep '^epoch 1' "$run.log"
   fi
   [ -f "$out/$method-eval/metrics.json" ] || "$bin/trainer" eval "$run" "${score[@]}" --out "$out/$method-eval" > "$out/$method-eval.log" 2>&1
 done
-"$bin/python" "$(dirname "$0")/method_table.py" "$out"
+"$bin/python" "$(dirname "$0")/method_table.py" "$out" "${methods[@]}"

@@ -2,7 +2,7 @@
 trained, its clean accuracy and PGD-10 accuracy at each ε on the same crops, and the PGD-10
 accuracy it gained over the starting model per hour of training (at 0.25/255 and 1/255):
 
-    python scripts/method_table.py OUT_DIR
+    python scripts/method_table.py OUT_DIR METHOD...
 """
 
 from __future__ import annotations
@@ -10,9 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-
-METHODS = ("erm", "fgsm-at", "fgsm-rs", "pgd-at", "trades", "gradreg", "dual-attacker")
-
 
 def scores(eval_dir: Path) -> dict[str, float]:
     metrics = json.loads((eval_dir / "metrics.json").read_text())
@@ -31,7 +28,9 @@ def training(run_dir: Path) -> tuple[float, int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path)
-    out = parser.parse_args().out
+    parser.add_argument("methods", nargs="+", help="in the table's order (method_comparison.sh passes its list)")
+    args = parser.parse_args()
+    out = args.out
     start = scores(out / "start-eval")
     eps_texts = [key for key in start if key not in ("clean", "auc")]
     print("| method | training s (2 cores) | samples | clean acc / AUC | " + " | ".join(f"PGD-10 {e}" for e in eps_texts)
@@ -39,7 +38,7 @@ def main() -> None:
     print("|---" * (5 + len(eps_texts)) + "|")
     print(f"| start (no training) | 0 | 0 | {start['clean']:.3f} / {start['auc']:.3f} | "
           + " | ".join(f"{start[e]:.3f}" for e in eps_texts) + " | - |")
-    for method in METHODS:
+    for method in args.methods:
         if not (out / f"{method}-eval" / "metrics.json").exists():
             continue
         row = scores(out / f"{method}-eval")
