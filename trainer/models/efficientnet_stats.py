@@ -7,9 +7,9 @@ face swapping leaves, and the standard deviation keeps how uneven they are acros
 which a mean alone averages away. On FaceForensics++ a logistic-regression probe on these
 frozen ImageNet features, paired with the SBI member, scored frame AUC 0.735 out-of-fold over
 72 videos against 0.705 for `efficientnet_lite0_mid`'s features (docs/model_selection.py; the
-model card of that day, `git show 62bf13c:exports/default/MODEL_CARD.md`). Trained as a member it did not keep that edge on the validation
-videos (0.750 against 0.835 paired; the card's table), so it is a candidate, not in the default
-bundle. The BatchNorm standardises the 160 statistics as the probe's
+model card of that day, `git show 62bf13c:exports/default/MODEL_CARD.md`). Trained as a member it
+did not keep that edge on the validation videos (0.750 against 0.835 paired; the card's table), so
+it is a candidate, not in the default bundle. The BatchNorm standardises the 160 statistics as the probe's
 StandardScaler did; its running statistics make it a fixed affine map at inference.
 """
 
