@@ -1,0 +1,211 @@
+"""The scripts behind the default bundle's recipe and its model card, run as the Makefile runs them
+(real processes on a real `trainer prepare` folder of FF++-style videos and DFDC-style pairs):
+`scripts/default_bundle_views.py` decides what each stage trains and is scored on, and
+`scripts/compare_scores.py` gives the card's paired differences."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from skimage import data
+from sklearn.metrics import roc_auc_score
+from typer.testing import CliRunner
+
+from forensic.faces import FaceDetector, crop_face
+from trainer.cli import app
+from trainer.data.prepare import prepare_dataset
+from trainer.data.prepared_folder import read_records
+from trainer.data.sbi import LANDMARKS_FILE
+from trainer.data.synthetic import panning_frames, self_blend, write_video
+
+ROOT = Path(__file__).resolve().parents[1]
+BOX = (181.0, 62.0, 268.0, 172.0)  # MTCNN's box of scikit-image's astronaut
+FFPP_IDS = ("010", "020", "030", "040", "050", "060")
+PAIRS = 8
+
+
+def run_script(script: str, *args: object) -> str:
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / script), *map(str, args)],
+                            capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def is_ffpp(name: str) -> bool:
+    return name.startswith(("0", "Deepfakes-0"))  # the FF++ videos below; the pairs are r*, pair-r*
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory) -> Path:
+    """Six FF++-style identity groups (a real video and its fake each) and eight DFDC-style pairs
+    of tight crops, prepared together into train / validation / test."""
+    ffpp, pairs = tmp_path_factory.mktemp("ffpp"), tmp_path_factory.mktemp("pairs")
+    (ffpp / "real").mkdir()
+    (ffpp / "fake" / "Deepfakes").mkdir(parents=True)
+    (pairs / "real").mkdir()
+    (pairs / "fake").mkdir()
+    astronaut = data.astronaut()
+    blended = self_blend(astronaut, BOX, np.random.default_rng(0), ratio=1.0)
+    for number in FFPP_IDS:
+        write_video(ffpp / "real" / f"{number}.mp4", panning_frames(astronaut, count=3))
+        write_video(ffpp / "fake" / "Deepfakes" / f"{number}_9{number[1:]}.mp4", panning_frames(blended, count=3))
+    x1, y1, x2, y2 = BOX
+    rows = []
+    for k in range(PAIRS):
+        box = (x1 + 2 * k, y1, x2 + 2 * k, y2)
+        Image.fromarray(crop_face(astronaut, box, 1.0, 112)).save(pairs / "real" / f"r{k}x.jpg", quality=95)
+        Image.fromarray(crop_face(blended, box, 1.0, 112)).save(pairs / "fake" / f"f{k}y.jpg", quality=95)
+        rows.append({"real": f"real/r{k}x.jpg", "fake": f"fake/f{k}y.jpg"})
+    with open(pairs / "pairs.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["real", "fake"])
+        writer.writeheader()
+        writer.writerows(rows)
+    out = tmp_path_factory.mktemp("prepared") / "dataset"
+    prepare_dataset([ffpp, pairs], out, frames=2, size=48, margin=1.15, split=(0.5, 0.25, 0.25), seed=0,
+                    detector=FaceDetector())
+    return out
+
+
+def crops(folder: Path) -> set[str]:
+    return {p.name for p in folder.glob("*.png")}
+
+
+def digest(folder: Path) -> str:
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    return hashlib.sha256(b"".join(p.name.encode() + p.read_bytes() for p in files)).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def views(prepared, tmp_path_factory) -> tuple[Path, str]:
+    before = digest(prepared)
+    out = tmp_path_factory.mktemp("views") / "views"
+    printed = run_script("default_bundle_views.py", "views", prepared, out, "--pairs", 2)
+    assert digest(prepared) == before  # views are links: the prepared crops are untouched
+    return out, printed
+
+
+def test_evaluation_views_split_the_sources_and_keep_every_crop(prepared, views):
+    out, _ = views
+    for split in ("validation", "test"):
+        for label in ("real", "fake"):
+            ffpp, dfdc = crops(out / "ffpp" / split / label), crops(out / "dfdc" / split / label)
+            assert all(is_ffpp(n) for n in ffpp) and not any(is_ffpp(n) for n in dfdc)
+            assert ffpp | dfdc == crops(prepared / split / label) and ffpp and dfdc
+    linked = [p for p in (out / "ffpp").rglob("*.png")]
+    assert linked and all(p.is_symlink() and p.resolve().is_relative_to(prepared.resolve()) for p in linked)
+
+
+def test_ffmix_takes_every_ffpp_training_crop_and_a_seeded_draw_of_whole_pairs(prepared, views):
+    out, printed = views
+    train_real, train_fake = crops(prepared / "train" / "real"), crops(prepared / "train" / "fake")
+    mix_real, mix_fake = crops(out / "ffmix" / "train" / "real"), crops(out / "ffmix" / "train" / "fake")
+    assert {n for n in mix_real if is_ffpp(n)} == {n for n in train_real if is_ffpp(n)} != set()
+    assert {n for n in mix_fake if is_ffpp(n)} == {n for n in train_fake if is_ffpp(n)} != set()
+    drawn = {n for n in mix_real if not is_ffpp(n)}
+    assert len({n.split("_")[0] for n in drawn}) == 2  # --pairs 2: two DFDC reals ...
+    assert {n for n in mix_fake if not is_ffpp(n)} == {f"pair-{n}" for n in drawn}  # ... with their own fakes
+    assert f"train {len(mix_real)} real / {len(mix_fake)} fake crops" in printed
+    # the landmarks the training-time augmentation reads come along with the links
+    marks = json.loads((out / "ffmix" / "train" / "real" / LANDMARKS_FILE).read_text())
+    known = json.loads((prepared / "train" / "real" / LANDMARKS_FILE).read_text())
+    assert marks == {n: known[n] for n in mix_real}
+    # validated on FF++ alone
+    assert crops(out / "ffmix" / "validation" / "fake") == crops(out / "ffpp" / "validation" / "fake")
+
+
+def test_dfdc_train_holds_the_dfdc_training_pairs_and_validates_on_dfdc(prepared, views):
+    out, _ = views
+    for label in ("real", "fake"):
+        assert crops(out / "dfdc-train" / "train" / label) == {
+            n for n in crops(prepared / "train" / label) if not is_ffpp(n)} != set()
+    assert (out / "dfdc-train" / "validation").resolve() == (out / "dfdc" / "validation").resolve()
+    assert (out / "dfdc-train" / "prepare.json").read_text() == (prepared / "prepare.json").read_text()
+
+
+def test_ffpp_prepared_records_only_the_ffpp_videos_and_views_can_be_remade(prepared, views):
+    out, printed = views
+    expected = {v for v in read_records(prepared) if is_ffpp(v)}
+    assert set(read_records(out / "ffpp-prepared")) == expected and len(expected) == 2 * len(FFPP_IDS)
+    assert f"ffpp-prepared: {len(expected)} FF++ videos" in printed
+    # `make default-bundle` runs the step again over an existing folder: same views, no error
+    again = run_script("default_bundle_views.py", "views", prepared, out, "--pairs", 2)
+    assert again == printed and set(read_records(out / "ffpp-prepared")) == expected
+
+
+def test_add_pairs_gives_every_fold_the_ffmix_pairs_on_its_training_side_only(prepared, views, tmp_path):
+    out, _ = views
+    folds = tmp_path / "folds"
+    result = CliRunner().invoke(app, ["folds", str(out / "ffpp-prepared"), "--k", "2", "--seed", "0", "--out", str(folds)])
+    assert result.exit_code == 0, result.output
+    printed = run_script("default_bundle_views.py", "add-pairs", folds, prepared, "--pairs", 2)
+    assert printed.count("DFDC training pairs added to train") == 2
+    mix = {label: {n for n in crops(out / "ffmix" / "train" / label) if not is_ffpp(n)} for label in ("real", "fake")}
+    for fold in ("fold-0", "fold-1"):
+        for label in ("real", "fake"):
+            assert {n for n in crops(folds / fold / "train" / label) if not is_ffpp(n)} == mix[label]
+            assert all(is_ffpp(n) for n in crops(folds / fold / "validation" / label))
+
+
+def write_scores(path: Path, rows: list[tuple[str, str, int, float]]) -> Path:
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["crop", "video", "label", "clean"])
+        writer.writerows(rows)
+    return path
+
+
+def ffpp_rows(scores: dict[str, list[float]], labels: dict[str, int]) -> list[tuple[str, str, int, float]]:
+    return [(f"{video}_{frame:04d}_0.png", video, labels[video], score)
+            for video, frames in scores.items() for frame, score in enumerate(frames)]
+
+
+LABELS = {"100": 0, "200": 0, "300": 0, "100_101": 1, "200_201": 1, "300_301": 1}
+
+
+def figures(printed: str) -> dict[tuple[str, str], str]:
+    lines = {}
+    for line in printed.splitlines():
+        head, _, rest = line.partition(": ")
+        source, name = head[:12].strip(), head[12:].strip()
+        lines[(source, name)] = rest
+    return lines
+
+
+def test_compare_scores_pools_frames_into_videos_and_pairs_the_difference(tmp_path):
+    # frame AUC below 1 (a real frame at 0.7 outranks a fake frame at 0.6), video means separate perfectly
+    good = {"100": [0.1, 0.7], "200": [0.2, 0.2], "300": [0.3, 0.1],
+            "100_101": [0.6, 0.9], "200_201": [0.8, 0.8], "300_301": [0.9, 0.7]}
+    inverted = {video: [1 - s for s in frames] for video, frames in good.items()}
+    dfdc = [("aaa_0000_0.png", "aaa", 0, 0.2), ("pair-aaa_0000_0.png", "pair-aaa", 1, 0.4),
+            ("bbb_0000_0.png", "bbb", 0, 0.6), ("pair-bbb_0000_0.png", "pair-bbb", 1, 0.8)]
+    a = write_scores(tmp_path / "a.csv", ffpp_rows(good, LABELS) + dfdc)
+    b = write_scores(tmp_path / "b.csv", ffpp_rows(inverted, LABELS))
+    lines = figures(run_script("compare_scores.py", a, "--vs", b, "--names", "good", "inverted"))
+    frame_rows = ffpp_rows(good, LABELS)
+    frame_auc = roc_auc_score([row[2] for row in frame_rows], [row[3] for row in frame_rows])
+    assert frame_auc < 1 and lines[("FF++ frames", "good")].startswith(f"AUC {frame_auc:.3f}")
+    assert "n 12 (6 real)" in lines[("FF++ frames", "good")]
+    assert lines[("FF++ videos", "good")].startswith("AUC 1.000") and "n 6 (3 real)" in lines[("FF++ videos", "good")]
+    assert lines[("FF++ videos", "inverted")].startswith("AUC 0.000")
+    assert lines[("FF++ videos", "difference")].startswith("good - inverted +1.000 (+1.000 to +1.000, paired")
+    assert ("DFDC pairs", "good") not in lines  # only the crops both sides scored are compared
+
+
+def test_compare_scores_averages_ensemble_members_joined_by_plus(tmp_path):
+    # each member alone ranks one real above one fake; their mean ranks every fake above every real
+    one = {"100": [0.1], "200": [0.6], "300": [0.2], "100_101": [0.5], "200_201": [0.9], "300_301": [0.8]}
+    two = {"100": [0.3], "200": [0.1], "300": [0.7], "100_101": [0.6], "200_201": [0.8], "300_301": [0.5]}
+    first = write_scores(tmp_path / "one.csv", ffpp_rows(one, LABELS))
+    second = write_scores(tmp_path / "two.csv", ffpp_rows(two, LABELS))
+    lines = figures(run_script("compare_scores.py", f"{first}+{second}", "--vs", first))
+    assert lines[("FF++ videos", "A")].startswith("AUC 1.000")
+    assert lines[("FF++ videos", "B")].startswith("AUC 0.889")
+    assert lines[("FF++ videos", "difference")].startswith("A - B +0.111")
