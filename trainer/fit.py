@@ -34,6 +34,7 @@ from torch.utils.data import BatchSampler, DataLoader, WeightedRandomSampler
 from trainer import distributed
 from trainer.checkpoints import rank_states, remove_partials, rng_state, save_atomically, set_rng_state, write_atomically, write_metrics
 from trainer.config import AUGMENTS, FitConfig, RunError, resolve_device, resume_differences
+from trainer.cpu_memory import retain_freed_memory
 from trainer.data.datasets import FaceCrops, class_counts, eval_transform, list_split, verify_images
 from trainer.data.pairing import PairedBatchSampler
 from trainer.data.training_set import training_set
@@ -98,6 +99,8 @@ def _fit(config: FitConfig, ctx: distributed.Context, resume: bool,
         batch_size = ctx.share(config.batch_size)  # this process's part of the global batch
     except ValueError as exc:
         raise RunError(str(exc)) from None
+    if device.type == "cpu":
+        retain_freed_memory()  # before the data-loading workers fork, so they keep it too
     # Each rank its own augmentation, dropout and attack draws (seed + rank); the batches are
     # drawn from config.seed alone, alike in every rank, which then takes its share.
     seed = config.seed + ctx.rank
