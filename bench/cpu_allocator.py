@@ -5,7 +5,7 @@ which `trainer fit` calls on the CPU), from one run:
                                             [--steps 4] [--rounds 2] [--threads N]
 
 Each setting runs in its own process (malloc's settings are process-wide): a model from
-`--init random`, AdamW, the same random batch; one warm-up step, then `--steps` timed steps. The
+`--init random`, AdamW, the same random batch; three warm-up steps, then `--steps` timed steps. The
 two take turns for `--rounds` rounds so background load hits them alike. Printed per step: user
 and kernel CPU seconds (getrusage, all threads), page faults, wall seconds; then the ratios.
 """

@@ -1,10 +1,11 @@
 """Keep freed memory inside the process while training on the CPU (Linux with glibc).
 
-Why: glibc hands every large freed block back to the kernel (blocks of 128 KiB to 32 MiB go to
-mmap and are unmapped when freed; the heap's top is trimmed). PyTorch frees a step's activations
-and allocates the same sizes again the next step, so every step faults in, and the kernel zeroes,
-gigabytes of fresh pages: with EfficientNet-Lite0 at 224 px and batch 32, 1.9 s of kernel time
-beside 3.0 s of computing per step (`bench/cpu_allocator.py`, BENCHMARKS.md). With glibc's mmap
+Why: glibc hands large freed blocks back to the kernel (a block above its mmap threshold, always
+one above 32 MiB, is mapped on its own and unmapped when freed; the heap's top is trimmed).
+PyTorch frees a step's activations and allocates the same sizes again the next step, so every
+step faults in, and the kernel zeroes, gigabytes of fresh pages: with EfficientNet-Lite0 at
+224 px and batch 32, 2.14 s of kernel time beside 11.87 s of user time per step under load
+(`bench/cpu_allocator.py`, BENCHMARKS.md). With glibc's mmap
 off and its trimming pushed out of reach, freed blocks stay in the heap and the next step reuses
 them. The cost: the process keeps its peak memory until it exits, as GPU allocators do.
 """
