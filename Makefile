@@ -27,38 +27,21 @@ test: $(STAMP)
 
 # Rebuild exports/default from the FaceForensics++ videos and DFDC face-crop pairs in ../shared/data
 # (research licences: the crops and the runs stay in build/, never in git). Every step is seeded.
-# The model card (exports/default/MODEL_CARD.md) gives the candidates measured and why this one.
+# scripts/default_bundle.sh holds the recipe (resumable: run it again after an interruption); the
+# model card (exports/default/MODEL_CARD.md) gives the candidates measured and why this one. The
+# bundle is one EfficientNet-Lite0, the five grouped-fold models' weights averaged (a model soup:
+# one model's time per crop), calibrated on the DFDC validation pairs, which no fold model trained on.
+# A resolution candidate is `make default-bundle SIZE=160` (its own build folder; it overwrites exports/default).
 FFPP ?= ../shared/data/ffpp-c23
 DFDC ?= ../shared/data/dfdc-faces
-DEFAULT_BUILD := build/default
-DATA := $(DEFAULT_BUILD)/data128
+SIZE ?= 224
+DEFAULT_BUILD ?= build/d$(SIZE)
+DATA := $(DEFAULT_BUILD)/data
 VIEWS := $(DEFAULT_BUILD)/views
-TRAIN := --arch efficientnet_lite0 --size 128 --paired --optimizer adamw --lr 3e-4 --workers 2 --seed 0
-AUGMENT := --augment uploads --no-sbi
-FOLD_RUNS := $(foreach i,0 1 2 3 4,$(DEFAULT_BUILD)/cv/fold-$(i))
-# Both stages train with AUGMENT: the uploads augmentation (re-encoding, rescaling, blur, noise,
-# colour, shifts) and no self-blends, which won the model card's grouped cross-validation against
-# self-blends in either stage. Stage 1: ERM from the offline ImageNet weights on the DFDC training
-# pairs, 3 x 12,800 samples. Stage 2: five grouped folds of the FF++ training and validation videos
-# (identity groups never split; the test split stays out), each fold's training side with 1,500 DFDC
-# training pairs added; per fold, stage 1's last epoch fine-tuned 5 x 2,400 samples and scored on
-# its held-out videos. The bundle is one model, the five fold models' weights averaged (a model
-# soup: one model's time per crop, where their ensemble costs five), calibrated on the DFDC
-# validation pairs, which no fold model trained on. The card says why not an adversarial method.
 default-bundle: $(STAMP)
-	$(BIN)/trainer prepare $(FFPP) $(DFDC) --out $(DATA) --frames 48 --size 128 --margin 1.15 --split 0.6,0.25,0.15 --seed 0
-	$(BIN)/python scripts/default_bundle_views.py views $(DATA) $(VIEWS)
-	rm -rf $(DEFAULT_BUILD)/dfdc-pre $(DEFAULT_BUILD)/folds $(DEFAULT_BUILD)/cv
-	$(BIN)/trainer fit --data $(VIEWS)/dfdc-train $(TRAIN) $(AUGMENT) --init lite0-pypi --epochs 3 --epoch-size 12800 \
-	  --out $(DEFAULT_BUILD)/dfdc-pre
-	$(BIN)/trainer folds $(VIEWS)/ffpp-prepared --k 5 --seed 0 --out $(DEFAULT_BUILD)/folds
-	$(BIN)/python scripts/default_bundle_views.py add-pairs $(DEFAULT_BUILD)/folds $(DATA)
-	scripts/cross_validate.sh $(DEFAULT_BUILD)/folds $(DEFAULT_BUILD)/cv $(TRAIN) $(AUGMENT) \
-	  --init $(DEFAULT_BUILD)/dfdc-pre/last.pt --epochs 5 --epoch-size 2400
-	rm -rf $(DEFAULT_BUILD)/soup
-	$(BIN)/trainer average $(FOLD_RUNS) --checkpoint last --out $(DEFAULT_BUILD)/soup
+	scripts/default_bundle.sh $(DEFAULT_BUILD) $(SIZE) $(FFPP) $(DFDC)
 	$(BIN)/trainer export $(DEFAULT_BUILD)/soup --checkpoint last --data $(VIEWS)/dfdc-train --out exports/default \
-	  --name ffpp-dfdc-lite0-128-nosbi-soup5 --operating-point eer --force
+	  --name ffpp-dfdc-lite0-$(SIZE)-nosbi-soup5 --operating-point eer --force
 
 # The model card's test-split figures for the bundle in exports/default (needs default-bundle's data):
 # clean and corrupted per source, then every attack with the masking checks on a seeded 128-crop subset.

@@ -209,3 +209,18 @@ def test_compare_scores_averages_ensemble_members_joined_by_plus(tmp_path):
     assert lines[("FF++ videos", "A")].startswith("AUC 1.000")
     assert lines[("FF++ videos", "B")].startswith("AUC 0.889")
     assert lines[("FF++ videos", "difference")].startswith("A - B +0.111")
+
+
+def test_default_bundle_script_refuses_a_build_folder_made_with_other_settings(tmp_path):
+    # The recipe is resumable (each stage skips what is done), so a build folder made at another size
+    # or from other data must not be reused: its stages would be skipped and mixed into this run.
+    build = tmp_path / "build"
+    build.mkdir()
+    made = "size=160 ffpp=ffpp dfdc=dfdc stage1_epochs=3"
+    (build / "recipe.txt").write_text(made + "\n")
+    result = subprocess.run(["bash", str(ROOT / "scripts" / "default_bundle.sh"), build, "224", "ffpp", "dfdc"],
+                            capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert result.returncode == 2
+    assert f"{build}: made by '{made}'" in result.stderr and "size=224" in result.stderr
+    assert sorted(p.name for p in build.iterdir()) == ["recipe.txt"]
+    assert (build / "recipe.txt").read_text() == made + "\n"

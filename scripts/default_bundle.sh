@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# The default bundle's recipe up to the model it exports (`make default-bundle` runs it, then `trainer export`):
+#   scripts/default_bundle.sh BUILD SIZE FFPP_DIR DFDC_DIR
+# 1. `trainer prepare` of the FF++ videos and DFDC pairs at SIZE px (margin 1.15, split 0.6/0.25/0.15 by identity);
+#    per-source views (scripts/default_bundle_views.py);
+# 2. stage 1: ERM from the offline ImageNet weights on the DFDC training pairs, 3 x 12,800 samples (STAGE1_EPOCHS);
+# 3. five grouped folds of the FF++ training and validation videos (identity groups never split; the test split
+#    stays out), 1,500 DFDC training pairs added to each fold's training side; per fold, stage 1 fine-tuned
+#    5 x 2,400 samples and its last epoch scored on the fold's held-out videos (scripts/cross_validate.sh);
+# 4. the soup: the five fold models' weights averaged, scored on the DFDC validation pairs (the model card's rule
+#    ranks candidates by the mean of the pooled FF++ video AUC and this).
+# Both stages train with the uploads augmentation (re-encoding, rescaling, blur, noise, colour, shifts) and no
+# self-blends. Every step is seeded. Resumable: rerun it and each stage skips what is done, each fit --resume's;
+# BUILD remembers its arguments and refuses others (delete BUILD to start over). STAGE1_EPOCHS (default 3) lengthens
+# stage 1 for a candidate.
+set -euo pipefail
+[ $# -eq 4 ] || { echo "usage: $0 BUILD SIZE FFPP_DIR DFDC_DIR" >&2; exit 2; }
+D=$1 SIZE=$2 FFPP=$3 DFDC=$4 EPOCHS1=${STAGE1_EPOCHS:-3}
+R=$(cd "$(dirname "$0")/.." && pwd) B=$R/.venv/bin
+V=$D/views
+TRAIN="--arch efficientnet_lite0 --size $SIZE --paired --optimizer adamw --lr 3e-4 --workers 2 --seed 0 --augment uploads --no-sbi"
+recipe="size=$SIZE ffpp=$FFPP dfdc=$DFDC stage1_epochs=$EPOCHS1"
+mkdir -p "$D"
+if [ -f "$D/recipe.txt" ] && [ "$(cat "$D/recipe.txt")" != "$recipe" ]; then
+  echo "$D: made by '$(cat "$D/recipe.txt")', not '$recipe'; delete it or choose another build folder" >&2; exit 2
+fi
+echo "$recipe" > "$D/recipe.txt"
+# prepare resumes an interrupted run by itself (its .done journal) and records when it is complete.
+complete=$($B/python -c "import json,sys; print(json.load(open(sys.argv[1])).get('complete', False))" $D/data/prepare.json 2>/dev/null || true)
+[ "$complete" = True ] || $B/trainer prepare "$FFPP" "$DFDC" --out $D/data --frames 48 --size $SIZE --margin 1.15 --split 0.6,0.25,0.15 --seed 0
+$B/python $R/scripts/default_bundle_views.py views $D/data $V
+if [ ! -f $D/dfdc-pre/.complete ]; then
+  if [ -f $D/dfdc-pre/last.pt ]; then $B/trainer fit --data $V/dfdc-train --out $D/dfdc-pre --resume
+  else $B/trainer fit --data $V/dfdc-train $TRAIN --init lite0-pypi --epochs $EPOCHS1 --epoch-size 12800 --out $D/dfdc-pre; fi
+  touch $D/dfdc-pre/.complete
+fi
+[ -f $D/folds/.complete ] || { rm -rf $D/folds; $B/trainer folds $V/ffpp-prepared --k 5 --seed 0 --out $D/folds; $B/python $R/scripts/default_bundle_views.py add-pairs $D/folds $D/data; touch $D/folds/.complete; }
+$R/scripts/cross_validate.sh $D/folds $D/cv $TRAIN --init $D/dfdc-pre/last.pt --epochs 5 --epoch-size 2400
+[ -f $D/soup/last.pt ] || { rm -rf $D/soup; $B/trainer average $D/cv/fold-{0,1,2,3,4} --checkpoint last --out $D/soup; }
+[ -f $D/soup-dfdc-val/scores.csv ] || { rm -rf $D/soup-dfdc-val
+  $B/trainer eval $D/soup --data $V/dfdc --split validation --checkpoint last --no-attacks --no-corruptions --heatmaps 0 --out $D/soup-dfdc-val; }
