@@ -191,13 +191,15 @@ def _repinned(bundle: Path, make: Callable[[Path], None]) -> None:
 
 
 def _three_logit_model(path: Path) -> None:
-    """A valid ONNX graph taking the manifest's (N, 3, 128, 128) crops and giving 3 logits."""
+    """A valid ONNX graph taking the manifest's (N, 3, size, size) crops and giving 3 logits."""
     import onnx
     from onnx import TensorProto, helper
 
+    size = json.loads((path.parent / MANIFEST_NAME).read_text())["input"]["size"]
+
     graph = helper.make_graph(
         [helper.make_node("GlobalAveragePool", ["pixels"], ["pooled"]), helper.make_node("Flatten", ["pooled"], ["logits"])],
-        "three", [helper.make_tensor_value_info("pixels", TensorProto.FLOAT, ["N", 3, 128, 128])],
+        "three", [helper.make_tensor_value_info("pixels", TensorProto.FLOAT, ["N", 3, size, size])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3])])
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), str(path))
 
