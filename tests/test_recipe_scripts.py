@@ -224,3 +224,22 @@ def test_default_bundle_script_refuses_a_build_folder_made_with_other_settings(t
     assert f"{build}: made by '{made}'" in result.stderr and "size=224" in result.stderr
     assert sorted(p.name for p in build.iterdir()) == ["recipe.txt"]
     assert (build / "recipe.txt").read_text() == made + "\n"
+
+
+def test_threshold_by_source_calibrates_each_crop_before_a_video_is_averaged(tmp_path):
+    # At temperature 2: P 0.5 stays 0.5, 0.99 -> 0.909, 0.9 -> 0.75, 0.8 -> 0.667, 0.4 -> 0.4495, 0.2 -> 0.333.
+    # Fake video 100_101 averages 0.705 when each crop is calibrated (a scan's order), 0.631 when its mean is.
+    scores = {"100": [0.1, 0.2], "200": [0.3, 0.2], "300": [0.1, 0.1],
+              "100_101": [0.5, 0.99], "200_201": [0.9, 0.9], "300_301": [0.8, 0.9]}
+    dfdc = [("aaa_0000_0.png", "aaa", 0, 0.2), ("pair-aaa_0000_0.png", "pair-aaa", 1, 0.4)]
+    path = write_scores(tmp_path / "scores.csv", ffpp_rows(scores, LABELS) + dfdc)
+    printed = run_script("threshold_by_source.py", path, "--temperature", "2", "--at", "0.68")
+    lines = printed.splitlines()
+    assert "FF++ videos    at 0.680: reals right 1.000, fakes right 1.000, balanced 1.000" in lines
+    assert "FF++ frames    at 0.680: reals right 1.000, fakes right 0.667, balanced 0.833" in lines
+    assert "DFDC pairs  : n 2 (1 real), equal-error threshold 0.449 (EER 0.000)" in lines
+    assert "DFDC pairs     at 0.680: reals right 1.000, fakes right 0.000, balanced 0.500" in lines
+    assert "at 0.680: mean balanced accuracy over 2 sources 0.667" in lines
+    # at temperature 1 the same fake frames are right at 0.68 but for the one at 0.5
+    plain = run_script("threshold_by_source.py", path, "--at", "0.68").splitlines()
+    assert "FF++ frames    at 0.680: reals right 1.000, fakes right 0.833, balanced 0.917" in plain

@@ -1,0 +1,65 @@
+"""Where each source would put the decision threshold, and what given thresholds do on each
+(`trainer eval` scores.csv files, pooled; FF++ and DFDC crops told apart by name):
+
+    python scripts/threshold_by_source.py SCORES.csv... [--temperature T] [--at 0.41 0.5 0.6]
+
+Scores are P(fake) at temperature 1 (a run's, as `trainer eval RUN` writes them); --temperature
+applies a bundle's calibration to them first (P = sigmoid(logit / T)), so that out-of-fold scores
+of the fold models can be read at the bundle's threshold. Per source: the equal-error threshold,
+then at each --at threshold the share of reals and of fakes called right and their mean (balanced
+accuracy); last, the mean of the sources' balanced accuracies (FF++ frames and DFDC pairs).
+
+Used for the default bundle's model card: the FF++ folds and the DFDC validation pairs disagree on
+where the threshold belongs.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+
+from trainer.evaluation.metrics import equal_error_rate
+
+from compare_scores import read, source_arrays  # sibling scripts: `python scripts/...` puts scripts/ on the path
+from cv_views import is_ffpp
+
+SOURCES = (("FF++ frames", True, False), ("FF++ videos", True, True), ("DFDC pairs", False, False))
+
+
+def with_temperature(scores: np.ndarray, temperature: float) -> np.ndarray:
+    p = np.clip(scores, 1e-7, 1 - 1e-7)
+    return 1 / (1 + np.exp(-np.log(p / (1 - p)) / temperature))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("scores", nargs="+")
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--at", type=float, nargs="+", default=[0.5])
+    args = parser.parse_args()
+    # Per crop, before a video's crops are averaged, as a scan calibrates each face.
+    rows = {crop: (video, label, float(with_temperature(np.array(score), args.temperature)))
+            for crop, (video, label, score) in read(args.scores).items()}
+    balanced: dict[float, list[float]] = {t: [] for t in args.at}
+    for source, ffpp, video_level in SOURCES:
+        crops = sorted(c for c in rows if is_ffpp(c) == ffpp)
+        if not crops:
+            continue
+        labels, scores, _ = source_arrays(crops, rows, video_level)
+        eer = equal_error_rate(labels, scores)
+        where = f"equal-error threshold {eer[1]:.3f} (EER {eer[0]:.3f})" if eer else "one class only"
+        print(f"{source:12}: n {len(labels)} ({int((labels == 0).sum())} real), {where}")
+        for threshold in args.at:
+            real = float((scores[labels == 0] < threshold).mean())
+            fake = float((scores[labels == 1] >= threshold).mean())
+            print(f"{source:12}   at {threshold:.3f}: reals right {real:.3f}, fakes right {fake:.3f}, "
+                  f"balanced {(real + fake) / 2:.3f}")
+            if not video_level:
+                balanced[threshold].append((real + fake) / 2)
+    for threshold, values in balanced.items():
+        print(f"at {threshold:.3f}: mean balanced accuracy over {len(values)} sources {np.mean(values):.3f}")
+
+
+if __name__ == "__main__":
+    main()
