@@ -71,3 +71,20 @@ def test_averaging_refuses_what_is_not_one_model(runs, face_dataset, tmp_path):
     assert not (tmp_path / "d").exists()
     result = runner.invoke(app, ["average", *map(str, runs), "--out", str(tmp_path / "e")])
     assert result.exit_code == 0 and "averaged into" in result.output and (tmp_path / "e" / "best.pt").is_file()
+
+
+def test_the_manifest_names_training_data_relative_to_the_export_folder(runs, face_dataset, tmp_path_factory,
+                                                                       tmp_path, monkeypatch):
+    # fit stores absolute data paths (for --resume from anywhere); a published manifest gives them relative to
+    # where export ran when they lie inside it, and leaves paths outside it as they are.
+    average_runs(runs, tmp_path / "soup")
+    root = tmp_path_factory.getbasetemp()
+    monkeypatch.chdir(root)
+    training = export_bundle([tmp_path / "soup"], tmp_path / "bundle", gradient_graphs=False).manifest["models"][0]["training"]
+    expected = str(face_dataset.resolve().relative_to(root.resolve()))
+    assert Path(json.loads((runs[0] / "config.json").read_text())["fit"]["data"]).is_absolute()
+    assert training["data"] == training["validation_data"] == expected
+    assert training["averaged"]["data"] == [expected, expected]
+    monkeypatch.chdir(runs[0])  # the data lies outside: stored as fit wrote it
+    outside = export_bundle([tmp_path / "soup"], tmp_path / "bundle2", gradient_graphs=False).manifest["models"][0]["training"]
+    assert outside["data"] == str(face_dataset.resolve()) and Path(outside["data"]).is_absolute()

@@ -250,6 +250,28 @@ def choose_threshold(labels: np.ndarray, scores: np.ndarray, operating_point: st
             "n_real": int(real.sum()), "n_fake": int(fake.sum())}
 
 
+def _as_published(path: str) -> str:
+    """A training path for the manifest: relative to the folder export runs in when it lies inside it
+    (fit stores absolute paths so that --resume works from anywhere; a published bundle should not
+    carry the build machine's layout), else as stored."""
+    resolved = Path(path)
+    if resolved.is_absolute() and resolved.is_relative_to(Path.cwd()):
+        return str(resolved.relative_to(Path.cwd())) or "."
+    return path
+
+
+def _training_record(run: RunModel, checkpoint: str) -> dict:
+    config = run.config
+    record = {"run": str(run.run_dir), "checkpoint": checkpoint, "epoch": run.epoch,
+              "method": config["method"], "init": config["init"], "options": config.get("options", {}),
+              "sbi": config.get("sbi", False), "data": _as_published(config["data"]),
+              "validation_data": _as_published(config.get("val_data") or config["data"]),
+              "counts": config["counts"], "validation": run.validation}
+    if "averaged" in config:
+        record["averaged"] = {**config["averaged"], "data": [_as_published(d) for d in config["averaged"]["data"]]}
+    return record
+
+
 def _calibration(runs: list[RunModel], weights: np.ndarray, data_dir: Path, size: int, operating_point: str) -> dict:
     samples = list_split(data_dir, "validation")
     # The crops as forensic scan makes them: the bundle is calibrated on what it will see.
@@ -315,7 +337,7 @@ def _training_face_crop(runs: list[RunModel], margin: float | None) -> dict:
     record beside them: `forensic scan` must crop faces as training did."""
     found = {}
     for run in runs:
-        record = Path(run.config["data"]) / PREPARE_FILE
+        record = Path(_as_published(run.config["data"])) / PREPARE_FILE
         try:
             found[str(record)] = float(json.loads(record.read_text(encoding="utf-8"))["settings"]["margin"])
         except FileNotFoundError:
@@ -394,14 +416,7 @@ def export_bundle(run_dirs: list[Path], out_dir: Path, name: str | None = None, 
                             "outputs": ["logits", "cam"] if with_cam else ["logits"],
                             "cam": cam,
                             "onnx_max_difference": difference, "gradient_graph": graph,
-                            "training": {"run": str(run.run_dir), "checkpoint": checkpoints[index], "epoch": run.epoch,
-                                         "method": run.config["method"], "init": run.config["init"],
-                                         "options": run.config.get("options", {}), "sbi": run.config.get("sbi", False),
-                                         "data": run.config["data"],
-                                         "validation_data": run.config.get("val_data") or run.config["data"],
-                                         "counts": run.config["counts"],
-                                         "validation": run.validation,
-                                         **({"averaged": run.config["averaged"]} if "averaged" in run.config else {})}})
+                            "training": _training_record(run, checkpoints[index])})
             files[file] = path
             differences[model_name] = difference
         first = runs[0].config
