@@ -298,6 +298,20 @@ def test_corruptions_are_deterministic_and_keep_shape():
     assert np.abs(heavy.astype(int) - images).mean() > np.abs(light.astype(int) - images).mean()
 
 
+
+@pytest.mark.parametrize("width", [224, 192, 300])
+def test_h264_gives_the_same_clip_on_every_call_at_widths_libx264_mishandles(width):
+    # libx264 from PyAV's wheel, on this machine, encoded 224-px crops differently from call to call in
+    # one process (most of 10 calls distinct), so `trainer eval`'s H.264 figures could not be reproduced.
+    from trainer.data.synthetic import astronaut
+
+    # face crops as a scan makes them: a box that drifts and grows, resized (a plain pan did not show it)
+    image = astronaut()[0]
+    frames = np.stack([cv2.resize(image[50 + i: 300 + 2 * i, 100 + 2 * i: 350 + 3 * i], (width, 224)) for i in range(16)])
+    clips = [h264(frames, crf=35) for _ in range(6)]
+    assert all(np.array_equal(clips[0], clip) for clip in clips[1:])
+    assert clips[0].shape == frames.shape and not np.array_equal(clips[0], frames)
+
 # ------------------------------------------------------------------------ report and --compare
 
 @pytest.fixture(scope="module")
