@@ -243,3 +243,30 @@ def test_threshold_by_source_calibrates_each_crop_before_a_video_is_averaged(tmp
     # at temperature 1 the same fake frames are right at 0.68 but for the one at 0.5
     plain = run_script("threshold_by_source.py", path, "--at", "0.68").splitlines()
     assert "FF++ frames    at 0.680: reals right 1.000, fakes right 0.833, balanced 0.917" in plain
+
+
+def test_h264_forms_scores_a_split_clean_and_in_both_encodings(prepared):
+    from forensic.bundle import DEFAULT_BUNDLE, load_bundle
+    from forensic.inference import EnsembleRunner
+
+    printed = run_script("h264_forms.py", "--bundle", DEFAULT_BUNDLE, "--data", prepared, "--split", "test",
+                         "--crf", "35", "--batch", "4").splitlines()
+    files = [p for label in ("real", "fake") for p in sorted((prepared / "test" / label).glob("*.png"))]
+    bundle = load_bundle(DEFAULT_BUNDLE)
+    size = bundle.input_size
+    pixels = np.stack([np.asarray(Image.open(p).convert("RGB").resize((size, size), Image.BICUBIC)) for p in files])
+    scores = EnsembleRunner(bundle, device="cpu").predict_pixels(pixels.astype(np.float32).transpose(0, 3, 1, 2) / 255).ensemble
+    labels = [0 if p.parent.name == "real" else 1 for p in files]
+    real = labels.count(0)
+    assert printed[0] == f"{len(files)} crops ({real} real), clean AUC {roc_auc_score(labels, scores):.3f}"
+    from trainer.data.corruptions import h264
+
+    def auc(images):
+        batch = images.astype(np.float32).transpose(0, 3, 1, 2) / 255
+        return roc_auc_score(labels, EnsembleRunner(bundle, device="cpu").predict_pixels(batch).ensemble)
+
+    clips = np.concatenate([h264(pixels[i:i + 4], crf=35) for i in range(0, len(pixels), 4)])
+    alone = np.concatenate([h264(pixels[i:i + 1], crf=35) for i in range(len(pixels))])
+    assert len(printed) == 2
+    assert printed[1].startswith(f"H.264 CRF 35: clips of 4 {auc(clips):.3f} ")
+    assert f"one crop at a time {auc(alone):.3f} " in printed[1]
