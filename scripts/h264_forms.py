@@ -42,9 +42,7 @@ def main() -> None:
     runner = EnsembleRunner(bundle, device="cpu")
 
     def auc(images: np.ndarray) -> float:
-        pixels = images.astype(np.float32).transpose(0, 3, 1, 2) / 255
-        scores = np.concatenate([runner.predict_pixels(pixels[i:i + args.batch]).ensemble
-                                 for i in range(0, len(pixels), args.batch)])
+        scores = runner.predict_pixels(images.astype(np.float32).transpose(0, 3, 1, 2) / 255).ensemble
         return float(roc_auc_score(labels, scores))
 
     clean = auc(crops)

@@ -19,6 +19,7 @@ import argparse
 
 import numpy as np
 
+from forensic.inference import member_probability
 from trainer.evaluation.metrics import equal_error_rate
 
 from compare_scores import read, source_arrays  # sibling scripts: `python scripts/...` puts scripts/ on the path
@@ -28,8 +29,9 @@ SOURCES = (("FF++ frames", True, False), ("FF++ videos", True, True), ("DFDC pai
 
 
 def with_temperature(scores: np.ndarray, temperature: float) -> np.ndarray:
+    """P(fake) through a bundle's temperature, by the scan's own calibration function."""
     p = np.clip(scores, 1e-7, 1 - 1e-7)
-    return 1 / (1 + np.exp(-np.log(p / (1 - p)) / temperature))
+    return member_probability(np.log(p / (1 - p)), bundle_temperature=temperature)
 
 
 def main() -> None:

@@ -298,7 +298,6 @@ def test_corruptions_are_deterministic_and_keep_shape():
     assert np.abs(heavy.astype(int) - images).mean() > np.abs(light.astype(int) - images).mean()
 
 
-
 @pytest.mark.parametrize("width", [224, 192, 300])
 def test_h264_gives_the_same_clip_on_every_call_at_widths_libx264_mishandles(width):
     # libx264 from PyAV's wheel, on this machine, encoded 224-px crops differently from call to call in
@@ -311,6 +310,7 @@ def test_h264_gives_the_same_clip_on_every_call_at_widths_libx264_mishandles(wid
     clips = [h264(frames, crf=35) for _ in range(6)]
     assert all(np.array_equal(clips[0], clip) for clip in clips[1:])
     assert clips[0].shape == frames.shape and not np.array_equal(clips[0], frames)
+
 
 # ------------------------------------------------------------------------ report and --compare
 

@@ -252,19 +252,18 @@ def test_h264_forms_scores_a_split_clean_and_in_both_encodings(prepared):
     printed = run_script("h264_forms.py", "--bundle", DEFAULT_BUNDLE, "--data", prepared, "--split", "test",
                          "--crf", "35", "--batch", "4").splitlines()
     files = [p for label in ("real", "fake") for p in sorted((prepared / "test" / label).glob("*.png"))]
-    bundle = load_bundle(DEFAULT_BUNDLE)
-    size = bundle.input_size
-    pixels = np.stack([np.asarray(Image.open(p).convert("RGB").resize((size, size), Image.BICUBIC)) for p in files])
-    scores = EnsembleRunner(bundle, device="cpu").predict_pixels(pixels.astype(np.float32).transpose(0, 3, 1, 2) / 255).ensemble
-    labels = [0 if p.parent.name == "real" else 1 for p in files]
-    real = labels.count(0)
-    assert printed[0] == f"{len(files)} crops ({real} real), clean AUC {roc_auc_score(labels, scores):.3f}"
     from trainer.data.corruptions import h264
 
-    def auc(images):
-        batch = images.astype(np.float32).transpose(0, 3, 1, 2) / 255
-        return roc_auc_score(labels, EnsembleRunner(bundle, device="cpu").predict_pixels(batch).ensemble)
+    bundle = load_bundle(DEFAULT_BUNDLE)
+    runner = EnsembleRunner(bundle, device="cpu")
+    size = bundle.input_size
+    pixels = np.stack([np.asarray(Image.open(p).convert("RGB").resize((size, size), Image.BICUBIC)) for p in files])
+    labels = [0 if p.parent.name == "real" else 1 for p in files]
 
+    def auc(images):
+        return roc_auc_score(labels, runner.predict_pixels(images.astype(np.float32).transpose(0, 3, 1, 2) / 255).ensemble)
+
+    assert printed[0] == f"{len(files)} crops ({labels.count(0)} real), clean AUC {auc(pixels):.3f}"
     clips = np.concatenate([h264(pixels[i:i + 4], crf=35) for i in range(0, len(pixels), 4)])
     alone = np.concatenate([h264(pixels[i:i + 1], crf=35) for i in range(len(pixels))])
     assert len(printed) == 2
