@@ -22,7 +22,7 @@ import numpy as np
 from trainer.evaluation.folds import grouped_auc_ci
 from trainer.evaluation.metrics import auc_score
 
-from cv_views import is_ffpp  # a sibling script: `python scripts/...` puts scripts/ on the path
+from default_bundle_views import is_ffpp  # a sibling script: `python scripts/...` puts scripts/ on the path
 
 
 def read_file(path: str) -> dict[str, tuple[str, int, float]]:

@@ -28,10 +28,14 @@ import random
 import shutil
 from pathlib import Path
 
+from trainer.data.pairing import PAIR_PREFIX
 from trainer.data.prepared_folder import DONE_FILE, PREPARE_FILE, append_done, read_records
 from trainer.data.sbi import LANDMARKS_FILE
 
-from cv_views import is_ffpp  # a sibling script: `python scripts/...` puts scripts/ on the path
+
+def is_ffpp(name: str) -> bool:
+    """Whether a prepared crop comes from an FF++ video (`000_003`-style names) rather than a DFDC pair."""
+    return not name.startswith(PAIR_PREFIX) and (name[0].isdigit() or "-" in name.split("_")[0])
 
 
 def link(source: Path, folder: Path) -> None:

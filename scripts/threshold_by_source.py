@@ -23,7 +23,7 @@ from forensic.inference import member_probability
 from trainer.evaluation.metrics import equal_error_rate
 
 from compare_scores import read, source_arrays  # sibling scripts: `python scripts/...` puts scripts/ on the path
-from cv_views import is_ffpp
+from default_bundle_views import is_ffpp
 
 SOURCES = (("FF++ frames", True, False), ("FF++ videos", True, True), ("DFDC pairs", False, False))
 
