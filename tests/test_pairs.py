@@ -15,8 +15,10 @@ from PIL import Image
 from skimage import data
 
 from forensic.faces import FaceDetector, crop_face
-from trainer.config import FitConfig
-from trainer.data.augment import degrade, uploads_transform
+from trainer.config import AUGMENTS, FitConfig
+from trainer.data import augment
+from trainer.data.augment import RECIPES, degrade, uploads_transform
+from trainer.data.corruptions import h264
 from trainer.data.datasets import Sample, list_split
 from trainer.data.extraction import pad_tight_crop
 from trainer.data.pairing import PairedBatchSampler, find_partners, partner_video
@@ -184,13 +186,33 @@ def test_uploads_without_h264_never_needs_pyav(monkeypatch):
     image = crop_face(data.astronaut(), BOX, 1.15, 64)
     monkeypatch.setitem(sys.modules, "av", None)  # as on a machine without PyAV: `import av` fails
     torch.manual_seed(0)
-    outputs = [degrade(image, with_h264=False) for _ in range(200)]
+    outputs = [degrade(image, RECIPES["uploads-no-h264"]) for _ in range(200)]
     assert sum(not np.array_equal(o, image) for o in outputs) > 60  # the other degradations still fire
-    assert uploads_transform(32, with_h264=False)(image).shape == (3, 32, 32)
+    assert uploads_transform(32, "uploads-no-h264")(image).shape == (3, 32, 32)
     torch.manual_seed(0)
     with pytest.raises(ImportError):  # the full recipe reaches H.264 within as many draws
         for _ in range(200):
             degrade(image)
+
+
+def test_uploads_h264_reencodes_more_crops_and_harder(monkeypatch):
+    """The recipe's point is its share of strong H.264: count the real encoder's calls and CRFs."""
+    image = crop_face(data.astronaut(), BOX, 1.15, 64)
+    crfs = {name: [] for name in ("uploads", "uploads-h264")}
+    for name, seen in crfs.items():
+        def encode(frames, crf, seen=seen):
+            seen.append(crf)
+            return h264(frames, crf=crf)
+
+        monkeypatch.setattr(augment, "h264", encode)
+        torch.manual_seed(0)
+        outputs = [degrade(image, RECIPES[name]) for _ in range(400)]
+        assert all(o.shape == image.shape and o.dtype == np.uint8 for o in outputs)
+    assert all(20 <= c <= 40 for c in crfs["uploads"]) and all(23 <= c <= 45 for c in crfs["uploads-h264"])
+    assert 0.25 < len(crfs["uploads-h264"]) / 400 < 0.45 and 0.08 < len(crfs["uploads"]) / 400 < 0.22
+    strong = {name: sum(c >= 35 for c in seen) / 400 for name, seen in crfs.items()}
+    assert strong["uploads-h264"] > 0.1 and strong["uploads-h264"] > 2.5 * strong["uploads"]
+    assert uploads_transform(32, "uploads-h264")(image).shape == (3, 32, 32)
 
 
 def test_fit_with_paired_batches_uploads_augmentation_and_self_blends_trains(prepared, tmp_path):
@@ -203,3 +225,7 @@ def test_fit_with_paired_batches_uploads_augmentation_and_self_blends_trains(pre
     assert saved["paired"] is True and saved["augment"] == "uploads" and saved["epoch_size"] == 16
     train = list_split(out, "train")
     assert find_partners(train)  # the prepared pairs found each other
+
+
+def test_every_uploads_recipe_is_an_augment_fit_accepts():
+    assert {a for a in AUGMENTS if a.startswith("uploads")} == set(RECIPES)

@@ -110,7 +110,7 @@ def fit_command(
     schedule: Optional[str] = typer.Option(None, "--schedule", help="cosine (after warm-up; default) or constant."),
     patience: Optional[int] = typer.Option(None, "--patience", min=1, help="Stop after this many epochs without a better validation AUC."),
     size: Optional[int] = typer.Option(None, "--size", min=16, help="Input size (default: the architecture's)."),
-    augment: Optional[str] = typer.Option(None, "--augment", help="standard (default), uploads (standard plus shifts, scales, downscaling, blur, noise, JPEG and H.264 re-encoding), uploads-no-h264 (the same without H.264: no PyAV needed) or none."),
+    augment: Optional[str] = typer.Option(None, "--augment", help="standard (default), uploads (standard plus shifts, scales, downscaling, blur, noise, JPEG and H.264 re-encoding), uploads-no-h264 (the same without H.264: no PyAV needed), uploads-h264 (a third of crops through H.264 up to CRF 45) or none."),
     sbi: Optional[bool] = typer.Option(None, "--sbi/--no-sbi", help="Add self-blended fakes made on the fly from real training crops."),
     paired: Optional[bool] = typer.Option(None, "--paired/--no-paired", help="Batches of fakes beside the reals they were made from (pairs.csv pairs, FF++ targets, self-blends)."),
     freeze: Optional[str] = typer.Option(None, "--freeze", metavar="PATH,...", help="Backbone modules kept as initialised, comma-separated (e.g. conv_stem,bn1,blocks.0,blocks.1)."),

@@ -21,7 +21,7 @@ class RunError(Exception):
     """A run that cannot be done as asked, described in one line."""
 
 
-AUGMENTS = ("standard", "uploads", "uploads-no-h264", "none")
+AUGMENTS = ("standard", "uploads", "uploads-no-h264", "uploads-h264", "none")  # uploads*: trainer.data.augment.RECIPES
 
 
 @dataclass

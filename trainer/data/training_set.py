@@ -14,10 +14,10 @@ from trainer.data.pairing import find_partners
 
 def augmentation(augment: str, size: int):
     """The training transform `--augment` names (one of trainer.config.AUGMENTS)."""
-    if augment in ("uploads", "uploads-no-h264"):
+    if augment.startswith("uploads"):
         from trainer.data.augment import uploads_transform
 
-        return uploads_transform(size, with_h264=augment == "uploads")
+        return uploads_transform(size, augment)
     return train_transform(size) if augment == "standard" else eval_transform(size)
 
 
