@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -224,6 +225,12 @@ def test_default_bundle_script_refuses_a_build_folder_made_with_other_settings(t
     assert f"{build}: made by '{made}'" in result.stderr and "size=224" in result.stderr
     assert sorted(p.name for p in build.iterdir()) == ["recipe.txt"]
     assert (build / "recipe.txt").read_text() == made + "\n"
+    # a candidate's fold augmentation is part of the recipe: the default build is not reused for it
+    (build / "recipe.txt").write_text("size=224 ffpp=ffpp dfdc=dfdc stage1_epochs=3\n")
+    result = subprocess.run(["bash", str(ROOT / "scripts" / "default_bundle.sh"), build, "224", "ffpp", "dfdc"],
+                            capture_output=True, text=True, cwd=ROOT, timeout=60,
+                            env={**os.environ, "FOLD_AUGMENT": "uploads-h264"})
+    assert result.returncode == 2 and "stage1_epochs=3 fold_augment=uploads-h264'" in result.stderr
 
 
 def test_threshold_by_source_calibrates_each_crop_before_a_video_is_averaged(tmp_path):
