@@ -276,3 +276,67 @@ def test_h264_forms_scores_a_split_clean_and_in_both_encodings(prepared):
     assert len(printed) == 2
     assert printed[1].startswith(f"H.264 CRF 35: clips of 4 {auc(clips):.3f} ")
     assert f"one crop at a time {auc(alone):.3f} " in printed[1]
+
+
+def test_gpu_pack_travels_the_ffmix_view_and_checkpoints_come_back_as_runs(prepared, views, tmp_path):
+    """scripts/gpu_pack.py (here, before a lent GPU) and scripts/gpu_checkpoints.py (there, then here)."""
+    import torch
+
+    from trainer.config import FitConfig
+    from trainer.fit import fit
+
+    tiny = dict(arch="resnet_se", size=32, epochs=1, batch_size=4, epoch_size=8, workers=0)
+    start = tmp_path / "start"
+    fit(FitConfig(data=str(prepared), out=str(start), **tiny))
+    before = digest(prepared)
+    pack = tmp_path / "pack"
+    printed = run_script("gpu_pack.py", prepared, start / "last.pt", pack, "--pairs", 2)
+    assert digest(prepared) == before
+    assert printed.strip().endswith("MiB")
+    ffmix = views[0] / "ffmix" / "train"
+    for label in ("real", "fake"):
+        wanted = sorted(p.stem for p in (ffmix / label).glob("*.png"))
+        assert sorted(p.stem for p in (pack / "train" / label).glob("*.jpg")) == wanted
+        source_marks = json.loads((prepared / "train" / label / LANDMARKS_FILE).read_text())
+        packed_marks = json.loads((pack / "train" / label / LANDMARKS_FILE).read_text())
+        assert packed_marks == {f"{stem}.jpg": source_marks[f"{stem}.png"] for stem in wanted if f"{stem}.png" in source_marks}
+        for stem in wanted[:3]:  # JPEG at quality 90: the same crop, a few levels off
+            png = np.asarray(Image.open(prepared / "train" / label / f"{stem}.png").convert("RGB"), dtype=float)
+            jpg = np.asarray(Image.open(pack / "train" / label / f"{stem}.jpg"), dtype=float)
+            assert png.shape == jpg.shape and np.abs(png - jpg).mean() < 4
+        every_third = sorted(p.stem for p in (prepared / "validation" / label).glob("*.png") if is_ffpp(p.name))[::3]
+        assert sorted(p.stem for p in (pack / "validation" / label).glob("*.jpg")) == every_third
+    assert (pack / "prepare.json").read_text() == (prepared / "prepare.json").read_text()
+    weights = torch.load(start / "last.pt", weights_only=True)["model"]
+    init = torch.load(pack / "init.pt", weights_only=True)["model"]
+    assert init.keys() == weights.keys()
+    for key, value in init.items():
+        halved = value.dtype == torch.float16
+        assert halved == (weights[key].is_floating_point() and "running_" not in key), key
+        assert torch.equal(value, weights[key].half() if halved else weights[key])
+
+    # There: runs trained from the pack (with self-blends, as scripts/gpu_train.sh trains) are shrunk...
+    runs, out = tmp_path / "runs", tmp_path / "out"
+    fit(FitConfig(data=str(pack), out=str(runs / "candidate"), init=str(pack / "init.pt"), sbi=True, paired=True, **tiny))
+    (runs / "crashed").mkdir()
+    shrunk = run_script("gpu_checkpoints.py", "shrink", runs, out)
+    assert "crashed: no finished epoch, nothing to bring back" in shrunk
+    assert sorted(p.name for p in out.iterdir()) == ["candidate.pt"]
+    # ...and here they are run folders again, holding the float16-rounded weights.
+    restored = tmp_path / "restored"
+    run_script("gpu_checkpoints.py", "restore", out / "candidate.pt", restored)
+    trained = torch.load(runs / "candidate" / "last.pt", weights_only=True)
+    back = torch.load(restored / "last.pt", weights_only=True)
+    assert back["epoch"] == trained["epoch"] == 1 and back["config"] == trained["config"]
+    for key, value in back["model"].items():
+        expected = trained["model"][key]
+        if expected.is_floating_point() and "running_" not in key:
+            expected = expected.half().float()
+        assert value.dtype == trained["model"][key].dtype and torch.equal(value, expected), key
+    for name in ("config.json", "metrics.jsonl"):
+        assert (restored / name).read_text() == (runs / "candidate" / name).read_text()
+    result = CliRunner().invoke(app, ["eval", str(restored), "--data", str(pack), "--split", "validation",
+                                      "--checkpoint", "last", "--no-attacks", "--no-corruptions", "--heatmaps", "0",
+                                      "--out", str(tmp_path / "eval")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "eval" / "scores.csv").is_file()
