@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import sys
-from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn, Optional
@@ -190,6 +188,7 @@ def scan(
     # Now, before the models load, not after an hour of scanning.
     _check_outputs(errors, json_out, csv_out, html_out, listed, loaded.files)
     from forensic.report import build_report  # the scan's modules (PyTorch, MTCNN, ONNX Runtime): checks are done
+    from forensic.report_outputs import ReportOutputs, write_reports
     from forensic.scan import Scanner
 
     try:
@@ -238,7 +237,7 @@ def scan(
         errors.print(f"interrupted: {len(results)} of {len(inputs)} files scanned; the report is marked incomplete "
                      f"and lists the {len(not_scanned)} not scanned", markup=False, highlight=False, soft_wrap=True)
 
-    outputs = _Outputs.asked_for(json_out, csv_out, html_out)
+    outputs = ReportOutputs.asked_for(json_out, csv_out, html_out)
     try:
         report = build_report(results, scanner, not_scanned, shard=selection.record(results, not_scanned) if selection else None)
         console.print(_table(results))
@@ -252,7 +251,7 @@ def scan(
             markup=False, highlight=False, soft_wrap=True,
         )
         weights = {name: scanner.runner.model_weight(name) for name in scanner.runner.sessions}
-        unwritten = _write_outputs(console, errors, outputs, report, results, weights, json_out, csv_out, html_out)
+        unwritten = write_reports(console, errors, outputs, report, results, weights, json_out, csv_out, html_out)
     except KeyboardInterrupt:
         lead = ("interrupted again, as the reports were written" if not_scanned is not None else
                 f"interrupted: all {len(inputs)} files were scanned, but the writing of the reports was interrupted")
@@ -294,95 +293,9 @@ def _path_list_lines(errors: Console, from_list: str) -> list[str]:
     return [os.fsdecode(line) for line in b"".join(blocks).splitlines()]
 
 
-@dataclass
-class _Outputs:
-    """The outputs asked for: the files, named as given, in the order they are written, and
-    whether the JSON report goes to stdout (written last); and, as they are written, how far
-    that got: what a Ctrl-C while writing them reports."""
-
-    files: list[str]
-    stdout: bool
-    written: list[str] = field(default_factory=list)  # the files written whole
-    stdout_state: str = "not begun"  # or "cut short", "written"
-
-    @classmethod
-    def asked_for(cls, json_out: Optional[str], csv_out: Optional[Path], html_out: Optional[Path]) -> _Outputs:
-        files = [None if json_out == "-" else json_out, html_out and html_out / "index.html", csv_out]
-        return cls([str(path) for path in files if path], stdout=json_out == "-")
-
-    def interrupted(self, lead: str) -> str:
-        """One line: `lead`, then the outputs written whole and those not written."""
-        if not self.files and not self.stdout:
-            return f"{lead}; no report was asked for"
-        written = [name for name in self.files if name in self.written]
-        not_written = [name for name in self.files if name not in self.written]
-        if self.stdout:
-            stdout = "the JSON report on stdout"
-            (written if self.stdout_state == "written" else not_written).append(
-                stdout + (" (cut short)" if self.stdout_state == "cut short" else ""))
-        return f"{lead}: written whole: {', '.join(written) or 'none'}; not written: {', '.join(not_written) or 'none'}"
-
-
 def _interrupted(errors: Console, line: str) -> NoReturn:
     errors.print(printable(line), markup=False, highlight=False, soft_wrap=True)
     raise typer.Exit(EXIT_INTERRUPTED)
-
-
-def _write_outputs(console: Console, errors: Console, outputs: _Outputs, report: dict, results: list[FileResult],
-                   weights: dict[str, float], json_out: Optional[str], csv_out: Optional[Path],
-                   html_out: Optional[Path]) -> bool:
-    """Write the report to the outputs asked for, each tried even when another fails (said on
-    stderr); whether one could not be written. Files first, stdout last: a reader slow to take
-    the report holds no file back. Each written whole is added to `outputs.written`, so that
-    Ctrl-C (KeyboardInterrupt, raised on) leaves that record right."""
-    from forensic.html_report import write_html
-    from forensic.outputs import file_identity, replaced_since
-    from forensic.report import write_csv, write_report
-
-    writers = []
-    if json_out and json_out != "-":
-        writers.append(("report", Path(json_out), lambda: write_report(report, Path(json_out))))
-    if html_out:
-        writers.append(("HTML report", html_out / "index.html", lambda: write_html(report, results, weights, html_out / "index.html")))
-    if csv_out:
-        writers.append(("CSV summary", csv_out, lambda: write_csv(report, csv_out)))
-    unwritten = False
-    for what, destination, write in writers:  # each is tried: one that fails does not lose the others
-        before = file_identity(destination)
-        try:
-            written = write()
-            outputs.written.append(str(destination))
-        except OSError as exc:
-            unwritten = True
-            errors.print(printable(f"error: {exc.filename or what}: cannot write the {what} ({exc.strerror or exc})"),
-                         markup=False, highlight=False, soft_wrap=True)
-            continue
-        except KeyboardInterrupt:  # as the file was put in place, or before: which, its inode tells
-            if str(destination) not in outputs.written and replaced_since(destination, before):
-                outputs.written.append(str(destination))
-            raise
-        console.print(f"{what} written to {printable(str(written))}", markup=False, highlight=False, soft_wrap=True)
-    if json_out == "-":
-        _write_stdout(outputs, json.dumps(report, indent=2) + "\n")
-    return unwritten
-
-
-def _write_stdout(outputs: _Outputs, text: str) -> None:
-    """The JSON report on stdout. Ctrl-C while a reader is slow to take it (a pipe holds 64 KiB)
-    leaves it cut short: what is still buffered then goes to /dev/null, not to stdout at exit,
-    where a reader that no longer reads would hold the process."""
-    outputs.stdout_state = "cut short"
-    try:
-        sys.stdout.write(text)
-        sys.stdout.flush()
-    except KeyboardInterrupt:
-        with contextlib.suppress(OSError, ValueError, AttributeError):  # no file descriptor (a test's runner)
-            descriptor = sys.stdout.fileno()
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, descriptor)
-            os.close(devnull)
-        raise
-    outputs.stdout_state = "written"
 
 
 def _exit(results: list[FileResult], fail_on_fake: bool, failed: bool) -> NoReturn:
@@ -410,6 +323,7 @@ def merge(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No table; only errors (and --json - output)."),
 ) -> None:
     """Join the shard reports of one scan into the report a single scan would have written."""
+    from forensic.report_outputs import ReportOutputs, write_reports
     from forensic.shards import merge_reports
 
     console = Console(stderr=json_out == "-", quiet=quiet)
@@ -432,9 +346,9 @@ def merge(
         errors.print(f"incomplete: {len(report['not_scanned'])} inputs were not scanned (an interrupted shard); "
                      f"the report lists them", markup=False, highlight=False, soft_wrap=True)
     weights = {model["name"]: model["weight"] for model in report["bundle"].get("models", [])}
-    outputs = _Outputs.asked_for(json_out, csv_out, html_out)
+    outputs = ReportOutputs.asked_for(json_out, csv_out, html_out)
     try:
-        unwritten = _write_outputs(console, errors, outputs, report, merged.results, weights, json_out, csv_out, html_out)
+        unwritten = write_reports(console, errors, outputs, report, merged.results, weights, json_out, csv_out, html_out)
     except KeyboardInterrupt:
         _interrupted(errors, outputs.interrupted("interrupted as the merged report was written"))
     _exit(merged.results, fail_on_fake, unwritten or not report["complete"])

@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from forensic.cli import _Outputs, app
+from forensic.cli import app
+from forensic.report_outputs import ReportOutputs
 from forensic.outputs import _ctrl_c_held, atomic_write, atomic_write_text, file_identity, replaced_since
 
 PHOTOS = 8  # a report of 8 photos (~1.4 KiB each) is thrice a pipe of one page (4 KiB)
@@ -125,12 +126,12 @@ def test_ctrl_c_in_an_atomic_write_leaves_the_old_file_and_no_temporary_one(tmp_
 
 def test_the_interrupted_line_names_the_outputs_written_whole_and_those_not():
     lead = "interrupted: all 3 files were scanned, but the writing of the reports was interrupted"
-    assert _Outputs.asked_for(None, None, None).interrupted(lead) == f"{lead}; no report was asked for"
-    outputs = _Outputs.asked_for("r.json", Path("s.csv"), Path("html"))
+    assert ReportOutputs.asked_for(None, None, None).interrupted(lead) == f"{lead}; no report was asked for"
+    outputs = ReportOutputs.asked_for("r.json", Path("s.csv"), Path("html"))
     assert outputs.interrupted(lead) == f"{lead}: written whole: none; not written: r.json, html/index.html, s.csv"
     outputs.written += ["r.json", "html/index.html"]
     assert outputs.interrupted(lead) == f"{lead}: written whole: r.json, html/index.html; not written: s.csv"
-    outputs = _Outputs.asked_for("-", Path("s.csv"), None)
+    outputs = ReportOutputs.asked_for("-", Path("s.csv"), None)
     outputs.written.append("s.csv")
     assert outputs.interrupted(lead) == f"{lead}: written whole: s.csv; not written: the JSON report on stdout"
     outputs.stdout_state = "written"
