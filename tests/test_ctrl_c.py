@@ -19,8 +19,8 @@ import pytest
 from typer.testing import CliRunner
 
 from forensic.cli import app
-from forensic.report_outputs import ReportOutputs
 from forensic.outputs import _ctrl_c_held, atomic_write, atomic_write_text, file_identity, replaced_since
+from forensic.report_outputs import ReportOutputs
 
 PHOTOS = 8  # a report of 8 photos (~1.4 KiB each) is thrice a pipe of one page (4 KiB)
 

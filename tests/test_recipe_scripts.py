@@ -219,17 +219,18 @@ def test_default_bundle_script_refuses_a_build_folder_made_with_other_settings(t
     build.mkdir()
     made = "size=160 ffpp=ffpp dfdc=dfdc stage1_epochs=3"
     (build / "recipe.txt").write_text(made + "\n")
-    result = subprocess.run(["bash", str(ROOT / "scripts" / "default_bundle.sh"), build, "224", "ffpp", "dfdc"],
-                            capture_output=True, text=True, cwd=ROOT, timeout=60)
+    def recipe(**env: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["bash", str(ROOT / "scripts" / "default_bundle.sh"), build, "224", "ffpp", "dfdc"],
+                              capture_output=True, text=True, cwd=ROOT, timeout=60, env={**os.environ, **env})
+
+    result = recipe()
     assert result.returncode == 2
     assert f"{build}: made by '{made}'" in result.stderr and "size=224" in result.stderr
     assert sorted(p.name for p in build.iterdir()) == ["recipe.txt"]
     assert (build / "recipe.txt").read_text() == made + "\n"
     # a candidate's fold augmentation is part of the recipe: the default build is not reused for it
     (build / "recipe.txt").write_text("size=224 ffpp=ffpp dfdc=dfdc stage1_epochs=3\n")
-    result = subprocess.run(["bash", str(ROOT / "scripts" / "default_bundle.sh"), build, "224", "ffpp", "dfdc"],
-                            capture_output=True, text=True, cwd=ROOT, timeout=60,
-                            env={**os.environ, "FOLD_AUGMENT": "uploads-h264"})
+    result = recipe(FOLD_AUGMENT="uploads-h264")
     assert result.returncode == 2 and "stage1_epochs=3 fold_augment=uploads-h264'" in result.stderr
 
 
