@@ -6,7 +6,9 @@ noisy, so the ratios to ERM taken in the same run matter more than the absolute 
 
 Every method trains its own copy of the same randomly initialised model (AdamW) on the same
 batch; after one warm-up step each, the methods take turns step by step (so background load
-hits them alike) for `--repeats` rounds; the best and the mean step of each are printed. On
+hits them alike) for `--repeats` rounds; the best and the mean step of each are printed. Every
+model and batch is channels-last, as `trainer fit` trains, but "erm contiguous" (PyTorch's
+default layout), whose ratio to ERM is what the layout buys. On
 CPU the figure is the process's CPU time per step (steadier than wall time when other jobs
 share the cores; with --threads 1 it is the compute itself), the best wall time beside it.
 fgsm-at with p=0.3 draws clean or adversarial per step, so its mean (over about
@@ -47,9 +49,10 @@ def main() -> None:
 
     device = torch.device(args.device)
     torch.manual_seed(0)
-    base = create_model(args.arch, init="random").to(device)
+    # Channels-last, as `trainer fit` trains; "erm contiguous" is ERM in PyTorch's default layout, for the ratio.
+    base = create_model(args.arch, init="random").to(device, memory_format=torch.channels_last)
     generator = torch.Generator().manual_seed(0)
-    pixels = torch.rand(args.batch, 3, args.size, args.size, generator=generator).to(device)
+    pixels = torch.rand(args.batch, 3, args.size, args.size, generator=generator).to(device, memory_format=torch.channels_last)
     labels = (torch.arange(args.batch) % 2).to(device)
 
     methods = {
@@ -68,6 +71,8 @@ def main() -> None:
         method.setup(model, device)
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
         runs[label] = (model, method, optimizer)
+    contiguous = copy.deepcopy(base).to(memory_format=torch.contiguous_format).train()
+    runs["erm contiguous"] = (contiguous, create_method("erm"), torch.optim.AdamW(contiguous.parameters(), lr=1e-4))
 
     def timed(work) -> tuple[float, float, object]:
         """(wall seconds, CPU seconds of this process, result)."""
@@ -85,9 +90,11 @@ def main() -> None:
     def one_step(label: str) -> tuple[float, float, dict]:
         model, method, optimizer = runs[label]
 
+        inputs = pixels.contiguous() if label == "erm contiguous" else pixels
+
         def step():
             with autocast:
-                return method.step(model, pixels, labels, optimizer)
+                return method.step(model, inputs, labels, optimizer)
         return timed(step)
 
     model = copy.deepcopy(base).train()
@@ -138,7 +145,7 @@ def main() -> None:
     kind = "CPU" if device.type == "cpu" else "wall"
     print(f"{kind} seconds per step{' (process time: steadier than wall time on a shared machine)' if kind == 'CPU' else ''}")
     print(f"{'method':<16} {'best s/step':>11} {'x erm':>7} {'mean s/step':>12} {'x erm':>7} {'best wall s':>12}")
-    for label in ("erm", "gradreg", "fgsm-at p=1", "fgsm-at p=0.3", "fgsm-rs", "pgd-at", "trades", "dual-attacker"):
+    for label in ("erm", "erm contiguous", "gradreg", "fgsm-at p=1", "fgsm-at p=0.3", "fgsm-rs", "pgd-at", "trades", "dual-attacker"):
         note = f"  theory {THEORY[label]:.1f}x" if label in THEORY else ""
         if label == "fgsm-at p=0.3":
             fraction = adversarial / len(times[label])  # the draws' actual share (0.3 in expectation)
