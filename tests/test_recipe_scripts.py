@@ -341,3 +341,43 @@ def test_gpu_pack_travels_the_ffmix_view_and_checkpoints_come_back_as_runs(prepa
                                       "--out", str(tmp_path / "eval")])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "eval" / "scores.csv").is_file()
+
+
+def test_method_comparison_trains_each_method_for_its_budget_and_scores_all_on_the_same_crops(prepared, tmp_path):
+    """scripts/method_comparison.sh, the model card's table of training methods at equal CPU time."""
+    from trainer.config import FitConfig
+    from trainer.fit import fit
+
+    start = tmp_path / "start"
+    fit(FitConfig(data=str(prepared), out=str(start), arch="efficientnet_lite0", size=48, epochs=1, batch_size=8,
+                  epoch_size=16, workers=0))
+    out = tmp_path / "methods"
+
+    def compare() -> str:
+        result = subprocess.run(["bash", str(ROOT / "scripts" / "method_comparison.sh"), prepared, start, out, "1"],
+                                capture_output=True, text=True, cwd=ROOT, timeout=900,
+                                env={**os.environ, "SIZE": "48", "LIMIT": "8", "PROBE": "32", "METHODS": " ".join(methods)})
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    # Two of the seven keep the test short: ERM, and the method with the most options of its own.
+    methods = ("erm", "dual-attacker")
+    printed = compare()
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in printed.splitlines() if line.startswith("| ")}
+    assert list(rows)[1:] == ["start (no training)", *methods]
+    def scored(name: str) -> list[str]:
+        with open(out / f"{name}-eval" / "scores.csv", newline="") as handle:
+            return sorted(row["crop"] for row in csv.DictReader(handle))
+    crops_scored = scored("start")
+    assert len(crops_scored) == 8
+    for method in methods:
+        config = json.loads((out / method / "config.json").read_text())
+        assert config["fit"]["method"] == method and config["fit"]["size"] == 48
+        # the probe's img/s for one second is under 32 samples, so each run trains the least epoch, 32
+        assert f"{method}: epoch size 32 from the probe's img/s" in printed
+        assert config["fit"]["epoch_size"] == 32 and f"| {method} | " in rows[method] and "| 32 | " in rows[method]
+        assert scored(method) == crops_scored
+    trained = {method: (out / method / "last.pt").stat().st_mtime_ns for method in methods}
+    again = compare()  # resumable: nothing is retrained, the same table comes out
+    assert {method: (out / method / "last.pt").stat().st_mtime_ns for method in methods} == trained
+    assert [line for line in again.splitlines() if line.startswith("| ")] == list(rows.values())
