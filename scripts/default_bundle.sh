@@ -13,6 +13,8 @@
 # self-blends. Every step is seeded. Resumable: rerun it and each stage skips what is done, each fit --resume's;
 # BUILD remembers its arguments and refuses others (delete BUILD to start over). For a candidate, STAGE1_EPOCHS
 # (default 3) lengthens stage 1 and FOLD_AUGMENT (default uploads) changes step 3's augmentation (--augment).
+# A stage-1 checkpoint placed as BUILD/dfdc-pre/last.pt beside BUILD/dfdc-pre/.complete is used as it is
+# (checkpoints/README.md: the one kept in git, and why).
 set -euo pipefail
 [ $# -eq 4 ] || { echo "usage: $0 BUILD SIZE FFPP_DIR DFDC_DIR" >&2; exit 2; }
 D=$1 SIZE=$2 FFPP=$3 DFDC=$4 EPOCHS1=${STAGE1_EPOCHS:-3} AUGMENT3=${FOLD_AUGMENT:-uploads}
