@@ -352,6 +352,8 @@ def test_method_comparison_trains_each_method_for_its_budget_and_scores_all_on_t
     fit(FitConfig(data=str(prepared), out=str(start), arch="efficientnet_lite0", size=48, epochs=1, batch_size=8,
                   epoch_size=16, workers=0))
     out = tmp_path / "methods"
+    # Two of the seven keep the test short: ERM, and the method with the most options of its own.
+    methods = ("erm", "dual-attacker")
 
     def compare() -> str:
         result = subprocess.run(["bash", str(ROOT / "scripts" / "method_comparison.sh"), prepared, start, out, "1"],
@@ -360,8 +362,6 @@ def test_method_comparison_trains_each_method_for_its_budget_and_scores_all_on_t
         assert result.returncode == 0, result.stderr
         return result.stdout
 
-    # Two of the seven keep the test short: ERM, and the method with the most options of its own.
-    methods = ("erm", "dual-attacker")
     printed = compare()
     rows = {line.split(" | ")[0].lstrip("| "): line for line in printed.splitlines() if line.startswith("| ")}
     assert list(rows)[1:] == ["start (no training)", *methods]
