@@ -365,6 +365,7 @@ def test_method_comparison_trains_each_method_for_its_budget_and_scores_all_on_t
     printed = compare()
     rows = {line.split(" | ")[0].lstrip("| "): line for line in printed.splitlines() if line.startswith("| ")}
     assert list(rows)[1:] == ["start (no training)", *methods]
+
     def scored(name: str) -> list[str]:
         with open(out / f"{name}-eval" / "scores.csv", newline="") as handle:
             return sorted(row["crop"] for row in csv.DictReader(handle))

@@ -108,8 +108,8 @@ def _fit(config: FitConfig, ctx: distributed.Context, resume: bool,
     np.random.seed(seed)
     random.seed(seed)
     spec = model_spec(config.arch)
-    # Channels-last: oneDNN's convolutions train about 1.4x faster per step than in the default
-    # layout on this CPU (bench/train_step.py, "erm contiguous"; BENCHMARKS.md); the weights it saves are the same numbers.
+    # Channels-last: an ERM step costs 1.54x less CPU than in the default layout (oneDNN's convolutions;
+    # bench/train_step.py's "erm contiguous" row, BENCHMARKS.md). The saved weights load into either layout.
     model = create_model(config.arch, init=config.init).to(device, memory_format=torch.channels_last)
     if config.sync_bn:
         try:  # before freezing: conversion makes new modules, and the frozen ones must keep eval mode

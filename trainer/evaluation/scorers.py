@@ -88,7 +88,7 @@ class TorchScorer:
 
     def __init__(self, model: nn.Module, device: torch.device | str = "cpu", threshold: float = RUN_THRESHOLD):
         self.device = torch.device(device)
-        # Channels-last: oneDNN runs this model's convolutions about 1.5x faster so on the CPU.
+        # Channels-last, as trainer fit trains: oneDNN's convolutions run faster in it on the CPU (BENCHMARKS.md).
         self.model = model.to(self.device, memory_format=torch.channels_last).eval()
         self.threshold = threshold
         self._layer: str | None = None
