@@ -32,6 +32,7 @@ test: $(STAMP)
 # bundle is one EfficientNet-Lite0, the five grouped-fold models' weights averaged (a model soup:
 # one model's time per crop), calibrated on the DFDC validation pairs, which no fold model trained on.
 # A resolution candidate is `make default-bundle SIZE=160` (its own build folder; it overwrites exports/default).
+# To skip stage 1 (about 100 min), start build/d224 from the committed checkpoint: checkpoints/README.md.
 FFPP ?= ../shared/data/ffpp-c23
 DFDC ?= ../shared/data/dfdc-faces
 SIZE ?= 224
@@ -41,7 +42,7 @@ VIEWS := $(DEFAULT_BUILD)/views
 default-bundle: $(STAMP)
 	scripts/default_bundle.sh $(DEFAULT_BUILD) $(SIZE) $(FFPP) $(DFDC)
 	$(BIN)/trainer export $(DEFAULT_BUILD)/soup --checkpoint last --data $(VIEWS)/dfdc-train --out exports/default \
-	  --name ffpp-dfdc-lite0-$(SIZE)-nosbi-soup5 --operating-point eer --force
+	  --name ffpp-dfdc-lite0-$(SIZE)-nosbi-s1e5-soup5 --operating-point eer --force
 
 # The model card's test-split figures for the bundle in exports/default (needs default-bundle's data):
 # clean and corrupted per source, then every attack with the masking checks on a seeded 128-crop subset.

@@ -3,7 +3,7 @@
 #   scripts/default_bundle.sh BUILD SIZE FFPP_DIR DFDC_DIR
 # 1. `trainer prepare` of the FF++ videos and DFDC pairs at SIZE px (margin 1.15, split 0.6/0.25/0.15 by identity);
 #    per-source views (scripts/default_bundle_views.py);
-# 2. stage 1: ERM from the offline ImageNet weights on the DFDC training pairs, 3 x 12,800 samples (STAGE1_EPOCHS);
+# 2. stage 1: ERM from the offline ImageNet weights on the DFDC training pairs, 5 x 12,800 samples (STAGE1_EPOCHS);
 # 3. five grouped folds of the FF++ training and validation videos (identity groups never split; the test split
 #    stays out), 1,500 DFDC training pairs added to each fold's training side; per fold, stage 1 fine-tuned
 #    5 x 2,400 samples and its last epoch scored on the fold's held-out videos (scripts/cross_validate.sh);
@@ -12,12 +12,12 @@
 # Both stages train with the uploads augmentation (re-encoding, rescaling, blur, noise, colour, shifts) and no
 # self-blends. Every step is seeded. Resumable: rerun it and each stage skips what is done, each fit --resume's;
 # BUILD remembers its arguments and refuses others (delete BUILD to start over). For a candidate, STAGE1_EPOCHS
-# (default 3) lengthens stage 1 and FOLD_AUGMENT (default uploads) changes step 3's augmentation (--augment).
+# (default 5) changes stage 1's length and FOLD_AUGMENT (default uploads) changes step 3's augmentation (--augment).
 # A stage-1 checkpoint placed as BUILD/dfdc-pre/last.pt beside BUILD/dfdc-pre/.complete is used as it is
 # (checkpoints/README.md: the one kept in git, and why).
 set -euo pipefail
 [ $# -eq 4 ] || { echo "usage: $0 BUILD SIZE FFPP_DIR DFDC_DIR" >&2; exit 2; }
-D=$1 SIZE=$2 FFPP=$3 DFDC=$4 EPOCHS1=${STAGE1_EPOCHS:-3} AUGMENT3=${FOLD_AUGMENT:-uploads}
+D=$1 SIZE=$2 FFPP=$3 DFDC=$4 EPOCHS1=${STAGE1_EPOCHS:-5} AUGMENT3=${FOLD_AUGMENT:-uploads}
 R=$(cd "$(dirname "$0")/.." && pwd) B=$R/.venv/bin
 V=$D/views
 TRAIN="--arch efficientnet_lite0 --size $SIZE --paired --optimizer adamw --lr 3e-4 --workers 2 --seed 0 --no-sbi"
