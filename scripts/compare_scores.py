@@ -26,8 +26,16 @@ from default_bundle_views import is_ffpp  # a sibling script: `python scripts/..
 
 
 def read_file(path: str) -> dict[str, tuple[str, int, float]]:
-    with open(path, newline="") as handle:
-        return {row["crop"]: (row["video"], int(row["label"]), float(row["clean"])) for row in csv.DictReader(handle)}
+    """One scores.csv; a file that is missing or not `trainer eval`'s scores ends the script with one line."""
+    try:
+        with open(path, newline="") as handle:
+            return {row["crop"]: (row["video"], int(row["label"]), float(row["clean"])) for row in csv.DictReader(handle)}
+    except OSError as error:
+        raise SystemExit(f"error: {path}: cannot read it ({error.strerror})") from None
+    except KeyError as error:
+        raise SystemExit(f"error: {path}: not a `trainer eval` scores.csv (no {error} column)") from None
+    except ValueError as error:
+        raise SystemExit(f"error: {path}: not a `trainer eval` scores.csv ({error})") from None
 
 
 def read(paths: list[str]) -> dict[str, tuple[str, int, float]]:

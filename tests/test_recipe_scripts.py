@@ -212,6 +212,19 @@ def test_compare_scores_averages_ensemble_members_joined_by_plus(tmp_path):
     assert lines[("FF++ videos", "difference")].startswith("A - B +0.111")
 
 
+def test_compare_scores_names_the_file_it_cannot_use_in_one_line(tmp_path):
+    good = write_scores(tmp_path / "good.csv", ffpp_rows({"100": [0.1], "100_101": [0.9]}, LABELS))
+    missing = tmp_path / "fold-3-eval" / "scores.csv"
+    other = tmp_path / "other.csv"
+    other.write_text("crop,video,label,score\n100_0.png,100,0,0.1\n")
+    for bad, problem in ((missing, "cannot read it"), (other, "no 'clean' column")):
+        result = subprocess.run([sys.executable, str(ROOT / "scripts" / "compare_scores.py"), good, "--vs", bad],
+                                capture_output=True, text=True, cwd=ROOT, timeout=60)
+        assert result.returncode == 1 and result.stdout == ""
+        assert result.stderr.startswith(f"error: {bad}: ") and problem in result.stderr
+        assert "Traceback" not in result.stderr and result.stderr.count("\n") == 1
+
+
 def test_default_bundle_script_refuses_a_build_folder_made_with_other_settings(tmp_path):
     # The recipe is resumable (each stage skips what is done), so a build folder made at another size
     # or from other data must not be reused: its stages would be skipped and mixed into this run.
