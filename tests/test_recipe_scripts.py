@@ -245,6 +245,8 @@ def test_default_bundle_script_refuses_a_build_folder_made_with_other_settings(t
     (build / "recipe.txt").write_text("size=224 ffpp=ffpp dfdc=dfdc stage1_epochs=5\n")
     result = recipe(FOLD_AUGMENT="uploads-h264")
     assert result.returncode == 2 and "stage1_epochs=5 fold_augment=uploads-h264'" in result.stderr
+    result = recipe(FOLD_LR="1e-4")
+    assert result.returncode == 2 and "stage1_epochs=5 fold_lr=1e-4'" in result.stderr
     # the default stage 1 is five epochs (the shipped bundle's); a three-epoch build is another recipe
     (build / "recipe.txt").write_text("size=224 ffpp=ffpp dfdc=dfdc stage1_epochs=3\n")
     result = recipe()
