@@ -42,7 +42,7 @@ VIEWS := $(DEFAULT_BUILD)/views
 default-bundle: $(STAMP)
 	scripts/default_bundle.sh $(DEFAULT_BUILD) $(SIZE) $(FFPP) $(DFDC)
 	$(BIN)/trainer export $(DEFAULT_BUILD)/soup --checkpoint last --data $(VIEWS)/dfdc-train --out exports/default \
-	  --name ffpp-dfdc-lite0-$(SIZE)-nosbi-s1e5-soup5 --operating-point eer --force
+	  --name ffpp-dfdc-lite0-$(SIZE)-nosbi-s1e5-h264-soup5 --operating-point eer --force
 
 # The model card's test-split figures for the bundle in exports/default (needs default-bundle's data):
 # clean and corrupted per source, then every attack with the masking checks on a seeded 128-crop subset.

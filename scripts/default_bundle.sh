@@ -9,16 +9,17 @@
 #    5 x 2,400 samples and its last epoch scored on the fold's held-out videos (scripts/cross_validate.sh);
 # 4. the soup: the five fold models' weights averaged, scored on the DFDC validation pairs (the model card's rule
 #    ranks candidates by the mean of the pooled FF++ video AUC and this).
-# Both stages train with the uploads augmentation (re-encoding, rescaling, blur, noise, colour, shifts) and no
-# self-blends. Every step is seeded. Resumable: rerun it and each stage skips what is done, each fit --resume's;
+# Both stages train with the uploads augmentation (re-encoding, rescaling, blur, noise, colour, shifts; in step 3
+# its uploads-h264 variant, a third of the crops through H.264 up to CRF 45) and no self-blends. Every step is
+# seeded. Resumable: rerun it and each stage skips what is done, each fit --resume's;
 # BUILD remembers its arguments and refuses others (delete BUILD to start over). For a candidate, STAGE1_EPOCHS
-# (default 5) changes stage 1's length, FOLD_AUGMENT (default uploads) step 3's augmentation (--augment) and
+# (default 5) changes stage 1's length, FOLD_AUGMENT (default uploads-h264) step 3's augmentation (--augment) and
 # FOLD_LR (default 3e-4) step 3's peak learning rate.
 # A stage-1 checkpoint placed as BUILD/dfdc-pre/last.pt beside BUILD/dfdc-pre/.complete is used as it is
 # (checkpoints/README.md: the one kept in git, and why).
 set -euo pipefail
 [ $# -eq 4 ] || { echo "usage: $0 BUILD SIZE FFPP_DIR DFDC_DIR" >&2; exit 2; }
-D=$1 SIZE=$2 FFPP=$3 DFDC=$4 EPOCHS1=${STAGE1_EPOCHS:-5} AUGMENT3=${FOLD_AUGMENT:-uploads} LR3=${FOLD_LR:-3e-4}
+D=$1 SIZE=$2 FFPP=$3 DFDC=$4 EPOCHS1=${STAGE1_EPOCHS:-5} AUGMENT3=${FOLD_AUGMENT:-uploads-h264} LR3=${FOLD_LR:-3e-4}
 R=$(cd "$(dirname "$0")/.." && pwd) B=$R/.venv/bin
 V=$D/views
 TRAIN="--arch efficientnet_lite0 --size $SIZE --paired --optimizer adamw --workers 2 --seed 0 --no-sbi"

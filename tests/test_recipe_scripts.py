@@ -241,16 +241,20 @@ def test_default_bundle_script_refuses_a_build_folder_made_with_other_settings(t
     assert f"{build}: made by '{made}'" in result.stderr and "size=224" in result.stderr
     assert sorted(p.name for p in build.iterdir()) == ["recipe.txt"]
     assert (build / "recipe.txt").read_text() == made + "\n"
-    # a candidate's fold augmentation is part of the recipe: the default build is not reused for it
+    # the default is the shipped bundle's recipe: five stage-1 epochs, folds with uploads-h264 at 3e-4; a build
+    # of the previous bundle's recipe (folds with plain uploads) is not reused for it, nor the default for a candidate
+    default = "size=224 ffpp=ffpp dfdc=dfdc stage1_epochs=5 fold_augment=uploads-h264"
     (build / "recipe.txt").write_text("size=224 ffpp=ffpp dfdc=dfdc stage1_epochs=5\n")
-    result = recipe(FOLD_AUGMENT="uploads-h264")
-    assert result.returncode == 2 and "stage1_epochs=5 fold_augment=uploads-h264'" in result.stderr
-    result = recipe(FOLD_LR="1e-4")
-    assert result.returncode == 2 and "stage1_epochs=5 fold_lr=1e-4'" in result.stderr
-    # the default stage 1 is five epochs (the shipped bundle's); a three-epoch build is another recipe
-    (build / "recipe.txt").write_text("size=224 ffpp=ffpp dfdc=dfdc stage1_epochs=3\n")
     result = recipe()
+    assert result.returncode == 2 and f"not '{default}'" in result.stderr
+    (build / "recipe.txt").write_text(default + "\n")
+    result = recipe(FOLD_AUGMENT="uploads")
     assert result.returncode == 2 and "not 'size=224 ffpp=ffpp dfdc=dfdc stage1_epochs=5'" in result.stderr
+    result = recipe(FOLD_LR="1e-4")
+    assert result.returncode == 2 and f"not '{default} fold_lr=1e-4'" in result.stderr
+    (build / "recipe.txt").write_text("size=224 ffpp=ffpp dfdc=dfdc stage1_epochs=3 fold_augment=uploads-h264\n")
+    result = recipe()
+    assert result.returncode == 2 and f"not '{default}'" in result.stderr
 
 
 def test_threshold_by_source_calibrates_each_crop_before_a_video_is_averaged(tmp_path):
