@@ -24,6 +24,7 @@ R=$(cd "$(dirname "$0")/.." && pwd) B=$R/.venv/bin
 V=$D/views
 TRAIN="--arch efficientnet_lite0 --size $SIZE --paired --optimizer adamw --workers 2 --seed 0 --no-sbi"
 recipe="size=$SIZE ffpp=$FFPP dfdc=$DFDC stage1_epochs=$EPOCHS1"
+# plain uploads and 3e-4 are left out of recipe.txt: build folders made before these knobs existed used them
 [ "$AUGMENT3" = uploads ] || recipe="$recipe fold_augment=$AUGMENT3"
 [ "$LR3" = 3e-4 ] || recipe="$recipe fold_lr=$LR3"
 mkdir -p "$D"
