@@ -15,12 +15,15 @@ previous bundle's scores on FF++ videos and DFDC pairs neither was trained on.
 from __future__ import annotations
 
 import argparse
-import csv
+from pathlib import Path
 
 import numpy as np
 
+from trainer.evaluation.errors import EvaluationError
+
 from trainer.evaluation.folds import grouped_auc_ci
 from trainer.evaluation.metrics import auc_score
+from trainer.evaluation.report import read_clean_scores
 
 from default_bundle_views import is_ffpp  # a sibling script: `python scripts/...` puts scripts/ on the path
 
@@ -28,14 +31,9 @@ from default_bundle_views import is_ffpp  # a sibling script: `python scripts/..
 def read_file(path: str) -> dict[str, tuple[str, int, float]]:
     """One scores.csv; a file that is missing or not `trainer eval`'s scores ends the script with one line."""
     try:
-        with open(path, newline="") as handle:
-            return {row["crop"]: (row["video"], int(row["label"]), float(row["clean"])) for row in csv.DictReader(handle)}
-    except OSError as error:
-        raise SystemExit(f"error: {path}: cannot read it ({error.strerror})") from None
-    except KeyError as error:
-        raise SystemExit(f"error: {path}: not a `trainer eval` scores.csv (no {error} column)") from None
-    except ValueError as error:
-        raise SystemExit(f"error: {path}: not a `trainer eval` scores.csv ({error})") from None
+        return {crop: (video, label, score) for crop, video, label, score in read_clean_scores(Path(path))}
+    except EvaluationError as error:
+        raise SystemExit(f"error: {error}") from None
 
 
 def read(paths: list[str]) -> dict[str, tuple[str, int, float]]:

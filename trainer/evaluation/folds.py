@@ -19,7 +19,6 @@ on the very videos it is scored on would flatter the pooled figure.
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import shutil
@@ -33,7 +32,9 @@ from trainer.data.pairing import PAIR_PREFIX
 from trainer.data.prepared_folder import DONE_FILE, PREPARE_FILE, SBI_PREFIX, read_records
 from trainer.data.sbi import LANDMARKS_FILE
 from trainer.data.sources import group_videos
+from trainer.evaluation.errors import EvaluationError
 from trainer.evaluation.metrics import BOOTSTRAP_RESAMPLES, auc_score, video_id
+from trainer.evaluation.report import SCORES_FILE, read_clean_scores
 
 FOLDS_FILE = "folds.json"
 
@@ -150,16 +151,14 @@ def _link_self_blends(data: Path, out: Path, k: int, fold_of_video: dict, crops_
 # ------------------------------------------------------------------------------------ pooling
 
 def _read_scores(report_dir: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
-    path = Path(report_dir) / "scores.csv"
+    path = Path(report_dir) / SCORES_FILE
     try:
-        with open(path, newline="") as handle:
-            rows = list(csv.DictReader(handle))
-    except OSError as exc:
-        raise FoldsError(f"{path}: unreadable ({exc.strerror or exc}); give `trainer eval` report folders") from None
-    if not rows or "clean" not in rows[0]:
-        raise FoldsError(f"{path}: no clean scores (not a `trainer eval` scores.csv)")
-    return ([r["crop"] for r in rows], np.array([int(r["label"]) for r in rows]),
-            np.array([float(r["clean"]) for r in rows]))
+        rows = read_clean_scores(path)
+    except EvaluationError as exc:
+        raise FoldsError(f"{exc}; give `trainer eval` report folders") from None
+    if not rows:
+        raise FoldsError(f"{path}: no scores (an empty `trainer eval` {SCORES_FILE})")
+    return [r[0] for r in rows], np.array([r[2] for r in rows]), np.array([r[3] for r in rows])
 
 
 def grouped_auc_ci(labels: np.ndarray, scores: np.ndarray, groups: np.ndarray, resamples: int,

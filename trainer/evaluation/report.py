@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from trainer.evaluation.errors import EvaluationError
 from trainer.evaluation.html_report import render_html
 from trainer.evaluation.metrics import video_id
 from trainer.evaluation.plots import write_plots
@@ -18,6 +19,7 @@ from trainer.evaluation.summary import condition_rows
 from trainer.evaluation.sweep import Collected
 
 SCHEMA = "trainer-eval/1"
+SCORES_FILE = "scores.csv"
 
 
 def _json_default(value):
@@ -38,7 +40,7 @@ def write_report(report: dict, collected: Collected, out: Path) -> None:
         writer = csv.DictWriter(handle, fieldnames=["condition", "kind", "accuracy", "auc", "n"])
         writer.writeheader()
         writer.writerows(condition_rows(report))
-    with open(out / "scores.csv", "w", newline="") as handle:
+    with open(out / SCORES_FILE, "w", newline="") as handle:
         writer = csv.writer(handle)
         keys = list(collected.scores)
         writer.writerow(["crop", "video", "label", *keys])
@@ -46,3 +48,17 @@ def write_report(report: dict, collected: Collected, out: Path) -> None:
             writer.writerow([name, video_id(name), int(collected.labels[i]),
                              *(f"{collected.scores[k][i]:.6f}" for k in keys)])
     (out / "index.html").write_text(render_html(report, out))
+
+
+def read_clean_scores(path: Path) -> list[tuple[str, str, int, float]]:
+    """(crop, video, label, clean P(fake)) for each row of a scores.csv that `write_report` wrote;
+    a file that is missing or not one is an EvaluationError naming it, in one line."""
+    try:
+        with open(path, newline="") as handle:
+            return [(row["crop"], row["video"], int(row["label"]), float(row["clean"])) for row in csv.DictReader(handle)]
+    except OSError as exc:
+        raise EvaluationError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+    except KeyError as exc:
+        raise EvaluationError(f"{path}: not a `trainer eval` {SCORES_FILE} (no {exc} column)") from None
+    except (TypeError, ValueError) as exc:
+        raise EvaluationError(f"{path}: not a `trainer eval` {SCORES_FILE} ({exc})") from None
