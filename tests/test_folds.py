@@ -155,6 +155,31 @@ def test_pool_scores_every_crop_once_and_videos_by_their_mean(tmp_path):
     assert frame_low <= pooled["frames"]["auc"] <= frame_high
 
 
+def test_pool_reports_each_manipulation_against_every_real_video(tmp_path):
+    # Deepfakes fakes outscore every real video, FaceSwap fakes underscore them: per method AUC 1 and 0,
+    # while all fakes together sit in between. Names as `trainer prepare` gives FF++'s sub-folders.
+    reals = [(f"{v:03d}_{f:04d}_0.png", 0, 0.3 + 0.01 * v) for v in range(1, 5) for f in range(2)]
+    deepfakes = [(f"Deepfakes-{v:03d}_{v + 1:03d}_{f:04d}_0.png", 1, 0.9) for v in (1, 3) for f in range(2)]
+    faceswap = [(f"FaceSwap-{v:03d}_{v + 1:03d}_{f:04d}_0.png", 1, 0.1 + 0.01 * v) for v in (1, 2, 3) for f in range(2)]
+    folds = [_scores(tmp_path / "a", reals[:4] + deepfakes[:2] + faceswap[:2]),
+             _scores(tmp_path / "b", reals[4:] + deepfakes[2:] + faceswap[2:])]
+    pooled = pool_reports(folds, threshold=0.5)
+    assert 0 < pooled["videos"]["auc"] < 1
+    by_method = pooled["by_method"]
+    assert sorted(by_method) == ["Deepfakes", "FaceSwap"]
+    assert by_method["Deepfakes"]["auc"] == 1.0 and by_method["Deepfakes"]["fake"] == 2
+    assert by_method["FaceSwap"]["auc"] == 0.0 and by_method["FaceSwap"]["fake"] == 3
+    assert by_method["Deepfakes"]["real"] == by_method["FaceSwap"]["real"] == 4
+    assert by_method["Deepfakes"]["fakes_right"] == 1.0 and by_method["FaceSwap"]["fakes_right"] == 0.0
+    result = runner.invoke(app, ["pool", str(folds[0]), str(folds[1])])
+    assert result.exit_code == 0
+    assert "pooled videos, Deepfakes: 2 fake against 4 real, AUC 1.000" in result.output
+    assert "pooled videos, FaceSwap: 3 fake against 4 real, AUC 0.000" in result.output
+    # one method only: the pooled video line already says it all
+    single = [_scores(tmp_path / "c", reals[:4] + deepfakes[:2]), _scores(tmp_path / "d", reals[4:] + deepfakes[2:])]
+    assert pool_reports(single)["by_method"] == {}
+
+
 def test_pool_refuses_overlapping_folds_and_bad_folders(tmp_path):
     a = _scores(tmp_path / "a", [("001_0000_0.png", 0, 0.1), ("002_0000_0.png", 1, 0.9)])
     b = _scores(tmp_path / "b", [("001_0000_0.png", 0, 0.2), ("003_0000_0.png", 1, 0.8)])

@@ -60,6 +60,14 @@ class SourceVideo:
         return self.partner if self.partner is not None else self.path.stem
 
 
+def fake_method(name: str) -> str | None:
+    """The manipulation of a fake video named by find_videos: its first sub-folder under fake/
+    ('Deepfakes-044_945' -> 'Deepfakes'; 'pair-<real>' -> 'pair', a DFDC pair). None for a name
+    without one (a fake directly in fake/ whose stem has no '-')."""
+    method, dash, _ = name.partition("-")
+    return method if dash and method else None
+
+
 def video_ids(stem: str, pattern: str | None = None) -> tuple[str, ...]:
     """The identities in a stem. With `pattern`, the regex's first group where it matches the whole
     stem. Otherwise a FaceForensics++ stem gives its numbers ('044_945' -> ('44', '945'); leading

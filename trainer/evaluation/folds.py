@@ -8,7 +8,8 @@ about ±0.2 wide). Cross-validation scores every video once, by a model that nev
     trainer fit --data FOLDS/fold-0 ...       one run per fold
     trainer eval RUN --data FOLDS/fold-0 --split validation --checkpoint last ...
     trainer pool EVAL-0 EVAL-1 ...            the out-of-fold scores pooled: frame and video AUC
-                                              with intervals, and each fold's own
+                                              with intervals, each fold's own, and per manipulation
+                                              (all reals against each method's fake videos)
 
 Folds are made of whole identity groups (the same union-find as prepare's splits, so `044.mp4`,
 `044_945.mp4` and `945.mp4` always share a fold), balanced by video count. The folds draw on the
@@ -31,7 +32,7 @@ from trainer.data.datasets import CLASSES, SPLITS
 from trainer.data.pairing import PAIR_PREFIX
 from trainer.data.prepared_folder import DONE_FILE, PREPARE_FILE, SBI_PREFIX, read_records
 from trainer.data.sbi import LANDMARKS_FILE
-from trainer.data.sources import group_videos
+from trainer.data.sources import fake_method, group_videos
 from trainer.evaluation.errors import EvaluationError
 from trainer.evaluation.metrics import BOOTSTRAP_RESAMPLES, auc_score, video_id
 from trainer.evaluation.report import SCORES_FILE, read_clean_scores
@@ -209,6 +210,7 @@ def pool_reports(report_dirs: Sequence[Path], threshold: float = 0.5, resamples:
     video_score = np.array([s[videos == v].mean() for v in ids])
     return {
         "folds": per_fold,
+        "by_method": _by_method(np.array(ids), video_label, video_score, threshold, resamples, seed),
         "frames": {"n": len(y), "real": int((y == 0).sum()), "fake": int((y == 1).sum()), "auc": auc_score(y, s),
                    "auc_ci95": grouped_auc_ci(y, s, videos, resamples, seed),
                    "accuracy": float(((s >= threshold) == y).mean())},
@@ -219,6 +221,24 @@ def pool_reports(report_dirs: Sequence[Path], threshold: float = 0.5, resamples:
         "threshold": threshold,
         "ci_method": f"bootstrap over videos, {resamples} resamples, percentile, seed {seed}",
     }
+
+
+def _by_method(ids: np.ndarray, labels: np.ndarray, scores: np.ndarray, threshold: float, resamples: int,
+               seed: int) -> dict[str, dict]:
+    """Per manipulation (the fakes' sub-folder, as `trainer prepare` names them): every real video
+    against that method's fake videos. Empty unless the fakes come from two or more methods."""
+    methods = np.array([fake_method(v) if label == 1 else None for v, label in zip(ids, labels)], dtype=object)
+    named = sorted({m for m in methods if m is not None})
+    if len(named) < 2:
+        return {}
+    result = {}
+    for method in named:
+        keep = (labels == 0) | (methods == method)
+        y, s = labels[keep], scores[keep]
+        result[method] = {"fake": int((methods == method).sum()), "real": int((y == 0).sum()), "auc": auc_score(y, s),
+                          "auc_ci95": grouped_auc_ci(y, s, ids[keep], resamples, seed),
+                          "fakes_right": float((scores[methods == method] >= threshold).mean())}
+    return result
 
 
 def pool_lines(pooled: dict) -> list[str]:
@@ -233,5 +253,9 @@ def pool_lines(pooled: dict) -> list[str]:
         auc = f"AUC {part['auc']:.3f}{ci(part)}" if part["auc"] is not None else "AUC n/a (one class)"
         lines.append(f"pooled {key}: {part['n']} ({part['real']} real, {part['fake']} fake), {auc}, "
                      f"accuracy {part['accuracy']:.3f} at {pooled['threshold']}")
+    for method, part in pooled.get("by_method", {}).items():
+        auc = f"AUC {part['auc']:.3f}{ci(part)}" if part["auc"] is not None else "AUC n/a (one class)"
+        lines.append(f"pooled videos, {method}: {part['fake']} fake against {part['real']} real, {auc}, "
+                     f"fakes right {part['fakes_right']:.3f} at {pooled['threshold']}")
     lines.append(f"intervals: {pooled['ci_method']}")
     return lines
