@@ -46,15 +46,17 @@ def read(paths: list[str]) -> dict[str, tuple[str, int, float]]:
     return rows
 
 
-def source_arrays(crops: list[str], rows: dict, video_level: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Labels, scores and video ids of `crops`; with video_level, one mean score per video."""
+def source_arrays(crops: list[str], rows: dict, video_level: bool,
+                  pool=np.mean) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Labels, scores and video ids of `crops`; with video_level, one score per video (`pool` of
+    its crops' scores: their mean unless told)."""
     videos = np.array([rows[c][0] for c in crops])
     labels = np.array([rows[c][1] for c in crops])
     scores = np.array([rows[c][2] for c in crops])
     if video_level:
         ids = sorted(set(videos))
         labels = np.array([labels[videos == v][0] for v in ids])
-        scores = np.array([scores[videos == v].mean() for v in ids])
+        scores = np.array([pool(scores[videos == v]) for v in ids])
         videos = np.array(ids)
     return labels, scores, videos
 

@@ -2,10 +2,13 @@
 (`trainer eval` scores.csv files, pooled; FF++ and DFDC crops told apart by name):
 
     python scripts/threshold_by_source.py SCORES.csv... [--temperature T] [--at 0.41 0.5 0.6]
+                                          [--aggregate mean|confident|max]
 
 Scores are P(fake) at temperature 1 (a run's, as `trainer eval RUN` writes them); --temperature
 applies a bundle's calibration to them first (P = sigmoid(logit / T)), so that out-of-fold scores
-of the fold models can be read at the bundle's threshold. Per source: the equal-error threshold,
+of the fold models can be read at the bundle's threshold. A video's score is its calibrated crops'
+`--aggregate` (mean unless told; `confident` is `forensic scan`'s default, the DFDC winner's
+strategy, by the scan's own function). Per source: the AUC, the equal-error threshold,
 then at each --at threshold the share of reals and of fakes called right and their mean (balanced
 accuracy); last, the mean of the sources' balanced accuracies (FF++ frames and DFDC pairs).
 
@@ -19,8 +22,9 @@ import argparse
 
 import numpy as np
 
+from forensic.identities import aggregate
 from forensic.inference import member_probability
-from trainer.evaluation.metrics import equal_error_rate
+from trainer.evaluation.metrics import auc_score, equal_error_rate
 
 from compare_scores import read, source_arrays  # sibling scripts: `python scripts/...` puts scripts/ on the path
 from default_bundle_views import is_ffpp
@@ -39,6 +43,8 @@ def main() -> None:
     parser.add_argument("scores", nargs="+")
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--at", type=float, nargs="+", default=[0.5])
+    parser.add_argument("--aggregate", choices=("mean", "confident", "max"), default="mean",
+                        help="how a video's crop scores combine (forensic scan's --aggregate)")
     args = parser.parse_args()
     # Per crop, before a video's crops are averaged, as a scan calibrates each face.
     rows = {crop: (video, label, float(with_temperature(np.array(score), args.temperature)))
@@ -48,10 +54,12 @@ def main() -> None:
         crops = sorted(c for c in rows if is_ffpp(c) == ffpp)
         if not crops:
             continue
-        labels, scores, _ = source_arrays(crops, rows, video_level)
+        labels, scores, _ = source_arrays(crops, rows, video_level, pool=lambda s: aggregate(s, args.aggregate))
         eer = equal_error_rate(labels, scores)
         where = f"equal-error threshold {eer[1]:.3f} (EER {eer[0]:.3f})" if eer else "one class only"
-        print(f"{source:12}: n {len(labels)} ({int((labels == 0).sum())} real), {where}")
+        auc = auc_score(labels, scores)
+        print(f"{source:12}: n {len(labels)} ({int((labels == 0).sum())} real), "
+              f"AUC {'n/a' if auc is None else f'{auc:.3f}'}, {where}")
         for threshold in args.at:
             real = float((scores[labels == 0] < threshold).mean())
             fake = float((scores[labels == 1] >= threshold).mean())

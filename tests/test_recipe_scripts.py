@@ -270,12 +270,17 @@ def test_threshold_by_source_calibrates_each_crop_before_a_video_is_averaged(tmp
     lines = printed.splitlines()
     assert "FF++ videos    at 0.680: reals right 1.000, fakes right 1.000, balanced 1.000" in lines
     assert "FF++ frames    at 0.680: reals right 1.000, fakes right 0.667, balanced 0.833" in lines
-    assert "DFDC pairs  : n 2 (1 real), equal-error threshold 0.449 (EER 0.000)" in lines
+    assert "DFDC pairs  : n 2 (1 real), AUC 1.000, equal-error threshold 0.449 (EER 0.000)" in lines
     assert "DFDC pairs     at 0.680: reals right 1.000, fakes right 0.000, balanced 0.500" in lines
     assert "at 0.680: mean balanced accuracy over 2 sources 0.667" in lines
     # at temperature 1 the same fake frames are right at 0.68 but for the one at 0.5
     plain = run_script("threshold_by_source.py", path, "--at", "0.68").splitlines()
     assert "FF++ frames    at 0.680: reals right 1.000, fakes right 0.833, balanced 0.917" in plain
+    # a video as the scan can combine it: its most fake calibrated crop (0.909 for 100_101) rather than the mean
+    mean = run_script("threshold_by_source.py", path, "--temperature", "2", "--at", "0.8").splitlines()
+    most = run_script("threshold_by_source.py", path, "--temperature", "2", "--at", "0.8", "--aggregate", "max").splitlines()
+    assert "FF++ videos    at 0.800: reals right 1.000, fakes right 0.000, balanced 0.500" in mean
+    assert "FF++ videos    at 0.800: reals right 1.000, fakes right 0.333, balanced 0.667" in most
 
 
 def test_h264_forms_scores_a_split_clean_and_in_both_encodings(prepared):
