@@ -20,7 +20,6 @@ from pathlib import Path
 import numpy as np
 
 from trainer.evaluation.errors import EvaluationError
-
 from trainer.evaluation.folds import grouped_auc_ci
 from trainer.evaluation.metrics import auc_score
 from trainer.evaluation.report import read_clean_scores
