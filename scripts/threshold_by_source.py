@@ -2,7 +2,7 @@
 (`trainer eval` scores.csv files, pooled; FF++ and DFDC crops told apart by name):
 
     python scripts/threshold_by_source.py SCORES.csv... [--temperature T] [--at 0.41 0.5 0.6]
-                                          [--aggregate mean|confident|max]
+                                          [--aggregate mean|confident|max] [--best]
 
 Scores are P(fake) at temperature 1 (a run's, as `trainer eval RUN` writes them); --temperature
 applies a bundle's calibration to them first (P = sigmoid(logit / T)), so that out-of-fold scores
@@ -11,6 +11,7 @@ of the fold models can be read at the bundle's threshold. A video's score is its
 strategy, by the scan's own function). Per source: the AUC, the equal-error threshold,
 then at each --at threshold the share of reals and of fakes called right and their mean (balanced
 accuracy); last, the mean of the sources' balanced accuracies (FF++ frames and DFDC pairs).
+--best adds the threshold, on a grid of 0.01, where that mean is highest (the first of equals).
 
 Used for the default bundle's model card: the FF++ folds and the DFDC validation pairs disagree on
 where the threshold belongs.
@@ -38,11 +39,18 @@ def with_temperature(scores: np.ndarray, temperature: float) -> np.ndarray:
     return member_probability(np.log(p / (1 - p)), bundle_temperature=temperature)
 
 
+def balanced_accuracy(labels: np.ndarray, scores: np.ndarray, threshold: float) -> float:
+    """Mean of the share of reals below `threshold` and of fakes at or above it."""
+    return float(((scores[labels == 0] < threshold).mean() + (scores[labels == 1] >= threshold).mean()) / 2)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("scores", nargs="+")
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--at", type=float, nargs="+", default=[0.5])
+    parser.add_argument("--best", action="store_true",
+                        help="also the threshold (grid 0.01) with the highest mean balanced accuracy over the sources")
     parser.add_argument("--aggregate", choices=("mean", "confident", "max"), default="mean",
                         help="how a video's crop scores combine (forensic scan's --aggregate)")
     args = parser.parse_args()
@@ -50,6 +58,9 @@ def main() -> None:
     rows = {crop: (video, label, float(with_temperature(np.array(score), args.temperature)))
             for crop, (video, label, score) in read(args.scores).items()}
     balanced: dict[float, list[float]] = {t: [] for t in args.at}
+    grid = np.round(np.arange(0.01, 1.0, 0.01), 2)
+    grid_balanced = np.zeros_like(grid)
+    sources = 0
     for source, ffpp, video_level in SOURCES:
         crops = sorted(c for c in rows if is_ffpp(c) == ffpp)
         if not crops:
@@ -67,8 +78,15 @@ def main() -> None:
                   f"balanced {(real + fake) / 2:.3f}")
             if not video_level:
                 balanced[threshold].append((real + fake) / 2)
+        if not video_level and len(np.unique(labels)) == 2:
+            sources += 1
+            grid_balanced += [balanced_accuracy(labels, scores, t) for t in grid]
     for threshold, values in balanced.items():
         print(f"at {threshold:.3f}: mean balanced accuracy over {len(values)} sources {np.mean(values):.3f}")
+    if args.best and sources:
+        best = int(np.argmax(grid_balanced))
+        print(f"best threshold {grid[best]:.2f}: mean balanced accuracy over {sources} sources "
+              f"{grid_balanced[best] / sources:.3f}")
 
 
 if __name__ == "__main__":

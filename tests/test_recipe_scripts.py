@@ -278,6 +278,10 @@ def test_threshold_by_source_calibrates_each_crop_before_a_video_is_averaged(tmp
     assert "DFDC pairs  : n 2 (1 real), AUC 1.000, equal-error threshold 0.449 (EER 0.000)" in lines
     assert "DFDC pairs     at 0.680: reals right 1.000, fakes right 0.000, balanced 0.500" in lines
     assert "at 0.680: mean balanced accuracy over 2 sources 0.667" in lines
+    # Calibrated, FF++ frames are all right for 0.396 < t <= 0.5 (most real 0.3 -> 0.396, least fake 0.5)
+    # and DFDC's pair for 0.333 < t <= 0.4495: the grid's first threshold with both right is 0.40
+    best = run_script("threshold_by_source.py", path, "--temperature", "2", "--best").splitlines()
+    assert best[-1] == "best threshold 0.40: mean balanced accuracy over 2 sources 1.000"
     # at temperature 1 the same fake frames are right at 0.68 but for the one at 0.5
     plain = run_script("threshold_by_source.py", path, "--at", "0.68").splitlines()
     assert "FF++ frames    at 0.680: reals right 1.000, fakes right 0.833, balanced 0.917" in plain
