@@ -39,9 +39,14 @@ def with_temperature(scores: np.ndarray, temperature: float) -> np.ndarray:
     return member_probability(np.log(p / (1 - p)), bundle_temperature=temperature)
 
 
+def shares_right(labels: np.ndarray, scores: np.ndarray, threshold: float) -> tuple[float, float]:
+    """The share of reals below `threshold` and of fakes at or above it."""
+    return float((scores[labels == 0] < threshold).mean()), float((scores[labels == 1] >= threshold).mean())
+
+
 def balanced_accuracy(labels: np.ndarray, scores: np.ndarray, threshold: float) -> float:
-    """Mean of the share of reals below `threshold` and of fakes at or above it."""
-    return float(((scores[labels == 0] < threshold).mean() + (scores[labels == 1] >= threshold).mean()) / 2)
+    """Mean of the share of reals and of fakes called right at `threshold`."""
+    return float(np.mean(shares_right(labels, scores, threshold)))
 
 
 def main() -> None:
@@ -72,8 +77,7 @@ def main() -> None:
         print(f"{source:12}: n {len(labels)} ({int((labels == 0).sum())} real), "
               f"AUC {'n/a' if auc is None else f'{auc:.3f}'}, {where}")
         for threshold in args.at:
-            real = float((scores[labels == 0] < threshold).mean())
-            fake = float((scores[labels == 1] >= threshold).mean())
+            real, fake = shares_right(labels, scores, threshold)
             print(f"{source:12}   at {threshold:.3f}: reals right {real:.3f}, fakes right {fake:.3f}, "
                   f"balanced {(real + fake) / 2:.3f}")
             if not video_level:
