@@ -570,6 +570,29 @@ def test_config_files_are_checked_as_the_command_line_is(tmp_path):
         load_config_file(tmp_path)
 
 
+def test_fit_settings_layer_saved_run_then_file_then_command_line(tmp_path):
+    from trainer.config import fit_config
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"fit": {"data": "crops", "out": str(run), "lr": 1e-3, "epochs": 4,
+                                                         "method": "fgsm-at", "options": {"eps": 0.01, "alpha": 0.5}}}))
+    overrides = tmp_path / "more.toml"
+    overrides.write_text("epochs = 6\nseed = 3\n")
+    given = {"out": run, "epochs": 9, "lr": None}
+    config = fit_config(given, ["eps=0.02", "note=slow"], overrides, resume=True)
+    assert config.lr == 1e-3  # the saved run's, not given on the command line
+    assert config.epochs == 9 and config.seed == 3  # the command line over the file over the saved run
+    assert config.options == {"eps": 0.02, "alpha": 0.5, "note": "slow"}  # merged, numbers parsed
+    assert config.data == str((Path.cwd() / "crops").absolute())  # absolute, for --resume from anywhere
+    fresh = fit_config({"out": run, "data": "crops"})  # without --resume the saved run is not read
+    assert fresh.lr != 1e-3 and fresh.method == "erm"
+    with pytest.raises(ValueError, match="--data is required"):
+        fit_config({"out": tmp_path / "new"})
+    with pytest.raises(ValueError, match="key=value"):
+        fit_config({"out": run, "data": "crops"}, ["eps"])
+
+
 def test_registry_tables_name_exactly_what_the_modules_register():
     # `trainer --help` lists the tables without importing torch; they must not drift from the registries.
     from trainer.methods import METHODS

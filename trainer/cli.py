@@ -78,20 +78,6 @@ def _print_epoch(m) -> None:  # m: trainer.fit.EpochMetrics
     )
 
 
-def _parse_options(pairs: list[str]) -> dict:
-    """key=value pairs; values that parse as JSON numbers or booleans become them."""
-    options = {}
-    for pair in pairs:
-        key, sep, raw = pair.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--option expects key=value, not {pair!r}")
-        try:
-            options[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            options[key] = raw
-    return options
-
-
 @app.command(name="fit")
 def fit_command(
     data: Optional[Path] = typer.Option(None, "--data", help="Dataset folder: DIR/{train,validation,test}/{real,fake}/*.png|jpg"),
@@ -125,33 +111,16 @@ def fit_command(
     """Train a real/fake classifier on face crops; validation accuracy and ROC-AUC each epoch."""
     from trainer import distributed
     from trainer.data.datasets import DatasetError
-    from trainer.config import FitConfig, RunError, load_config_file
+    from trainer.config import RunError, fit_config
     from trainer.fit import fit
-    from trainer.methods import method_class
-    from trainer.models import InitError, model_spec
+    from trainer.models import InitError
 
     try:
-        # A resumed run starts from its own settings, so `--out RUN --resume` is enough.
-        saved_run = Path(out) / "config.json" if resume and out is not None else None
-        values = load_config_file(saved_run) if saved_run is not None and saved_run.is_file() else {}
-        values.update(load_config_file(config_file) if config_file else {})
         given = {"data": data, "out": out, "val_data": val_data, "arch": arch, "method": method, "init": init, "epochs": epochs,
                  "batch_size": batch_size, "epoch_size": epoch_size, "optimizer": optimizer, "lr": lr, "schedule": schedule, "patience": patience,
                  "size": size, "augment": augment, "sbi": sbi, "paired": paired, "freeze": freeze.split(",") if freeze else None, "checkpoint_every": checkpoint_every, "workers": workers,
                  "seed": seed, "device": device, "sync_bn": sync_bn}
-        values.update({key: value for key, value in given.items() if value is not None})
-        if option:
-            values["options"] = {**values.get("options", {}), **_parse_options(option)}
-        for key in ("data", "out"):
-            if values.get(key) is None:
-                raise ValueError(f"--{key} is required (on the command line or in --config)")
-        # Absolute, so that `--resume` and `--config RUN/config.json` work from any folder.
-        values["data"], values["out"] = str(Path(values["data"]).absolute()), str(values["out"])
-        if values.get("val_data") is not None:
-            values["val_data"] = str(Path(values["val_data"]).absolute())
-        model_spec(values.get("arch", "efficientnet_lite0"))
-        method_class(values.get("method", "erm"))
-        config = FitConfig(**values)
+        config = fit_config(given, option, config_file, resume)
         if nproc > 1:
             if distributed.Context.from_environment().distributed:
                 raise ValueError("--nproc starts torchrun itself: under torchrun, leave it out")

@@ -126,6 +126,44 @@ def load_config_file(path: Path) -> dict[str, Any]:
     return {key: _checked(path, key, value) for key, value in values.items()}
 
 
+def parse_options(pairs: list[str]) -> dict[str, Any]:
+    """Method options from key=value pairs; values that parse as JSON numbers or booleans become them."""
+    options = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--option expects key=value, not {pair!r}")
+        try:
+            options[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            options[key] = raw
+    return options
+
+
+def fit_config(given: dict[str, Any], options: list[str] = (), config_file: Path | None = None,
+               resume: bool = False) -> FitConfig:
+    """A run's settings, layered: a resumed run's own config.json, then `config_file`, then what
+    was `given` (None: not given), then `options` (key=value) over the method options so far."""
+    out = given.get("out")
+    # A resumed run starts from its own settings, so `--out RUN --resume` is enough.
+    saved_run = Path(out) / "config.json" if resume and out is not None else None
+    values = load_config_file(saved_run) if saved_run is not None and saved_run.is_file() else {}
+    values.update(load_config_file(config_file) if config_file else {})
+    values.update({key: value for key, value in given.items() if value is not None})
+    if options:
+        values["options"] = {**values.get("options", {}), **parse_options(list(options))}
+    for key in ("data", "out"):
+        if values.get(key) is None:
+            raise ValueError(f"--{key} is required (on the command line or in --config)")
+    # Absolute, so that `--resume` and `--config RUN/config.json` work from any folder.
+    values["data"], values["out"] = str(Path(values["data"]).absolute()), str(values["out"])
+    if values.get("val_data") is not None:
+        values["val_data"] = str(Path(values["val_data"]).absolute())
+    model_spec(values.get("arch", "efficientnet_lite0"))
+    method_class(values.get("method", "erm"))
+    return FitConfig(**values)
+
+
 def _checked(path: Path, key: str, value: Any) -> Any:
     """A config-file value of the right type and range (None keeps the default)."""
     def bad(expected: str) -> RunError:
