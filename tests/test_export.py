@@ -8,8 +8,9 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score, roc_curve
 
-from trainer.export.bundle import (ExportError, choose_threshold, parse_operating_point, ensemble_probability, export_onnx,
-                                   fit_platt, fit_temperature, max_logit_difference)
+from trainer.export.bundle import ExportError, export_onnx, max_logit_difference
+from trainer.export.calibration import (choose_threshold, ensemble_probability, fit_platt, fit_temperature,
+                                        parse_operating_point)
 from trainer.models import DetectorWithCAM, create_model
 
 
@@ -118,7 +119,7 @@ def test_platt_scaling_stays_finite_when_validation_is_separable():
 
 
 def test_a_temperature_at_its_search_bound_is_warned_about():
-    from trainer.export.bundle import TEMPERATURE_BOUNDS, _temperature_warning
+    from trainer.export.calibration import TEMPERATURE_BOUNDS, _temperature_warning
 
     labels = np.r_[np.zeros(60), np.ones(120)].astype(int)
     separable = np.stack([np.zeros(180), np.r_[np.linspace(-1.5, -0.1, 60), np.linspace(0.1, 1.5, 120)]], axis=1)

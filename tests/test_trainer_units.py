@@ -412,7 +412,8 @@ def test_export_takes_a_checkpoint_per_run_and_calibrates_each_member_on_the_val
     from forensic.bundle import load_bundle
     from forensic.inference import EnsembleRunner
     from trainer.data.datasets import FaceCrops, eval_transform
-    from trainer.export.bundle import ExportError, ensemble_probability, export_bundle, load_run_model
+    from trainer.export.bundle import ExportError, export_bundle, load_run_model
+    from trainer.export.calibration import ensemble_probability
 
     run, other = two_dataset_run
     bundle = export_bundle([run, run], tmp_path / "bundle", checkpoint=["best", "final"], gradient_graphs=False)
