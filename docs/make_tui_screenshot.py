@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 
 from forensic.bundle import DEFAULT_BUNDLE, load_bundle
-from forensic.media import collect_inputs
+from forensic.inputs import collect_inputs
 from forensic.tui.app import ForensicApp
 from forensic.tui.jobs import ScanSettings
 from trainer.data.synthetic import make_sample_media

@@ -148,7 +148,7 @@ def scan(
 ) -> None:
     """Scan images, videos and folders; print a verdict per file and optionally a JSON report."""
     from forensic.bundle import load_bundle
-    from forensic.media import collect_keyed_inputs, read_path_list
+    from forensic.inputs import collect_keyed_inputs, read_path_list
 
     json_to_stdout = json_out == "-"
     # With --json -, stdout carries the report and nothing else.

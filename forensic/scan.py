@@ -26,7 +26,8 @@ from forensic.identities import Aggregation, aggregate, group_identities, minimu
 from forensic.inference import Device, EnsembleRunner
 from forensic.tracking import FaceFollower
 from forensic.selftest import FRAGILE_EPSILON, GradientOracle, SelfTestSettings, attack, bisect_schedule
-from forensic.media import Frame, check_input, load_image, media_kind, sample_video_frames
+from forensic.inputs import check_input, media_kind
+from forensic.media import Frame, load_image, sample_video_frames
 
 Verdict = Literal["fake", "real", "uncertain", "no-face", "error"]
 

@@ -53,7 +53,7 @@ def _key_bytes(key: str) -> bytes:
 
 
 def shard_of(key: str, count: int) -> int:
-    """The shard (of `count`) of the file with this key (`forensic.media.collect_keyed_inputs`)."""
+    """The shard (of `count`) of the file with this key (`forensic.inputs.collect_keyed_inputs`)."""
     return int.from_bytes(hashlib.sha256(_key_bytes(key)).digest()[:8], "big") % count
 
 

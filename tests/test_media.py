@@ -1,4 +1,4 @@
-"""forensic.media: finding inputs, decoding images (EXIF, modes, bit depths) and sampling video frames."""
+"""forensic.inputs and forensic.media: finding inputs, decoding images (EXIF, modes, bit depths) and sampling video frames."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import pytest
 from PIL import Image
 
 from forensic.errors import MediaError
-from forensic.media import collect_inputs, load_image, media_kind, sample_video_frames
+from forensic.inputs import collect_inputs, media_kind
+from forensic.media import load_image, sample_video_frames
 from trainer.data.synthetic import write_video
 
 

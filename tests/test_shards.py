@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from forensic.cli import app
-from forensic.media import collect_keyed_inputs
+from forensic.inputs import collect_keyed_inputs
 from forensic.report import report_schema
 from forensic.scan import FileResult
 from forensic.shards import Shard, parse_shard, select_shard, shard_of

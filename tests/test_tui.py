@@ -27,7 +27,7 @@ from typer.testing import CliRunner
 from forensic.bundle import DEFAULT_BUNDLE, load_bundle, sha256_file
 from forensic.cli import app as cli_app
 from forensic.errors import ForensicError
-from forensic.media import collect_inputs
+from forensic.inputs import collect_inputs
 from forensic.report import file_entry, report_schema
 from forensic.faces import FaceDetector
 from forensic.scan import FileResult, Scanner

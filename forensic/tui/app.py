@@ -16,7 +16,7 @@ from textual.widgets import Footer, Input
 from forensic.bundle import load_bundle
 from forensic.display import printable
 from forensic.errors import ForensicError
-from forensic.media import collect_inputs
+from forensic.inputs import collect_inputs
 from forensic.scan import FileResult, Scanner
 from forensic.tui.cache import default_cache_dir
 from forensic.tui.export import default_export_path, export_results

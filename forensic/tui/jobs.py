@@ -13,7 +13,7 @@ from textual.message import Message
 
 from forensic.bundle import Bundle
 from forensic.inference import Device
-from forensic.media import media_kind
+from forensic.inputs import media_kind
 from forensic import DEFAULT_FRAMES
 from forensic.scan import FileResult, Scanner
 from forensic.selftest import SelfTestSettings

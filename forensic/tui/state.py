@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Iterable, Literal
 
 from forensic.display import printable
-from forensic.media import MediaKind, media_kind
+from forensic.inputs import MediaKind, media_kind
 from forensic.scan import FileResult
 
 Status = Literal["queued", "scanning", "done", "cached", "error"]

@@ -29,7 +29,7 @@ from typing import Callable, Iterable, Sequence, TypeVar
 
 import numpy as np
 
-from forensic.media import media_kind
+from forensic.inputs import media_kind
 from trainer.data.datasets import CLASSES, SPLITS
 from trainer.data.pairing import PAIR_PREFIX
 
