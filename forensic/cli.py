@@ -187,6 +187,7 @@ def scan(
     inputs = selection.paths if selection else listed
     # Now, before the models load, not after an hour of scanning.
     _check_outputs(errors, json_out, csv_out, html_out, listed, loaded.files)
+    from forensic.parallel import Batch, scan_batch
     from forensic.report import build_report  # the scan's modules (PyTorch, MTCNN, ONNX Runtime): checks are done
     from forensic.report_outputs import ReportOutputs, write_reports
     from forensic.scan import Scanner
@@ -196,7 +197,6 @@ def scan(
     except ForensicError as exc:
         _usage_error(errors, str(exc))
 
-    results: list[FileResult] = []
     progress = Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
         console=errors, transient=True, disable=quiet,
@@ -206,33 +206,25 @@ def scan(
             errors.print(f"error: {printable(result.error)}", markup=False, highlight=False, soft_wrap=True)
         progress.advance(task)
 
-    not_scanned = None
+    batch = Batch([])
     try:
         with progress:
             task = progress.add_task("scanning", total=len(inputs))
             processes = min(workers or max(1, min(os.cpu_count() or 1, len(inputs) // FILES_PER_WORKER)), len(inputs))
             if processes > 1:
-                from forensic.parallel import ScanInterrupted, scan_in_processes
-
                 progress.update(task, description=f"scanning in {processes} processes")
-                try:
-                    results = scan_in_processes(inputs, loaded.path, loaded.sha256, settings, processes,
-                                                on_result=lambda index, result: finished(result))
-                except ForensicError as exc:
-                    _usage_error(errors, str(exc))
-                except ScanInterrupted as interrupted:
-                    results = [result for result in interrupted.results if result is not None]
-                    not_scanned = [path for path, result in zip(inputs, interrupted.results) if result is None]
-            else:
-                for path in inputs:
-                    progress.update(task, description=f"scanning {escape(printable(path.name))}")
-                    result = scanner.scan_file(path, on_frames=lambda n, name=printable(path.name): progress.update(
-                        task, description=f"scanning {escape(name)}: {n} frames analysed"))
-                    results.append(result)
-                    finished(result)
-    except KeyboardInterrupt:  # in this process's scan; or as the workers started, or the progress bar closed
-        if not_scanned is None:
-            not_scanned = inputs[len(results):]
+            try:
+                batch = scan_batch(
+                    inputs, scanner, settings, processes, on_result=finished,
+                    on_file=lambda path: progress.update(task, description=f"scanning {escape(printable(path.name))}"),
+                    on_frames=lambda path, n: progress.update(
+                        task, description=f"scanning {escape(printable(path.name))}: {n} frames analysed"))
+            except ForensicError as exc:
+                _usage_error(errors, str(exc))
+    except KeyboardInterrupt:  # as the workers started, or the progress bar closed
+        if batch.not_scanned is None:
+            batch.not_scanned = inputs[len(batch.results):]
+    results, not_scanned = batch.results, batch.not_scanned
     if not_scanned is not None:
         errors.print(f"interrupted: {len(results)} of {len(inputs)} files scanned; the report is marked incomplete "
                      f"and lists the {len(not_scanned)} not scanned", markup=False, highlight=False, soft_wrap=True)

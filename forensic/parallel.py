@@ -1,4 +1,4 @@
-"""Scanning a batch of files in several processes (`forensic scan --workers N`).
+"""Scanning a batch of files, here or in several processes (`forensic scan --workers N`).
 
 Each worker process loads the bundle and builds its own Scanner (its own MTCNN and ONNX
 Runtime sessions) with one intra-op thread, so N workers keep N cores busy without
@@ -15,6 +15,7 @@ import multiprocessing
 import signal
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -74,3 +75,44 @@ def scan_in_processes(paths: list[Path], bundle_path: Path, bundle_sha256: str, 
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
     return results  # type: ignore[return-value]
+
+
+@dataclass
+class Batch:
+    """What a batch scan finished: results in input order; `not_scanned`, after Ctrl-C, the files
+    it never finished (None: every file was scanned)."""
+
+    results: list[FileResult]
+    not_scanned: list[Path] | None = None
+
+
+def scan_batch(paths: list[Path], scanner: Scanner, settings: dict[str, Any], processes: int = 1,
+               on_file: Callable[[Path], None] | None = None,
+               on_frames: Callable[[Path, int], None] | None = None,
+               on_result: Callable[[FileResult], None] | None = None) -> Batch:
+    """Every path scanned: by `scanner` in this process, or with `processes` > 1 by workers
+    that build their own Scanner from the scanner's bundle and `settings` (the keyword arguments
+    it was made with). `on_file` and `on_frames` report a file's start and its frames analysed
+    (in this process only); `on_result` each result as it finishes. Ctrl-C ends the batch with
+    the finished files and the rest listed as not scanned; a worker that cannot start raises
+    ForensicError."""
+    if processes > 1:
+        report = (lambda index, result: on_result(result)) if on_result else None
+        try:
+            return Batch(scan_in_processes(paths, scanner.bundle.path, scanner.bundle.sha256, settings, processes,
+                                           on_result=report))
+        except ScanInterrupted as interrupted:
+            return Batch([result for result in interrupted.results if result is not None],
+                         [path for path, result in zip(paths, interrupted.results) if result is None])
+    results: list[FileResult] = []
+    try:
+        for path in paths:
+            if on_file:
+                on_file(path)
+            result = scanner.scan_file(path, on_frames=(lambda n, path=path: on_frames(path, n)) if on_frames else None)
+            results.append(result)
+            if on_result:
+                on_result(result)
+    except KeyboardInterrupt:
+        return Batch(results, paths[len(results):])
+    return Batch(results)

@@ -315,6 +315,31 @@ def test_workers_give_the_same_report_in_the_same_order(sample_media, tmp_path):
     assert comparable(reports[2]) == comparable(reports[1])
 
 
+def test_scan_batch_reports_each_file_and_stops_at_ctrl_c_with_the_rest_listed(sample_media):
+    # The batch a pipeline can call without the CLI: files in order, each announced, Ctrl-C keeps what finished.
+    from forensic.bundle import DEFAULT_BUNDLE, load_bundle
+    from forensic.parallel import scan_batch
+    from forensic.scan import Scanner
+
+    settings = {"device": "cpu", "frames": 4}
+    scanner = Scanner(load_bundle(DEFAULT_BUNDLE), **settings)
+    paths = [sample_media[name] for name in ("astronaut.png", "astronaut_pan.mp4", "coffee_no_face.jpg")]
+    started, frames, finished = [], [], []
+    batch = scan_batch(paths, scanner, settings, on_file=started.append,
+                       on_frames=lambda path, n: frames.append((path, n)), on_result=finished.append)
+    assert started == paths and batch.not_scanned is None
+    assert [r.path for r in batch.results] == [str(p) for p in paths] and finished == batch.results
+    assert {path for path, _ in frames} >= {sample_media["astronaut_pan.mp4"]}  # the video's frames were reported
+
+    def stop_at_the_video(path, n):
+        if path.suffix == ".mp4":
+            raise KeyboardInterrupt
+
+    stopped = scan_batch(paths, scanner, settings, on_frames=stop_at_the_video)
+    assert [r.path for r in stopped.results] == [str(paths[0])] and stopped.not_scanned == paths[1:]
+    assert stopped.results[0].verdict == batch.results[0].verdict
+
+
 @pytest.mark.parametrize("workers", ["1", "2"])
 def test_ctrl_c_writes_an_incomplete_report_of_the_files_finished_and_exits_130(sample_media, tmp_path, workers):
     # A real process and a real SIGINT (what Ctrl-C sends): the first file (sorted) is corrupt, so
