@@ -256,6 +256,8 @@ def test_default_bundle_script_refuses_a_build_folder_made_with_other_settings(t
     assert result.returncode == 2 and f"not '{default} fold_lr=6e-4 stage1_augment=uploads-h264'" in result.stderr
     result = recipe(ARCH="efficientnet_lite2")
     assert result.returncode == 2 and f"not '{default} arch=efficientnet_lite2'" in result.stderr
+    result = recipe(FOLD_EPOCHS="10")
+    assert result.returncode == 2 and f"not '{default} fold_epochs=10'" in result.stderr
     result = recipe(ARCH="efficientnet_b0")  # no offline ImageNet weights: refused before anything is written
     assert result.returncode == 2 and "ARCH=efficientnet_b0" in result.stderr and result.stderr.count("\n") == 1
     assert (build / "recipe.txt").read_text() == default + "\n"
