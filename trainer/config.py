@@ -1,4 +1,4 @@
-"""`trainer fit`'s settings: FitConfig and its defaults, config files (.toml, .yaml or a run's
+"""`trainer fit`'s settings: FitConfig and its defaults, how they are layered (fit_config), config files (.toml, .yaml or a run's
 config.json) checked as the command line checks its options, what --resume may change, and what
 a --device value names."""
 
@@ -9,7 +9,7 @@ import math
 import tomllib
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
@@ -140,7 +140,7 @@ def parse_options(pairs: list[str]) -> dict[str, Any]:
     return options
 
 
-def fit_config(given: dict[str, Any], options: list[str] = (), config_file: Path | None = None,
+def fit_config(given: dict[str, Any], options: Sequence[str] = (), config_file: Path | None = None,
                resume: bool = False) -> FitConfig:
     """A run's settings, layered: a resumed run's own config.json, then `config_file`, then what
     was `given` (None: not given), then `options` (key=value) over the method options so far."""
