@@ -1,6 +1,6 @@
-"""`trainer fit`'s settings: FitConfig and its defaults, how they are layered (fit_config), config files (.toml, .yaml or a run's
-config.json) checked as the command line checks its options, what --resume may change, and what
-a --device value names."""
+"""`trainer fit`'s settings: FitConfig and its defaults, how they are layered (fit_config),
+config files (.toml, .yaml or a run's config.json) checked as the command line checks its
+options, what --resume may change, and what a --device value names."""
 
 from __future__ import annotations
 
