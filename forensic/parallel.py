@@ -71,7 +71,7 @@ def scan_in_processes(paths: list[Path], bundle_path: Path, bundle_sha256: str, 
             child.terminate()
         raise ScanInterrupted(results) from None
     except BrokenProcessPool as exc:  # a worker could not start (or was killed): nothing to report per file
-        raise ForensicError(f"a scanning process stopped ({exc}); try --workers 1") from None
+        raise ForensicError(f"a scanning process stopped ({exc}); scan in one process instead (forensic scan --workers 1, scan_batch processes=1)") from None
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
     return results  # type: ignore[return-value]
