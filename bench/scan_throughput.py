@@ -29,12 +29,7 @@ from trainer.data.synthetic import astronaut, panning_frames, write_video
 
 def best_of(repeats: int, work) -> float:
     """Best wall time of `repeats` runs (the least disturbed by other load)."""
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        work()
-        times.append(time.perf_counter() - start)
-    return min(times)
+    return interleaved(repeats, {"work": work})["work"]
 
 
 def main() -> None:

@@ -78,10 +78,11 @@ def main() -> None:
               f"AUC {'n/a' if auc is None else f'{auc:.3f}'}, {where}")
         for threshold in args.at:
             real, fake = shares_right(labels, scores, threshold)
+            both = (real + fake) / 2
             print(f"{source:12}   at {threshold:.3f}: reals right {real:.3f}, fakes right {fake:.3f}, "
-                  f"balanced {(real + fake) / 2:.3f}")
+                  f"balanced {both:.3f}")
             if not video_level:
-                balanced[threshold].append((real + fake) / 2)
+                balanced[threshold].append(both)
         if not video_level and len(np.unique(labels)) == 2:
             sources += 1
             grid_balanced += [balanced_accuracy(labels, scores, t) for t in grid]

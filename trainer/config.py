@@ -126,7 +126,7 @@ def load_config_file(path: Path) -> dict[str, Any]:
     return {key: _checked(path, key, value) for key, value in values.items()}
 
 
-def parse_options(pairs: list[str]) -> dict[str, Any]:
+def parse_options(pairs: Sequence[str]) -> dict[str, Any]:
     """Method options from key=value pairs; values that parse as JSON numbers or booleans become them."""
     options = {}
     for pair in pairs:
@@ -151,7 +151,7 @@ def fit_config(given: dict[str, Any], options: Sequence[str] = (), config_file: 
     values.update(load_config_file(config_file) if config_file else {})
     values.update({key: value for key, value in given.items() if value is not None})
     if options:
-        values["options"] = {**values.get("options", {}), **parse_options(list(options))}
+        values["options"] = {**values.get("options", {}), **parse_options(options)}
     for key in ("data", "out"):
         if values.get(key) is None:
             raise ValueError(f"--{key} is required (on the command line or in --config)")
