@@ -6,7 +6,9 @@ the interval of the paired difference (both AUCs on each resample of the same vi
 
 Files on one side are pooled (e.g. the folds' out-of-fold scores). Files joined by "+" are
 members of an equal-weight ensemble: their scores of the same crops are averaged (mean P(fake)),
-over the crops all of them scored.
+over the crops all of them scored. `--calibration MANIFEST` averages A's members as that bundle does:
+each member's score through its manifest entry's temperature and bias and the bundle's temperature
+(forensic's own `member_probability`), members in the manifest's order.
 
 Used for the default bundle's model card: the new recipe's out-of-fold scores against the
 previous bundle's scores on FF++ videos and DFDC pairs neither was trained on.
@@ -15,12 +17,14 @@ previous bundle's scores on FF++ videos and DFDC pairs neither was trained on.
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import numpy as np
 
+from forensic.inference import member_probability
 from trainer.evaluation.errors import EvaluationError
-from trainer.evaluation.folds import grouped_auc_ci
+from trainer.evaluation.folds import by_method, grouped_auc_ci
 from trainer.evaluation.metrics import auc_score
 from trainer.evaluation.report import read_clean_scores
 
@@ -35,14 +39,38 @@ def read_file(path: str) -> dict[str, tuple[str, int, float]]:
         raise SystemExit(f"error: {error}") from None
 
 
-def read(paths: list[str]) -> dict[str, tuple[str, int, float]]:
+def read(paths: list[str], calibration: Path | None = None) -> dict[str, tuple[str, int, float]]:
+    """Scores by crop; an entry "X+Y" is the mean of X's and Y's scores, through each member's
+    calibration when a bundle manifest is given (its models in the same order as the members)."""
     rows = {}
     for path in paths:
         members = [read_file(member) for member in path.split("+")]
+        calibrate = member_calibrations(calibration, len(members)) if calibration else None
         for crop in set(members[0]).intersection(*members[1:]):
             video, label, _ = members[0][crop]
-            rows[crop] = (video, label, float(np.mean([member[crop][2] for member in members])))
+            scores = np.array([member[crop][2] for member in members])
+            if calibrate:
+                scores = np.array([f(score) for f, score in zip(calibrate, scores)])
+            rows[crop] = (video, label, float(np.mean(scores)))
     return rows
+
+
+def member_calibrations(manifest: Path, members: int) -> list:
+    """One function per member: P(fake) at temperature 1 -> that member's calibrated P(fake)."""
+    try:
+        bundle = json.loads(manifest.read_text())
+        models, temperature = bundle["models"], float(bundle.get("temperature", 1.0))
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise SystemExit(f"error: {manifest}: not a readable bundle manifest ({error})") from None
+    if len(models) != members:
+        raise SystemExit(f"error: {manifest} has {len(models)} models for {members} '+'-joined score files")
+
+    def calibrated(model: dict):
+        def probability(score: float) -> float:
+            p = min(max(score, 1e-7), 1 - 1e-7)
+            return float(member_probability(np.log(p / (1 - p)), model["temperature"], model["bias"], temperature))
+        return probability
+    return [calibrated(model) for model in models]
 
 
 def source_arrays(crops: list[str], rows: dict, video_level: bool,
@@ -71,8 +99,11 @@ def main() -> None:
     parser.add_argument("a", nargs="+")
     parser.add_argument("--vs", nargs="+", required=True)
     parser.add_argument("--names", nargs=2, default=["A", "B"])
+    parser.add_argument("--calibration", type=Path, help="a bundle's manifest.json: A's members averaged as it does")
+    parser.add_argument("--by-method", action="store_true",
+                        help="also each FF++ manipulation's fake videos against all real ones (as `trainer pool`)")
     args = parser.parse_args()
-    a, b = read(args.a), read(args.vs)
+    a, b = read(args.a, args.calibration), read(args.vs)
     common = sorted(set(a) & set(b))
     for source, video_level in (("FF++ frames", False), ("FF++ videos", True), ("DFDC pairs", False)):
         crops = [c for c in common if is_ffpp(c) == source.startswith("FF++")]
@@ -85,6 +116,16 @@ def main() -> None:
         interval = grouped_auc_ci(labels, a_scores, videos, 1000, 0, minus=b_scores)
         spread = f" ({interval[0]:+.3f} to {interval[1]:+.3f}, paired, resampling videos)" if interval else ""
         print(f"{source:12} {'difference':>10}: {args.names[0]} - {args.names[1]} {difference:+.3f}{spread}")
+        if args.by_method and source == "FF++ videos":
+            print_by_method(labels, videos, dict(zip(args.names, (a_scores, b_scores))))
+
+
+def print_by_method(labels: np.ndarray, videos: np.ndarray, scores: dict[str, np.ndarray]) -> None:
+    for name, side in scores.items():
+        for method, part in by_method(videos, labels, side, 0.5, 1000, 0).items():
+            interval = f" ({part['auc_ci95'][0]:.3f}-{part['auc_ci95'][1]:.3f})" if part["auc_ci95"] else ""
+            print(f"{method[:12]:12} {name:>10}: AUC {part['auc']:.3f}{interval}, "
+                  f"{part['fake']} fake against {part['real']} real videos")
 
 
 if __name__ == "__main__":

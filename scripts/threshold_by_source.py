@@ -1,12 +1,13 @@
 """Where each source would put the decision threshold, and what given thresholds do on each
 (`trainer eval` scores.csv files, pooled; FF++ and DFDC crops told apart by name):
 
-    python scripts/threshold_by_source.py SCORES.csv... [--temperature T] [--at 0.41 0.5 0.6]
-                                          [--aggregate mean|confident|max] [--best]
+    python scripts/threshold_by_source.py SCORES.csv... [--temperature T | --calibration MANIFEST]
+                                          [--at 0.41 0.5 0.6] [--aggregate mean|confident|max] [--best]
 
 Scores are P(fake) at temperature 1 (a run's, as `trainer eval RUN` writes them); --temperature
 applies a bundle's calibration to them first (P = sigmoid(logit / T)), so that out-of-fold scores
-of the fold models can be read at the bundle's threshold. A video's score is its calibrated crops'
+of the fold models can be read at the bundle's threshold; for an ensemble, files joined by "+" with
+--calibration MANIFEST average the members as that bundle does (`compare_scores.py`'s). A video's score is its calibrated crops'
 `--aggregate` (mean unless told; `confident` is `forensic scan`'s default, the DFDC winner's
 strategy, by the scan's own function). Per source: the AUC, the equal-error threshold,
 then at each --at threshold the share of reals and of fakes called right and their mean (balanced
@@ -20,6 +21,7 @@ where the threshold belongs.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import numpy as np
 
@@ -52,7 +54,9 @@ def balanced_accuracy(labels: np.ndarray, scores: np.ndarray, threshold: float) 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("scores", nargs="+")
-    parser.add_argument("--temperature", type=float, default=1.0)
+    calibration = parser.add_mutually_exclusive_group()
+    calibration.add_argument("--temperature", type=float, default=1.0)
+    calibration.add_argument("--calibration", type=Path, help="a bundle's manifest.json, for '+'-joined members")
     parser.add_argument("--at", type=float, nargs="+", default=[0.5])
     parser.add_argument("--best", action="store_true",
                         help="also the threshold (grid 0.01) with the highest mean balanced accuracy over the sources")
@@ -60,8 +64,11 @@ def main() -> None:
                         help="how a video's crop scores combine (forensic scan's --aggregate)")
     args = parser.parse_args()
     # Per crop, before a video's crops are averaged, as a scan calibrates each face.
-    rows = {crop: (video, label, float(with_temperature(np.array(score), args.temperature)))
-            for crop, (video, label, score) in read(args.scores).items()}
+    if args.calibration:
+        rows = read(args.scores, args.calibration)
+    else:
+        rows = {crop: (video, label, float(with_temperature(np.array(score), args.temperature)))
+                for crop, (video, label, score) in read(args.scores).items()}
     balanced: dict[float, list[float]] = {t: [] for t in args.at}
     grid = np.round(np.arange(0.01, 1.0, 0.01), 2)
     grid_balanced = np.zeros_like(grid)

@@ -212,6 +212,38 @@ def test_compare_scores_averages_ensemble_members_joined_by_plus(tmp_path):
     assert lines[("FF++ videos", "difference")].startswith("A - B +0.111")
 
 
+def test_compare_scores_by_method_ranks_each_manipulation_against_all_reals(tmp_path):
+    # Deepfakes videos all score above the reals, FaceSwap videos all below
+    scores = {"100": [0.3], "200": [0.4], "Deepfakes-100_101": [0.8], "Deepfakes-200_201": [0.9],
+              "FaceSwap-100_101": [0.1], "FaceSwap-200_201": [0.2]}
+    labels = {video: int("-" in video) for video in scores}
+    path = write_scores(tmp_path / "a.csv", ffpp_rows(scores, labels))
+    lines = figures(run_script("compare_scores.py", path, "--vs", path, "--by-method"))
+    assert lines[("Deepfakes", "A")] == "AUC 1.000 (1.000-1.000), 2 fake against 2 real videos"
+    assert lines[("FaceSwap", "A")].startswith("AUC 0.000") and ("FaceSwap", "B") in lines
+    assert lines[("FF++ videos", "A")].startswith("AUC 0.500")
+
+
+def test_compare_scores_calibrates_members_as_the_bundle_manifest_says(tmp_path):
+    # member one ranks every video right with unsure scores; member two is confident and wrong, so it
+    # decides a plain mean; a manifest that flattens member two (temperature 1000) leaves member one's ranking
+    one = {"100": [0.40], "200": [0.45], "300": [0.42], "100_101": [0.55], "200_201": [0.60], "300_301": [0.58]}
+    two = {"100": [0.99], "200": [0.02], "300": [0.98], "100_101": [0.01], "200_201": [0.97], "300_301": [0.03]}
+    first = write_scores(tmp_path / "one.csv", ffpp_rows(one, LABELS))
+    second = write_scores(tmp_path / "two.csv", ffpp_rows(two, LABELS))
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text(json.dumps({"temperature": 1.5, "models": [{"temperature": 1.0, "bias": 0.0},
+                                                                   {"temperature": 1000.0, "bias": 0.0}]}))
+    plain = figures(run_script("compare_scores.py", f"{first}+{second}", "--vs", first))
+    calibrated = figures(run_script("compare_scores.py", f"{first}+{second}", "--vs", first, "--calibration", manifest))
+    assert not plain[("FF++ videos", "A")].startswith("AUC 1.000")
+    assert calibrated[("FF++ videos", "A")].startswith("AUC 1.000")
+    manifest.write_text(json.dumps({"temperature": 1.0, "models": [{"temperature": 1.0, "bias": 0.0}]}))
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "compare_scores.py"), f"{first}+{second}",
+                             "--vs", first, "--calibration", str(manifest)], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert result.returncode == 1 and result.stderr.strip() == f"error: {manifest} has 1 models for 2 '+'-joined score files"
+
+
 def test_compare_scores_names_the_file_it_cannot_use_in_one_line(tmp_path):
     good = write_scores(tmp_path / "good.csv", ffpp_rows({"100": [0.1], "100_101": [0.9]}, LABELS))
     missing = tmp_path / "fold-3-eval" / "scores.csv"

@@ -210,7 +210,7 @@ def pool_reports(report_dirs: Sequence[Path], threshold: float = 0.5, resamples:
     video_score = np.array([s[videos == v].mean() for v in ids])
     return {
         "folds": per_fold,
-        "by_method": _by_method(np.array(ids), video_label, video_score, threshold, resamples, seed),
+        "by_method": by_method(np.array(ids), video_label, video_score, threshold, resamples, seed),
         "frames": {"n": len(y), "real": int((y == 0).sum()), "fake": int((y == 1).sum()), "auc": auc_score(y, s),
                    "auc_ci95": grouped_auc_ci(y, s, videos, resamples, seed),
                    "accuracy": float(((s >= threshold) == y).mean())},
@@ -223,7 +223,7 @@ def pool_reports(report_dirs: Sequence[Path], threshold: float = 0.5, resamples:
     }
 
 
-def _by_method(ids: np.ndarray, labels: np.ndarray, scores: np.ndarray, threshold: float, resamples: int,
+def by_method(ids: np.ndarray, labels: np.ndarray, scores: np.ndarray, threshold: float, resamples: int,
                seed: int) -> dict[str, dict]:
     """Per manipulation (the fakes' sub-folder, as `trainer prepare` names them): every real video
     against that method's fake videos. Empty unless the fakes come from two or more methods."""
