@@ -360,13 +360,13 @@ def video_seeds() -> dict[str, bytes]:
 
 @dataclass
 class BundleSandbox:
-    """A copy of the default bundle in `folder`, with odd entries beside its models for a
+    """The default bundle's first model as a one-model bundle in `folder`, with odd entries beside it for a
     manifest to name: links out of the bundle, to /etc/passwd and /dev/zero, a loop, a dangling
     link, a folder and a FIFO (opening one for reading would hang)."""
 
     folder: Path  # the bundle
     workdir: Path
-    base: dict  # the default manifest
+    base: dict  # its manifest: the default one, with the first model alone
     names: tuple  # file names a mutation may use
     hashes: tuple  # SHA-256 values a mutation may use
 
@@ -384,12 +384,17 @@ def make_bundle_sandbox(workdir: Path) -> BundleSandbox:
     """The sandbox in `workdir`, made there unless it was already (by another process)."""
     workdir = Path(workdir)
     folder, outside = workdir / "bundle", workdir / "outside"
-    base = json.loads((DEFAULT_BUNDLE / MANIFEST_NAME).read_text(encoding="utf-8"))
+    # The default bundle's first model alone, under fixed names (the names below refer to them).
+    default = json.loads((DEFAULT_BUNDLE / MANIFEST_NAME).read_text(encoding="utf-8"))
+    first = default["models"][0]
+    base = dict(default, models=[dict(first, file="model.onnx", weight=1.0,
+                                      gradient_graph=dict(first["gradient_graph"], file="model.grad.onnx"))])
     if not folder.exists():
         folder.mkdir(parents=True)
         outside.mkdir()
-        for name in ("model.onnx", "model.grad.onnx", "MODEL_CARD.md"):
-            shutil.copyfile(DEFAULT_BUNDLE / name, folder / name)
+        for source, name in ((first["file"], "model.onnx"), (first["gradient_graph"]["file"], "model.grad.onnx"),
+                             ("MODEL_CARD.md", "MODEL_CARD.md")):
+            shutil.copyfile(DEFAULT_BUNDLE / source, folder / name)
         os.link(folder / "model.onnx", outside / "model.onnx")
         for name, target in (("outside.onnx", outside / "model.onnx"), ("up.onnx", Path("..") / "outside" / "model.onnx"),
                              ("passwd.onnx", Path("/etc/passwd")), ("zero.onnx", Path("/dev/zero")),

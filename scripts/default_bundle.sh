@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The default bundle's recipe up to the model it exports (`make default-bundle` runs it, then `trainer export`):
+# The default bundle's recipe up to the model it exports, per ensemble member (`make default-bundle` runs it for
+# the Lite0 and again with ARCH=efficientnet_lite2 on the same crops, then one `trainer export` of both soups):
 #   scripts/default_bundle.sh BUILD SIZE FFPP_DIR DFDC_DIR
 # 1. `trainer prepare` of the FF++ videos and DFDC pairs at SIZE px (margin 1.15, split 0.6/0.25/0.15 by identity);
 #    per-source views (scripts/default_bundle_views.py);

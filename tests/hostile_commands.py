@@ -117,6 +117,11 @@ def _model(manifest: dict) -> dict:
     return manifest["models"][0]
 
 
+# The default bundle's first model and its gradient graph, whatever the bundle names them.
+MODEL_FILE = _model(json.loads((DEFAULT_BUNDLE / MANIFEST_NAME).read_text()))["file"]
+GRADIENT_FILE = _model(json.loads((DEFAULT_BUNDLE / MANIFEST_NAME).read_text()))["gradient_graph"]["file"]
+
+
 def _flip_a_byte(path: Path) -> None:
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 1
@@ -143,12 +148,12 @@ bundle_kind("without-models", "missing key 'models'", lambda m: m.pop("models"))
 bundle_kind("name-a-number", "must be a non-empty string", lambda m: m.update(name=7))  # finding 5
 bundle_kind("name-null", "must be a non-empty string", lambda m: m.update(name=None))
 bundle_kind("name-empty", "must be a non-empty string", lambda m: m.update(name=""))
-bundle_kind("model-file-missing", "is missing", then=lambda b: (b / "model.onnx").unlink())
-bundle_kind("model-file-a-fifo", "not a regular file", then=lambda b: _replace(b / "model.onnx", os.mkfifo), isolate=True)
-bundle_kind("model-file-tampered", "does not match the manifest", copy=("model.onnx",),
-            then=lambda b: _flip_a_byte(b / "model.onnx"))
-bundle_kind("gradient-graph-tampered", "does not match the manifest", copy=("model.grad.onnx",),
-            then=lambda b: _flip_a_byte(b / "model.grad.onnx"))
+bundle_kind("model-file-missing", "is missing", then=lambda b: (b / MODEL_FILE).unlink())
+bundle_kind("model-file-a-fifo", "not a regular file", then=lambda b: _replace(b / MODEL_FILE, os.mkfifo), isolate=True)
+bundle_kind("model-file-tampered", "does not match the manifest", copy=(MODEL_FILE,),
+            then=lambda b: _flip_a_byte(b / MODEL_FILE))
+bundle_kind("gradient-graph-tampered", "does not match the manifest", copy=(GRADIENT_FILE,),
+            then=lambda b: _flip_a_byte(b / GRADIENT_FILE))
 bundle_kind("model-path-traversal", "must be a plain file name", lambda m: _model(m).update(file="../model.onnx"))
 bundle_kind("model-path-absolute", "must be a plain file name", lambda m: _model(m).update(file="/etc/passwd"))
 bundle_kind("model-weight-nan", "weight must be a finite number", lambda m: _model(m).update(weight=float("nan")))
@@ -173,7 +178,7 @@ command("bundle-path-too-long", "bundle", 2, "File name too long")(
     lambda w, image: Command(["--bundle", str(w / ("b" * 300))], "b" * 300))
 # Finding 7: these made every file an error (exit 1) instead of refusing the bundle at load.
 bundle_kind("input-size-disagrees-with-the-model", "input.size 64", lambda m: m["input"].update(size=64))
-bundle_kind("model-not-onnx", "ONNX Runtime cannot load it", copy=("model.onnx",),
+bundle_kind("model-not-onnx", "ONNX Runtime cannot load it", copy=(MODEL_FILE,),
             then=lambda b: _repinned(b, lambda p: p.write_bytes(b"not an ONNX model" * 64)))
 bundle_kind("model-with-three-logits", "logits of shape (1, 3)", then=lambda b: _repinned(b, _three_logit_model))
 bundle_kind("model-with-external-data", "external data file", then=lambda b: _repinned(b, _external_data_model))
@@ -182,7 +187,7 @@ bundle_kind("model-with-external-data", "external data file", then=lambda b: _re
 def _repinned(bundle: Path, make: Callable[[Path], None]) -> None:
     """Replace the first model with what `make` writes and pin it in the manifest by its SHA-256,
     as a bundle's author would: the hash check passes, so what follows it must refuse it."""
-    path = bundle / "model.onnx"
+    path = bundle / MODEL_FILE
     path.unlink()
     make(path)
     manifest = json.loads((bundle / MANIFEST_NAME).read_text())
