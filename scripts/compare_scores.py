@@ -66,9 +66,11 @@ def member_calibrations(manifest: Path, members: int) -> list:
         raise SystemExit(f"error: {manifest} has {len(models)} models for {members} '+'-joined score files")
 
     def calibrated(model: dict):
+        member_t, bias = float(model.get("temperature", 1.0)), float(model.get("bias", 0.0))  # the manifest's defaults
+
         def probability(score: float) -> float:
             p = min(max(score, 1e-7), 1 - 1e-7)
-            return float(member_probability(np.log(p / (1 - p)), model["temperature"], model["bias"], temperature))
+            return float(member_probability(np.log(p / (1 - p)), member_t, bias, temperature))
         return probability
     return [calibrated(model) for model in models]
 

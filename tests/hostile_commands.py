@@ -118,8 +118,8 @@ def _model(manifest: dict) -> dict:
 
 
 # The default bundle's first model and its gradient graph, whatever the bundle names them.
-MODEL_FILE = _model(json.loads((DEFAULT_BUNDLE / MANIFEST_NAME).read_text()))["file"]
-GRADIENT_FILE = _model(json.loads((DEFAULT_BUNDLE / MANIFEST_NAME).read_text()))["gradient_graph"]["file"]
+_FIRST_MODEL = _model(json.loads((DEFAULT_BUNDLE / MANIFEST_NAME).read_text()))
+MODEL_FILE, GRADIENT_FILE = _FIRST_MODEL["file"], _FIRST_MODEL["gradient_graph"]["file"]
 
 
 def _flip_a_byte(path: Path) -> None:
