@@ -42,37 +42,41 @@ def read_file(path: str) -> dict[str, tuple[str, int, float]]:
 def read(paths: list[str], calibration: Path | None = None) -> dict[str, tuple[str, int, float]]:
     """Scores by crop; an entry "X+Y" is the mean of X's and Y's scores, through each member's
     calibration when a bundle manifest is given (its models in the same order as the members)."""
+    members_calibration = member_calibrations(calibration) if calibration else None
     rows = {}
     for path in paths:
         members = [read_file(member) for member in path.split("+")]
-        calibrate = member_calibrations(calibration, len(members)) if calibration else None
-        for crop in set(members[0]).intersection(*members[1:]):
+        if members_calibration and len(members_calibration[0]) != len(members):
+            raise SystemExit(f"error: {calibration} has {len(members_calibration[0])} models for {len(members)} "
+                             f"'+'-joined score files")
+        crops = sorted(set(members[0]).intersection(*members[1:]))
+        scores = np.array([[member[crop][2] for crop in crops] for member in members])  # (members, crops)
+        if members_calibration:
+            models, bundle_temperature = members_calibration
+            scores = np.stack([recalibrated(row, t, bias, bundle_temperature) for row, (t, bias) in zip(scores, models)])
+        for crop, mean in zip(crops, scores.mean(axis=0)):
             video, label, _ = members[0][crop]
-            scores = np.array([member[crop][2] for member in members])
-            if calibrate:
-                scores = np.array([f(score) for f, score in zip(calibrate, scores)])
-            rows[crop] = (video, label, float(np.mean(scores)))
+            rows[crop] = (video, label, float(mean))
     return rows
 
 
-def member_calibrations(manifest: Path, members: int) -> list:
-    """One function per member: P(fake) at temperature 1 -> that member's calibrated P(fake)."""
+def recalibrated(scores: np.ndarray, temperature: float = 1.0, bias: float = 0.0,
+                 bundle_temperature: float = 1.0) -> np.ndarray:
+    """P(fake) at temperature 1 (a run's scores) through a member's and a bundle's calibration, by
+    the scan's own function (forensic.inference.member_probability)."""
+    p = np.clip(scores, 1e-7, 1 - 1e-7)
+    return member_probability(np.log(p / (1 - p)), temperature, bias, bundle_temperature)
+
+
+def member_calibrations(manifest: Path) -> tuple[list[tuple[float, float]], float]:
+    """A bundle manifest's (temperature, bias) per model, in its order, and the bundle's temperature
+    (each missing value at the manifest's default)."""
     try:
         bundle = json.loads(manifest.read_text())
-        models, temperature = bundle["models"], float(bundle.get("temperature", 1.0))
-    except (OSError, ValueError, KeyError, TypeError) as error:
+        models = [(float(model.get("temperature", 1.0)), float(model.get("bias", 0.0))) for model in bundle["models"]]
+        return models, float(bundle.get("temperature", 1.0))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
         raise SystemExit(f"error: {manifest}: not a readable bundle manifest ({error})") from None
-    if len(models) != members:
-        raise SystemExit(f"error: {manifest} has {len(models)} models for {members} '+'-joined score files")
-
-    def calibrated(model: dict):
-        member_t, bias = float(model.get("temperature", 1.0)), float(model.get("bias", 0.0))  # the manifest's defaults
-
-        def probability(score: float) -> float:
-            p = min(max(score, 1e-7), 1 - 1e-7)
-            return float(member_probability(np.log(p / (1 - p)), member_t, bias, temperature))
-        return probability
-    return [calibrated(model) for model in models]
 
 
 def source_arrays(crops: list[str], rows: dict, video_level: bool,

@@ -26,19 +26,12 @@ from pathlib import Path
 import numpy as np
 
 from forensic.identities import aggregate
-from forensic.inference import member_probability
 from trainer.evaluation.metrics import auc_score, equal_error_rate
 
-from compare_scores import read, source_arrays  # sibling scripts: `python scripts/...` puts scripts/ on the path
+from compare_scores import read, recalibrated, source_arrays  # sibling scripts: `python scripts/...` puts scripts/ on the path
 from default_bundle_views import is_ffpp
 
 SOURCES = (("FF++ frames", True, False), ("FF++ videos", True, True), ("DFDC pairs", False, False))
-
-
-def with_temperature(scores: np.ndarray, temperature: float) -> np.ndarray:
-    """P(fake) through a bundle's temperature, by the scan's own calibration function."""
-    p = np.clip(scores, 1e-7, 1 - 1e-7)
-    return member_probability(np.log(p / (1 - p)), bundle_temperature=temperature)
 
 
 def shares_right(labels: np.ndarray, scores: np.ndarray, threshold: float) -> tuple[float, float]:
@@ -67,7 +60,7 @@ def main() -> None:
     if args.calibration:
         rows = read(args.scores, args.calibration)
     else:
-        rows = {crop: (video, label, float(with_temperature(np.array(score), args.temperature)))
+        rows = {crop: (video, label, float(recalibrated(np.array(score), bundle_temperature=args.temperature)))
                 for crop, (video, label, score) in read(args.scores).items()}
     balanced: dict[float, list[float]] = {t: [] for t in args.at}
     grid = np.round(np.arange(0.01, 1.0, 0.01), 2)
