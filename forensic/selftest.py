@@ -5,9 +5,11 @@ verdict at each ε of a schedule (pixels in [0, 1], before normalisation, as the
 them); the file's score is recomputed from the attacked faces exactly as the scan computes it
 (identities, aggregation, most fake identity). White-box PGD uses each model's gradient graph
 (inputs pixels and labels, outputs per-sample loss and d loss / d pixels), exported and
-checked against PyTorch by `trainer export`; the ensemble's attack direction is the weighted
-sum of the models' loss gradients. A model without a gradient graph makes the whole self-test
-fall back to SPSA (gradient-free, from the ensemble's own scores), and the report says so.
+checked against PyTorch by `trainer export`; the attack ascends the cross-entropy of the
+calibrated ensemble's P(fake) — the probability the verdict is made of — whose gradient the
+members' graphs give exactly (GradientOracle). A model without a gradient graph makes the whole
+self-test fall back to SPSA (gradient-free, on the same loss from the ensemble's own scores),
+and the report says so.
 
 What it costs is kept to what the answer needs (a full sweep was 40 gradient steps per crop):
 - the schedule is searched by bisection: an attack that flips at ε flips at any larger ε (the
@@ -28,7 +30,7 @@ import numpy as np
 import onnxruntime as ort
 
 from forensic.bundle import Bundle
-from forensic.inference import EnsembleRunner, session_options
+from forensic.inference import EnsembleRunner, member_probability, session_options
 
 DEFAULT_EPSILONS = (1 / 255, 2 / 255, 4 / 255, 8 / 255)
 FRAGILE_EPSILON = 1 / 255
@@ -43,10 +45,21 @@ class SelfTestSettings:
 
 
 class GradientOracle:
-    """d(weighted loss)/d pixels for a batch of crops, from the bundle's gradient graphs."""
+    """d CE(P, label) / d pixels for a batch of crops, where P is the bundle's calibrated ensemble
+    P(fake) (forensic.inference: each member's Platt-calibrated probability, then the bundle's
+    temperature, then the weighted mean) and label is 1 for fake, 0 for real.
+
+    Each member's gradient graph gives its two-class cross-entropy at temperature 1 and that loss's
+    input gradient. For two classes that loss is softplus(∓ margin) (margin = fake − real logit;
+    − for label fake), so both the margin and its input gradient follow from the graph's two
+    outputs: margin = ∓ log(expm1(loss)), d margin = ∓ grad / (1 − exp(−loss)). The members'
+    raw cross-entropy gradients summed would ascend a loss the verdict is not made of: blind to
+    each member's calibration, it over-weights a member the calibration flattens and keeps
+    pushing members that have already crossed."""
 
     def __init__(self, bundle: Bundle, providers: list[str], threads: int = 0):
-        self.sessions, self.weights = [], []
+        self.sessions, self.weights, self.calibration = [], [], []
+        self.bundle_temperature = float(bundle.manifest.get("temperature", 1.0))
         total = sum(entry.weight for entry in bundle.models)
         for entry in bundle.models:
             graph = entry.gradient_graph
@@ -54,13 +67,28 @@ class GradientOracle:
                 raise LookupError(entry.name)
             self.sessions.append(ort.InferenceSession(str(bundle.path / graph), session_options(threads), providers=providers))
             self.weights.append(entry.weight / total)
+            self.calibration.append((entry.temperature, entry.bias))
 
     def __call__(self, pixels: np.ndarray, labels: np.ndarray) -> np.ndarray:
-        grad = np.zeros_like(pixels)
-        for session, weight in zip(self.sessions, self.weights):
-            _, model_grad = session.run(["loss", "grad"], {"pixels": pixels, "labels": labels})
-            grad += weight * model_grad
-        return grad
+        fake = np.asarray(labels) == 1
+        side = np.where(fake, 1.0, -1.0)
+        per_crop = (-1,) + (1,) * (pixels.ndim - 1)
+        ensemble = np.zeros(len(pixels))
+        slope = np.zeros(pixels.shape)  # d P(fake) / d pixels
+        for session, weight, (temperature, bias) in zip(self.sessions, self.weights, self.calibration):
+            loss, grad = session.run(["loss", "grad"], {"pixels": pixels, "labels": np.asarray(labels, np.int64)})
+            loss = np.maximum(loss.astype(np.float64), 0.0)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                other = -np.expm1(-loss)  # the member's uncalibrated probability of the other class
+                margin = -side * np.log(np.expm1(loss))  # ±inf where the loss underflowed to 0
+                d_margin = np.where(other.reshape(per_crop) > 0, grad / other.reshape(per_crop), 0.0)
+            d_margin *= -side.reshape(per_crop)
+            p = member_probability(margin, temperature, bias, self.bundle_temperature)
+            ensemble += weight * p
+            slope += (weight * p * (1 - p) / (temperature * self.bundle_temperature)).reshape(per_crop) * d_margin
+        # floored so that a crop the ensemble already puts far on the other side keeps a finite gradient
+        p_label = np.maximum(np.where(fake, ensemble, 1 - ensemble), 1e-12)
+        return (-(side / p_label).reshape(per_crop) * slope).astype(np.float32)
 
 
 def _spsa_gradient(runner: EnsembleRunner, pixels: np.ndarray, labels: np.ndarray, samples: int,

@@ -6,17 +6,13 @@ cross-entropy by autograd; Grad-CAM (trainer.evaluation.gradcam); threshold 0.5.
 
 BundleScorer: a bundle as `forensic scan` runs it. P(fake) is forensic.inference.EnsembleRunner's
 calibrated ensemble (the weighted mean of each model's softmax(logits / temperature)), not
-recomputed here. The gradient comes from forensic.selftest.GradientOracle, the bundle's gradient
-graphs in ONNX Runtime combined as the scan's self-test combines them; that is the gradient of
+recomputed here. The gradient comes from forensic.selftest.GradientOracle, as the scan's
+self-test takes it: that of the calibrated ensemble's cross-entropy
 
-    Σ_m w_m · CE(softmax(z_m), y)      (w_m the normalised ensemble weights, z_m the logits)
+    −log P_y,   P = Σ_m w_m σ((d_m / t_m + b_m) / T)      (d_m the fake-minus-real logit margin)
 
-the weighted sum of the members' cross-entropies at temperature 1 (the graphs' loss), not of the
-calibrated ensemble's cross-entropy −log(Σ_m w_m softmax(z_m / T)_y). With one member the two
-gradients differ per crop only by a positive factor ((σ(d/T) − y)/T against σ(d) − y, d the
-fake-minus-real logit), so sign-gradient attacks (FGSM, PGD) take exactly the steps they would
-take on the calibrated probability; with several members the members are weighted differently
-(by w_m / p_m,y against w_m / p_y, and the temperature). A bundle with a member that lacks a
+recovered exactly from each member's gradient graph (whose own loss is the member's
+cross-entropy at temperature 1). A bundle with a member that lacks a
 gradient graph has no white-box gradient at all. The black-box margin is how far the calibrated
 ensemble P(fake) is on the true class's side of the bundle's threshold, in log-odds:
 ±(logit(P) − logit(threshold)), + for fakes, P and the threshold clipped to [1e-15, 1 − 1e-15]
@@ -45,10 +41,8 @@ from trainer.evaluation.gradcam import feature_layer, grad_cam
 from trainer.evaluation.metrics import RUN_THRESHOLD
 
 LOG_ODDS_CLIP = 1e-15
-BUNDLE_LOSS = ("Σ_m w_m · CE(softmax(z_m), y): the ensemble-weighted sum of the members' cross-entropies at "
-               "temperature 1, from their gradient graphs (combined as forensic's self-test combines them); "
-               "not the calibrated ensemble's cross-entropy")
-ONE_MEMBER_NOTE = " (with one member its gradient has the same signs, so FGSM/PGD take the same steps)"
+BUNDLE_LOSS = ("CE(P, y): the cross-entropy of the calibrated ensemble P(fake) the verdict is made of, its gradient "
+               "from the members' gradient graphs (forensic.selftest.GradientOracle, as the self-test attacks)")
 
 
 @dataclass
@@ -142,7 +136,7 @@ class BundleScorer:
         self.oracle = GradientOracle(bundle, self.runner.providers) if self.white_box else None
         self.attacked_loss = None
         if self.white_box:
-            self.attacked_loss = BUNDLE_LOSS + (ONE_MEMBER_NOTE if len(bundle.models) == 1 else "")
+            self.attacked_loss = BUNDLE_LOSS
 
     @staticmethod
     def _numpy(pixels: torch.Tensor) -> np.ndarray:
