@@ -5,7 +5,7 @@ TorchScorer: a `trainer fit` model (a `Detector`): softmax of its logits; the gr
 cross-entropy by autograd; Grad-CAM (trainer.evaluation.gradcam); threshold 0.5.
 
 BundleScorer: a bundle as `forensic scan` runs it. P(fake) is forensic.inference.EnsembleRunner's
-calibrated ensemble (the weighted mean of each model's softmax(logits / temperature)), not
+calibrated ensemble (the weighted mean of each member's calibrated probability, below), not
 recomputed here. The gradient comes from forensic.selftest.GradientOracle, as the scan's
 self-test takes it: that of the calibrated ensemble's cross-entropy
 
@@ -134,9 +134,7 @@ class BundleScorer:
             f"model {entry.name} has no gradient graph ({entry.gradient_graph_missing or 'not exported'})"
             for entry in missing) or None
         self.oracle = GradientOracle(bundle, self.runner.providers) if self.white_box else None
-        self.attacked_loss = None
-        if self.white_box:
-            self.attacked_loss = BUNDLE_LOSS
+        self.attacked_loss = BUNDLE_LOSS if self.white_box else None
 
     @staticmethod
     def _numpy(pixels: torch.Tensor) -> np.ndarray:
