@@ -429,7 +429,7 @@ def test_method_comparison_trains_each_method_for_its_budget_and_scores_all_on_t
     methods = ("erm", "dual-attacker")
 
     def compare() -> str:
-        result = subprocess.run(["bash", str(ROOT / "scripts" / "method_comparison.sh"), prepared, start, out, "1"],
+        result = subprocess.run(["bash", str(ROOT / "scripts" / "method_comparison.sh"), prepared, start, out, "0.01"],
                                 capture_output=True, text=True, cwd=ROOT, timeout=900,
                                 env={**os.environ, "SIZE": "48", "LIMIT": "8", "PROBE": "32", "METHODS": " ".join(methods)})
         assert result.returncode == 0, result.stderr
@@ -447,7 +447,8 @@ def test_method_comparison_trains_each_method_for_its_budget_and_scores_all_on_t
     for method in methods:
         config = json.loads((out / method / "config.json").read_text())
         assert config["fit"]["method"] == method and config["fit"]["size"] == 48
-        # the probe's img/s for one second is under 32 samples, so each run trains the least epoch, 32
+        # a budget of 0.01 s at the probe's img/s is under 32 samples on any CPU (1 s was not: a quiet
+        # machine trained ERM at 48 px faster than 64 img/s), so each run trains the least epoch, 32
         assert f"{method}: epoch size 32 from the probe's img/s" in printed
         assert config["fit"]["epoch_size"] == 32 and f"| {method} | " in rows[method] and "| 32 | " in rows[method]
         assert scored(method) == crops_scored
