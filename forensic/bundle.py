@@ -121,6 +121,11 @@ class Bundle:
         return float(self.manifest.get("uncertain_band", 0.0))
 
     @property
+    def temperature(self) -> float:
+        """The bundle's temperature, applied after each member's own calibration (1.0: none)."""
+        return float(self.manifest.get("temperature", 1.0))
+
+    @property
     def fake_index(self) -> int:
         return list(self.manifest["class_order"]).index("fake")
 

@@ -105,7 +105,7 @@ class EnsembleRunner:
         self._normalize_here = not spec["normalize_in_graph"]
         self._mean = np.asarray(spec["mean"], dtype=np.float32).reshape(1, 3, 1, 1)
         self._std = np.asarray(spec["std"], dtype=np.float32).reshape(1, 3, 1, 1)
-        self._temperature = float(bundle.manifest.get("temperature", 1.0))
+        self._temperature = bundle.temperature
         self._calibration = {entry.name: (entry.temperature, entry.bias) for entry in bundle.models}
         self.sessions: dict[str, ort.InferenceSession] = {}
         for entry in bundle.models:

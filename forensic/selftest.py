@@ -58,8 +58,8 @@ class GradientOracle:
     pushing members that have already crossed."""
 
     def __init__(self, bundle: Bundle, providers: list[str], threads: int = 0):
-        self.sessions, self.weights, self.calibration = [], [], []
-        self.bundle_temperature = float(bundle.manifest.get("temperature", 1.0))
+        self.models, self.bundle_temperature = bundle.models, bundle.temperature
+        self.sessions, self.weights = [], []
         total = sum(entry.weight for entry in bundle.models)
         for entry in bundle.models:
             graph = entry.gradient_graph
@@ -67,25 +67,25 @@ class GradientOracle:
                 raise LookupError(entry.name)
             self.sessions.append(ort.InferenceSession(str(bundle.path / graph), session_options(threads), providers=providers))
             self.weights.append(entry.weight / total)
-            self.calibration.append((entry.temperature, entry.bias))
 
     def __call__(self, pixels: np.ndarray, labels: np.ndarray) -> np.ndarray:
-        fake = np.asarray(labels) == 1
+        labels = np.asarray(labels, np.int64)
+        fake = labels == 1
         side = np.where(fake, 1.0, -1.0)
         per_crop = (-1,) + (1,) * (pixels.ndim - 1)
         ensemble = np.zeros(len(pixels))
         slope = np.zeros(pixels.shape)  # d P(fake) / d pixels
-        for session, weight, (temperature, bias) in zip(self.sessions, self.weights, self.calibration):
-            loss, grad = session.run(["loss", "grad"], {"pixels": pixels, "labels": np.asarray(labels, np.int64)})
+        for session, weight, entry in zip(self.sessions, self.weights, self.models):
+            loss, grad = session.run(["loss", "grad"], {"pixels": pixels, "labels": labels})
             loss = np.maximum(loss.astype(np.float64), 0.0)
             with np.errstate(divide="ignore", invalid="ignore"):
-                other = -np.expm1(-loss)  # the member's uncalibrated probability of the other class
+                other = -np.expm1(-loss).reshape(per_crop)  # the member's uncalibrated probability of the other class
                 margin = -side * np.log(np.expm1(loss))  # ±inf where the loss underflowed to 0
-                d_margin = np.where(other.reshape(per_crop) > 0, grad / other.reshape(per_crop), 0.0)
+                d_margin = np.where(other > 0, grad / other, 0.0)
             d_margin *= -side.reshape(per_crop)
-            p = member_probability(margin, temperature, bias, self.bundle_temperature)
+            p = member_probability(margin, entry.temperature, entry.bias, self.bundle_temperature)
             ensemble += weight * p
-            slope += (weight * p * (1 - p) / (temperature * self.bundle_temperature)).reshape(per_crop) * d_margin
+            slope += (weight * p * (1 - p) / (entry.temperature * self.bundle_temperature)).reshape(per_crop) * d_margin
         # floored so that a crop the ensemble already puts far on the other side keeps a finite gradient
         p_label = np.maximum(np.where(fake, ensemble, 1 - ensemble), 1e-12)
         return (-(side / p_label).reshape(per_crop) * slope).astype(np.float32)

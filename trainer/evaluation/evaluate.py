@@ -227,7 +227,7 @@ def evaluate_bundle(bundle_dir: Path, data: Path, out: Path, settings: EvalSetti
     spec = bundle.manifest["input"]
     subject = {"bundle": {"path": str(bundle_dir), "name": bundle.name, "sha256": bundle.sha256,
                           "decision_threshold": bundle.threshold,
-                          "temperature": float(bundle.manifest.get("temperature", 1.0)),
+                          "temperature": bundle.temperature,
                           "uncertain_band": bundle.uncertain_band, "models": models},
                "arch": "+".join(dict.fromkeys(m["arch"] for m in models)),
                "method": "+".join(dict.fromkeys(str(m["method"]) for m in models)),
