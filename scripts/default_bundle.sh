@@ -16,14 +16,15 @@
 # BUILD remembers its arguments and refuses others (delete BUILD to start over). For a candidate, STAGE1_EPOCHS
 # (default 5) changes stage 1's length, STAGE1_AUGMENT (default uploads) its augmentation, FOLD_AUGMENT (default
 # uploads-h264) step 3's augmentation (--augment), FOLD_LR (default 3e-4) step 3's peak learning rate, FOLD_EPOCHS
-# (default 5) its length in epochs of 2,400 samples, and ARCH
+# (default 5) its length in epochs of 2,400 samples, FOLD_METHOD (default erm) step 3's training method (--method,
+# at the method's own settings, e.g. gradreg), and ARCH
 # (default efficientnet_lite0; or efficientnet_lite2) the network, started from its offline ImageNet weights.
 # A stage-1 checkpoint placed as BUILD/dfdc-pre/last.pt beside BUILD/dfdc-pre/.complete is used as it is
 # (checkpoints/README.md: the one kept in git, and why).
 set -euo pipefail
 [ $# -eq 4 ] || { echo "usage: $0 BUILD SIZE FFPP_DIR DFDC_DIR" >&2; exit 2; }
 D=$1 SIZE=$2 FFPP=$3 DFDC=$4 EPOCHS1=${STAGE1_EPOCHS:-5} AUGMENT3=${FOLD_AUGMENT:-uploads-h264} LR3=${FOLD_LR:-3e-4}
-EPOCHS3=${FOLD_EPOCHS:-5}
+EPOCHS3=${FOLD_EPOCHS:-5} METHOD3=${FOLD_METHOD:-erm}
 AUGMENT1=${STAGE1_AUGMENT:-uploads} ARCH=${ARCH:-efficientnet_lite0}
 case $ARCH in
   efficientnet_lite0) INIT1=lite0-pypi ;;
@@ -39,6 +40,8 @@ recipe="size=$SIZE ffpp=$FFPP dfdc=$DFDC stage1_epochs=$EPOCHS1"
 [ "$AUGMENT3" = uploads ] || recipe="$recipe fold_augment=$AUGMENT3"
 [ "$LR3" = 3e-4 ] || recipe="$recipe fold_lr=$LR3"
 [ "$EPOCHS3" = 5 ] || recipe="$recipe fold_epochs=$EPOCHS3"
+METHOD_OPTION=()
+[ "$METHOD3" = erm ] || { recipe="$recipe fold_method=$METHOD3"; METHOD_OPTION=(--method "$METHOD3"); }
 [ "$AUGMENT1" = uploads ] || recipe="$recipe stage1_augment=$AUGMENT1"
 [ "$ARCH" = efficientnet_lite0 ] || recipe="$recipe arch=$ARCH"
 mkdir -p "$D"
@@ -56,7 +59,7 @@ if [ ! -f $D/dfdc-pre/.complete ]; then
   touch $D/dfdc-pre/.complete
 fi
 [ -f $D/folds/.complete ] || { rm -rf $D/folds; $B/trainer folds $V/ffpp-prepared --k 5 --seed 0 --out $D/folds; $B/python $R/scripts/default_bundle_views.py add-pairs $D/folds $D/data; touch $D/folds/.complete; }
-$R/scripts/cross_validate.sh $D/folds $D/cv $TRAIN --lr $LR3 --augment $AUGMENT3 --init $D/dfdc-pre/last.pt --epochs $EPOCHS3 --epoch-size 2400
+$R/scripts/cross_validate.sh $D/folds $D/cv $TRAIN --lr $LR3 --augment $AUGMENT3 --init $D/dfdc-pre/last.pt --epochs $EPOCHS3 --epoch-size 2400 "${METHOD_OPTION[@]}"
 [ -f $D/soup/last.pt ] || { rm -rf $D/soup; $B/trainer average $D/cv/fold-{0,1,2,3,4} --checkpoint last --out $D/soup; }
 [ -f $D/soup-dfdc-val/scores.csv ] || { rm -rf $D/soup-dfdc-val
   $B/trainer eval $D/soup --data $V/dfdc --split validation --checkpoint last --no-attacks --no-corruptions --heatmaps 0 --out $D/soup-dfdc-val; }

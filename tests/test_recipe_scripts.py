@@ -290,6 +290,8 @@ def test_default_bundle_script_refuses_a_build_folder_made_with_other_settings(t
     assert result.returncode == 2 and f"not '{default} arch=efficientnet_lite2'" in result.stderr
     result = recipe(FOLD_EPOCHS="10")
     assert result.returncode == 2 and f"not '{default} fold_epochs=10'" in result.stderr
+    result = recipe(FOLD_METHOD="gradreg")
+    assert result.returncode == 2 and f"not '{default} fold_method=gradreg'" in result.stderr
     result = recipe(ARCH="efficientnet_b0")  # no offline ImageNet weights: refused before anything is written
     assert result.returncode == 2 and "ARCH=efficientnet_b0" in result.stderr and result.stderr.count("\n") == 1
     assert (build / "recipe.txt").read_text() == default + "\n"
