@@ -25,7 +25,7 @@ from trainer.attacks.square import square_attack
 from trainer.attacks.suite import DEFAULT_ATTACKS, AttackSpec, run_attack
 from trainer.attacks.white_box import scorer_fgsm, scorer_pgd
 from trainer.cli import app
-from trainer.data.corruptions import DEFAULT_CORRUPTIONS, h264
+from trainer.data.corruptions import DEFAULT_CORRUPTIONS, h264, reencode_video
 from trainer.data.datasets import Sample
 from trainer.evaluation.errors import EvaluationError
 from trainer.evaluation.evaluate import EvalSettings, evaluate_run, stratified_subset
@@ -310,6 +310,48 @@ def test_h264_gives_the_same_clip_on_every_call_at_widths_libx264_mishandles(wid
     clips = [h264(frames, crf=35) for _ in range(6)]
     assert all(np.array_equal(clips[0], clip) for clip in clips[1:])
     assert clips[0].shape == frames.shape and not np.array_equal(clips[0], frames)
+
+
+def _frames_of(path: Path) -> np.ndarray:
+    import av
+
+    with av.open(str(path)) as container:
+        return np.stack([frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)])
+
+
+def test_a_video_is_reencoded_whole_at_its_crf_and_its_source_is_left_alone(tmp_path):
+    import av
+
+    from trainer.data.synthetic import astronaut, panning_frames
+
+    # lossless source with odd sides (4:2:0 needs even ones: the last row and column go)
+    source = tmp_path / "clip.mkv"
+    frames = [frame[:135, :201] for frame in panning_frames(astronaut()[0], count=12, width=240, height=160)]
+    with av.open(str(source), mode="w") as container:
+        stream = container.add_stream("ffv1", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 201, 135, "bgr0"
+        for frame in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    before = source.read_bytes()
+    light, heavy = tmp_path / "crf18.mp4", tmp_path / "crf40.mp4"
+    assert reencode_video(source, light, 18) == reencode_video(source, heavy, 40) == 12
+    assert source.read_bytes() == before
+    original = np.stack(frames)[:, :134, :200].astype(int)
+    decoded = {path: _frames_of(path) for path in (light, heavy)}
+    assert all(frames.shape == (12, 134, 200, 3) for frames in decoded.values())
+    assert heavy.stat().st_size < light.stat().st_size
+    assert np.abs(decoded[light] - original).mean() < np.abs(decoded[heavy] - original).mean()
+    with av.open(str(heavy)) as container:
+        assert container.streams.video[0].codec_context.name == "h264" and container.streams.video[0].average_rate == 10
+    # an unreadable source raises and leaves neither the target nor a half-written file
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"not a video")
+    with pytest.raises(Exception):
+        reencode_video(broken, tmp_path / "out.mp4", 35)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.mp4", "clip.mkv", "crf18.mp4", "crf40.mp4"]
 
 
 # ------------------------------------------------------------------------ report and --compare

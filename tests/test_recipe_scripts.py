@@ -354,6 +354,48 @@ def test_h264_forms_scores_a_split_clean_and_in_both_encodings(prepared):
     assert f"one crop at a time {auc(alone):.3f} " in printed[1]
 
 
+def test_video_compression_scans_each_video_as_given_and_reencoded_whole(sample_media, tmp_path):
+    from forensic.bundle import DEFAULT_BUNDLE
+
+    videos = tmp_path / "videos"
+    (videos / "real").mkdir(parents=True)
+    (videos / "fake").mkdir()
+    real, fake = videos / "real" / "pan.mp4", videos / "fake" / "pan.mp4"
+    real.write_bytes(sample_media["astronaut_pan.mp4"].read_bytes())
+    fake.write_bytes(sample_media["astronaut_blended_pan.mp4"].read_bytes())
+    broken = videos / "fake" / "broken.mp4"
+    broken.write_bytes(b"not a video")
+    given = {path: path.read_bytes() for path in (real, fake, broken)}
+    out = tmp_path / "crf40"
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "video_compression.py"), "--bundle", DEFAULT_BUNDLE,
+                             "--crf", "40", "--out", out, real, broken, fake],
+                            capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert result.returncode == 0, result.stderr
+    # the broken file: one line naming it, and the others go on
+    assert result.stderr.startswith(f"error: {broken}: cannot re-encode it (") and result.stderr.count("\n") == 1
+    assert all(path.read_bytes() == content for path, content in given.items())
+    copies = {path: out / path.parent.name / path.name for path in (real, fake)}
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == ["fake/pan.mp4", "real/pan.mp4"]
+    # each video's two scores are what `forensic scan` gives the original and the re-encoded file
+    scanned = subprocess.run([sys.executable, "-m", "forensic", "scan", "--bundle", DEFAULT_BUNDLE, "--json", "-", "-q",
+                              real, fake, *copies.values()], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    scores = {Path(entry["path"]): entry["score"] for entry in json.loads(scanned.stdout)["files"]}
+    lines = result.stdout.splitlines()
+    for label, path in (("real", real), ("fake", fake)):
+        assert f"{label} {path}: {scores[path]:.3f} -> CRF 40 {scores[copies[path]]:.3f}" in lines
+    assert scores[real] != scores[copies[real]]  # the copy is a different encoding, not the file again
+    assert lines[-3].startswith("as given: video AUC ") and lines[-2].startswith("CRF 40: video AUC ")
+    assert lines[-1].startswith("AUC drop ") and lines[-1].endswith(" over 2 videos (1 real)")
+    # a second run reuses the copy; a copy that would replace its source is refused
+    written = copies[real].stat().st_mtime_ns
+    again = run_script("video_compression.py", "--bundle", DEFAULT_BUNDLE, "--crf", "40", "--out", out, real)
+    assert copies[real].stat().st_mtime_ns == written and "n/a (one class)" in again
+    refused = subprocess.run([sys.executable, str(ROOT / "scripts" / "video_compression.py"), "--bundle", DEFAULT_BUNDLE,
+                              "--out", videos, real], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert refused.returncode == 1 and real.read_bytes() == given[real]
+    assert refused.stderr.splitlines()[0] == f"error: {real}: cannot re-encode it (the re-encoded copy would replace it; choose another --out)"
+
+
 def test_gpu_pack_travels_the_ffmix_view_and_checkpoints_come_back_as_runs(prepared, views, tmp_path):
     """scripts/gpu_pack.py (here, before a lent GPU) and scripts/gpu_checkpoints.py (there, then here)."""
     import torch

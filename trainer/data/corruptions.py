@@ -14,6 +14,9 @@ resized to the model's input size), one batch at a time:
                                 unrelated crops is not video motion), not a re-encode of the
                                 original video the crops came from.
 
+`reencode_video` is the whole-video form: a video file re-encoded end to end with libx264 at a CRF,
+as an upload platform re-encodes it (scripts/video_compression.py scans both versions).
+
 Only Gaussian noise draws random numbers (from `numpy.random.default_rng(seed)`); the others
 are deterministic functions of their input (x264 with one thread is deterministic).
 """
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import cv2
@@ -106,6 +110,40 @@ def h264(images: np.ndarray, seed: int = 0, crf: int = 23, fps: int = 25) -> np.
     if len(frames) != n:
         raise RuntimeError(f"H.264 round trip returned {len(frames)} frames for {n} crops")
     return np.ascontiguousarray(np.stack(frames)[:, :h, :w])
+
+
+def reencode_video(source: Path, target: Path, crf: int) -> int:
+    """Re-encode every frame of `source` with libx264 at `crf` (yuv420p, preset medium, the source's frame rate)
+    into the new file `target`; returns the number of frames. Odd sides lose their last pixel row or column
+    (4:2:0 needs even sides). Written beside `target` and renamed, so a killed run leaves no half file."""
+    partial = target.with_name(target.name + ".partial.mp4")
+    try:
+        frames = _reencode(source, partial, crf)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    partial.replace(target)
+    return frames
+
+
+def _reencode(source: Path, partial: Path, crf: int) -> int:
+    import av  # here, not at the top: training without H.264 augmentation needs no PyAV
+
+    frames = 0
+    with av.open(str(source)) as reader, av.open(str(partial), mode="w") as writer:
+        video = reader.streams.video[0]
+        stream = writer.add_stream("libx264", rate=video.average_rate or 25)
+        stream.width, stream.height = video.codec_context.width // 2 * 2, video.codec_context.height // 2 * 2
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"crf": str(int(crf)), "preset": "medium"}
+        for frame in reader.decode(video=0):
+            image = frame.to_ndarray(format="rgb24")[:stream.height, :stream.width]
+            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")):
+                writer.mux(packet)
+            frames += 1
+        for packet in stream.encode():
+            writer.mux(packet)
+    return frames
 
 
 DEFAULT_CORRUPTIONS: tuple[Corruption, ...] = (

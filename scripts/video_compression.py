@@ -1,0 +1,88 @@
+"""A bundle's video AUC before and after the videos themselves are re-encoded with H.264, as an upload
+platform re-encodes a video (the whole file through libx264, with real motion between frames), where
+`trainer eval`'s h264 corruption re-encodes 224-px crops of unrelated frames as one clip:
+
+    python scripts/video_compression.py --bundle exports/default --crf 35 --out build/crf35 VIDEO...
+
+A video is real when a folder on its path is named 'real', else fake. Each video is re-encoded once into
+OUT/<its parent folder>/<its name> (kept: a second run reuses it; the source is never written), both
+versions are scanned as `forensic scan` scans them (same frames, faces, aggregation and threshold), and
+per video the two scores print, then each version's AUC, accuracy at the bundle's threshold and the drop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from sklearn.metrics import roc_auc_score
+
+from forensic.bundle import load_bundle
+from forensic.errors import ForensicError
+from forensic.scan import Scanner
+from trainer.data.corruptions import reencode_video
+
+
+def is_real(path: Path) -> bool:
+    return "real" in path.parent.parts
+
+
+def reencoded_path(video: Path, out: Path) -> Path:
+    return out / video.parent.name / video.name
+
+
+def summary(name: str, labels: list[int], scores: list[float], threshold: float) -> tuple[float | None, str]:
+    right = sum((score >= threshold) == bool(label) for label, score in zip(labels, scores))
+    auc = roc_auc_score(labels, scores) if len(set(labels)) == 2 else None
+    shown = "n/a (one class)" if auc is None else f"{auc:.3f}"
+    return auc, f"{name}: video AUC {shown}, {right} / {len(labels)} right at {threshold:.4f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("videos", nargs="+", type=Path)
+    parser.add_argument("--bundle", type=Path, default=Path("exports/default"))
+    parser.add_argument("--crf", type=int, default=35)
+    parser.add_argument("--out", type=Path, required=True, help="folder for the re-encoded copies")
+    args = parser.parse_args(argv)
+    try:
+        scanner = Scanner(load_bundle(args.bundle))
+    except ForensicError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    labels, clean, compressed = [], [], []
+    for video in args.videos:
+        target = reencoded_path(video, args.out)
+        try:
+            if target.resolve() == video.resolve():
+                raise ValueError("the re-encoded copy would replace it; choose another --out")
+            if not target.exists():
+                target.parent.mkdir(parents=True, exist_ok=True)
+                reencode_video(video, target, args.crf)
+        except Exception as error:  # one bad video is reported and skipped; the rest go on
+            print(f"error: {video}: cannot re-encode it ({error})", file=sys.stderr)
+            continue
+        before, after = scanner.scan_file(video), scanner.scan_file(target)
+        failed = [result for result in (before, after) if result.score is None]
+        if failed:
+            print(f"error: {failed[0].path}: {failed[0].error or 'no face found'}; skipped", file=sys.stderr)
+            continue
+        labels.append(0 if is_real(video) else 1)
+        clean.append(before.score)
+        compressed.append(after.score)
+        print(f"{'real' if is_real(video) else 'fake'} {video}: {before.score:.3f} -> CRF {args.crf} {after.score:.3f}")
+    if not labels:
+        print("error: no video could be scored in both versions", file=sys.stderr)
+        return 1
+    auc_clean, line = summary("as given", labels, clean, scanner.threshold)
+    print(line)
+    auc_compressed, line = summary(f"CRF {args.crf}", labels, compressed, scanner.threshold)
+    print(line)
+    if auc_clean is not None and auc_compressed is not None:
+        print(f"AUC drop {auc_clean - auc_compressed:+.3f} over {len(labels)} videos ({len(labels) - sum(labels)} real)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
