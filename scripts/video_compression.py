@@ -1,13 +1,14 @@
 """A bundle's video AUC before and after the videos themselves are re-encoded with H.264, as an upload
-platform re-encodes a video (the whole file through libx264, with real motion between frames), where
-`trainer eval`'s h264 corruption re-encodes 224-px crops of unrelated frames as one clip:
+platform re-encodes a video (the whole file through libx264, at its own resolution, with its own motion),
+where `trainer eval`'s h264 corruption re-encodes the 224-px face crops as the frames of a clip:
 
     python scripts/video_compression.py --bundle exports/default --crf 35 --out build/crf35 VIDEO...
 
 A video is real when a folder on its path is named 'real', else fake. Each video is re-encoded once into
 OUT/<its parent folder>/<its name> (kept: a second run reuses it; the source is never written), both
 versions are scanned as `forensic scan` scans them (same frames, faces, aggregation and threshold), and
-per video the two scores print, then each version's AUC, accuracy at the bundle's threshold and the drop.
+per video the two scores print, then each version's AUC and accuracy at the bundle's threshold, how far
+the scores moved, and the drop.
 """
 
 from __future__ import annotations
@@ -79,6 +80,10 @@ def main(argv: list[str] | None = None) -> int:
     print(line)
     auc_compressed, line = summary(f"CRF {args.crf}", labels, compressed, scanner.threshold)
     print(line)
+    changes = [after - before for before, after in zip(clean, compressed)]
+    flipped = sum((before >= scanner.threshold) != (after >= scanner.threshold) for before, after in zip(clean, compressed))
+    print(f"score change: mean {sum(changes) / len(changes):+.3f}, mean absolute {sum(map(abs, changes)) / len(changes):.3f}, "
+          f"{flipped} verdict(s) crossed the threshold")
     if auc_clean is not None and auc_compressed is not None:
         print(f"AUC drop {auc_clean - auc_compressed:+.3f} over {len(labels)} videos ({len(labels) - sum(labels)} real)")
     return 0

@@ -384,7 +384,9 @@ def test_video_compression_scans_each_video_as_given_and_reencoded_whole(sample_
     for label, path in (("real", real), ("fake", fake)):
         assert f"{label} {path}: {scores[path]:.3f} -> CRF 40 {scores[copies[path]]:.3f}" in lines
     assert scores[real] != scores[copies[real]]  # the copy is a different encoding, not the file again
-    assert lines[-3].startswith("as given: video AUC ") and lines[-2].startswith("CRF 40: video AUC ")
+    assert lines[-4].startswith("as given: video AUC ") and lines[-3].startswith("CRF 40: video AUC ")
+    moved = [scores[copies[path]] - scores[path] for path in (real, fake)]
+    assert lines[-2].startswith(f"score change: mean {sum(moved) / 2:+.3f}, mean absolute {sum(map(abs, moved)) / 2:.3f}, ")
     assert lines[-1].startswith("AUC drop ") and lines[-1].endswith(" over 2 videos (1 real)")
     # a second run reuses the copy; a copy that would replace its source is refused
     written = copies[real].stat().st_mtime_ns
