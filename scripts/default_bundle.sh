@@ -17,14 +17,14 @@
 # (default 5) changes stage 1's length, STAGE1_AUGMENT (default uploads) its augmentation, FOLD_AUGMENT (default
 # uploads-h264) step 3's augmentation (--augment), FOLD_LR (default 3e-4) step 3's peak learning rate, FOLD_EPOCHS
 # (default 5) its length in epochs of 2,400 samples, FOLD_METHOD (default erm) step 3's training method (--method,
-# at the method's own settings, e.g. gradreg), and ARCH
+# e.g. gradreg), FOLD_OPTIONS its settings (space-separated key=value, each passed as -o; default the method's), and ARCH
 # (default efficientnet_lite0; or efficientnet_lite2) the network, started from its offline ImageNet weights.
 # A stage-1 checkpoint placed as BUILD/dfdc-pre/last.pt beside BUILD/dfdc-pre/.complete is used as it is
 # (checkpoints/README.md: the one kept in git, and why).
 set -euo pipefail
 [ $# -eq 4 ] || { echo "usage: $0 BUILD SIZE FFPP_DIR DFDC_DIR" >&2; exit 2; }
 D=$1 SIZE=$2 FFPP=$3 DFDC=$4 EPOCHS1=${STAGE1_EPOCHS:-5} AUGMENT3=${FOLD_AUGMENT:-uploads-h264} LR3=${FOLD_LR:-3e-4}
-EPOCHS3=${FOLD_EPOCHS:-5} METHOD3=${FOLD_METHOD:-erm}
+EPOCHS3=${FOLD_EPOCHS:-5} METHOD3=${FOLD_METHOD:-erm} OPTIONS3=${FOLD_OPTIONS:-}
 AUGMENT1=${STAGE1_AUGMENT:-uploads} ARCH=${ARCH:-efficientnet_lite0}
 case $ARCH in
   efficientnet_lite0) INIT1=lite0-pypi ;;
@@ -42,6 +42,8 @@ recipe="size=$SIZE ffpp=$FFPP dfdc=$DFDC stage1_epochs=$EPOCHS1"
 [ "$EPOCHS3" = 5 ] || recipe="$recipe fold_epochs=$EPOCHS3"
 METHOD_OPTION=()
 [ "$METHOD3" = erm ] || { recipe="$recipe fold_method=$METHOD3"; METHOD_OPTION=(--method "$METHOD3"); }
+for option in $OPTIONS3; do METHOD_OPTION+=(-o "$option"); done
+[ -z "$OPTIONS3" ] || recipe="$recipe fold_options=$(echo $OPTIONS3 | tr ' ' ,)"
 [ "$AUGMENT1" = uploads ] || recipe="$recipe stage1_augment=$AUGMENT1"
 [ "$ARCH" = efficientnet_lite0 ] || recipe="$recipe arch=$ARCH"
 mkdir -p "$D"

@@ -292,6 +292,8 @@ def test_default_bundle_script_refuses_a_build_folder_made_with_other_settings(t
     assert result.returncode == 2 and f"not '{default} fold_epochs=10'" in result.stderr
     result = recipe(FOLD_METHOD="gradreg")
     assert result.returncode == 2 and f"not '{default} fold_method=gradreg'" in result.stderr
+    result = recipe(FOLD_METHOD="gradreg", FOLD_OPTIONS="r=0.5 alpha=0.9")
+    assert result.returncode == 2 and f"not '{default} fold_method=gradreg fold_options=r=0.5,alpha=0.9'" in result.stderr
     result = recipe(ARCH="efficientnet_b0")  # no offline ImageNet weights: refused before anything is written
     assert result.returncode == 2 and "ARCH=efficientnet_b0" in result.stderr and result.stderr.count("\n") == 1
     assert (build / "recipe.txt").read_text() == default + "\n"
