@@ -114,8 +114,10 @@ def h264(images: np.ndarray, seed: int = 0, crf: int = 23, fps: int = 25) -> np.
 
 def reencode_video(source: Path, target: Path, crf: int) -> int:
     """Re-encode every frame of `source` with libx264 at `crf` (yuv420p, preset medium, the source's frame rate)
-    into the new file `target`; returns the number of frames. Odd sides lose their last pixel row or column
-    (4:2:0 needs even sides). Written beside `target` and renamed, so a killed run leaves no half file."""
+    into the new file `target` (an MP4 of the video stream only); returns the number of frames. Odd sides lose
+    their last pixel row or column (4:2:0 needs even sides). x264 runs with its own threads, so two runs need
+    not give the same bits: keep the copy to rescan it. Written beside `target` and renamed, so a killed run
+    leaves no half file."""
     partial = target.with_name(target.name + ".partial.mp4")
     try:
         frames = _reencode(source, partial, crf)
