@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         labels.append(0 if is_real(video) else 1)
         clean.append(before.score)
         compressed.append(after.score)
-        print(f"{'real' if is_real(video) else 'fake'} {video}: {before.score:.3f} -> CRF {args.crf} {after.score:.3f}")
+        print(f"{'fake' if labels[-1] else 'real'} {video}: {before.score:.3f} -> CRF {args.crf} {after.score:.3f}")
     if not labels:
         print("error: no video could be scored in both versions", file=sys.stderr)
         return 1

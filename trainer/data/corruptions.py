@@ -26,7 +26,7 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 import cv2
 import numpy as np
@@ -95,15 +95,7 @@ def h264(images: np.ndarray, seed: int = 0, crf: int = 23, fps: int = 25) -> np.
     padded = np.pad(images, ((0, 0), (0, ph - h), (0, pw - w), (0, 0)), mode="edge") if (ph, pw) != (h, w) else images
     buffer = io.BytesIO()
     with av.open(buffer, mode="w", format="mp4") as container:
-        stream = container.add_stream("libx264", rate=fps)
-        stream.width, stream.height = pw, ph
-        stream.pix_fmt = "yuv420p"
-        stream.options = {"crf": str(int(crf)), "preset": "medium", "threads": "1"}
-        for image in padded:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+        _write_h264(container, padded, pw, ph, fps, {"crf": str(int(crf)), "preset": "medium", "threads": "1"})
     buffer.seek(0)
     with av.open(buffer, mode="r") as container:
         frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
@@ -131,21 +123,30 @@ def reencode_video(source: Path, target: Path, crf: int) -> int:
 def _reencode(source: Path, partial: Path, crf: int) -> int:
     import av  # here, not at the top: training without H.264 augmentation needs no PyAV
 
-    frames = 0
     with av.open(str(source)) as reader, av.open(str(partial), mode="w") as writer:
         video = reader.streams.video[0]
-        stream = writer.add_stream("libx264", rate=video.average_rate or 25)
-        stream.width, stream.height = video.codec_context.width // 2 * 2, video.codec_context.height // 2 * 2
-        stream.pix_fmt = "yuv420p"
-        stream.options = {"crf": str(int(crf)), "preset": "medium"}
-        for frame in reader.decode(video=0):
-            image = frame.to_ndarray(format="rgb24")[:stream.height, :stream.width]
-            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")):
-                writer.mux(packet)
-            frames += 1
-        for packet in stream.encode():
-            writer.mux(packet)
-    return frames
+        width, height = video.codec_context.width // 2 * 2, video.codec_context.height // 2 * 2
+        images = (frame.to_ndarray(format="rgb24")[:height, :width] for frame in reader.decode(video=0))
+        return _write_h264(writer, images, width, height, video.average_rate or 25,
+                           {"crf": str(int(crf)), "preset": "medium"})
+
+
+def _write_h264(container, images: Iterable[np.ndarray], width: int, height: int, rate, options: dict[str, str]) -> int:
+    """Encode RGB uint8 images as one libx264 (yuv420p) stream of `container`; returns how many."""
+    import av
+
+    stream = container.add_stream("libx264", rate=rate)
+    stream.width, stream.height = width, height
+    stream.pix_fmt = "yuv420p"
+    stream.options = options
+    count = 0
+    for image in images:
+        for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")):
+            container.mux(packet)
+        count += 1
+    for packet in stream.encode():
+        container.mux(packet)
+    return count
 
 
 DEFAULT_CORRUPTIONS: tuple[Corruption, ...] = (
