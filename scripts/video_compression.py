@@ -4,9 +4,10 @@ where `trainer eval`'s h264 corruption re-encodes the 224-px face crops as the f
 
     python scripts/video_compression.py --bundle exports/default --crf 35 --out build/crf35 VIDEO...
 
-A video is real when a folder on its path is named 'real', else fake. Each video is re-encoded once into
-OUT/<its parent folder>/<its name> (kept: a second run reuses it; the source is never written), both
-versions are scanned as `forensic scan` scans them (same frames, faces, aggregation and threshold), and
+A video is real when a folder on its path is named 'real', else fake. Each video is re-encoded into
+OUT/<its parent folder>/<its name> (an MP4: '.mp4' is added to another suffix) beside a record of its source's
+SHA-256 and the CRF; a later run reuses the copy only when both match, and never writes over a file it did not
+make (the sources included). Both versions are scanned as `forensic scan` scans them (same frames, faces, aggregation and threshold), and
 per video the two scores print, then each version's AUC and accuracy at the bundle's threshold, how far
 the scores moved, and the drop.
 """
@@ -14,6 +15,8 @@ the scores moved, and the drop.
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import sys
 from pathlib import Path
 
@@ -30,7 +33,33 @@ def is_real(path: Path) -> bool:
 
 
 def reencoded_path(video: Path, out: Path) -> Path:
-    return out / video.parent.name / video.name
+    name = video.name if video.suffix.lower() == ".mp4" else video.name + ".mp4"
+    return out / video.parent.name / name
+
+
+def record_path(copy: Path) -> Path:
+    return copy.with_name(copy.name + ".json")
+
+
+def reencoded_copy(video: Path, out: Path, crf: int) -> Path:
+    """The copy of `video` at `crf` under `out`: reused when its record names the same source bytes and CRF,
+    else (re-)made; a file there without a record is not this script's and is refused."""
+    target = reencoded_path(video, out)
+    if target.resolve() == video.resolve():
+        raise ValueError("the re-encoded copy would replace it; choose another --out")
+    made_by = {"source_sha256": hashlib.sha256(video.read_bytes()).hexdigest(), "crf": crf}
+    record = record_path(target)
+    if target.exists():
+        if not record.exists():
+            raise ValueError(f"{target} exists and is not a copy this script made; choose another --out")
+        if json.loads(record.read_text()) == made_by:
+            return target
+        target.unlink()  # this script's copy of other bytes or at another CRF
+    target.parent.mkdir(parents=True, exist_ok=True)
+    record.unlink(missing_ok=True)
+    reencode_video(video, target, crf)
+    record.write_text(json.dumps(made_by))
+    return target
 
 
 def summary(name: str, labels: list[int], scores: list[float], threshold: float) -> tuple[float | None, str]:
@@ -54,13 +83,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     labels, clean, compressed = [], [], []
     for video in args.videos:
-        target = reencoded_path(video, args.out)
         try:
-            if target.resolve() == video.resolve():
-                raise ValueError("the re-encoded copy would replace it; choose another --out")
-            if not target.exists():
-                target.parent.mkdir(parents=True, exist_ok=True)
-                reencode_video(video, target, args.crf)
+            target = reencoded_copy(video, args.out, args.crf)
         except Exception as error:  # one bad video is reported and skipped; the rest go on
             print(f"error: {video}: cannot re-encode it ({error})", file=sys.stderr)
             continue

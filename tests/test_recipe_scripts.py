@@ -357,7 +357,10 @@ def test_h264_forms_scores_a_split_clean_and_in_both_encodings(prepared):
 
 
 def test_video_compression_scans_each_video_as_given_and_reencoded_whole(sample_media, tmp_path):
+    import av
+
     from forensic.bundle import DEFAULT_BUNDLE
+    from trainer.data.synthetic import write_video
 
     videos = tmp_path / "videos"
     (videos / "real").mkdir(parents=True)
@@ -377,7 +380,8 @@ def test_video_compression_scans_each_video_as_given_and_reencoded_whole(sample_
     assert result.stderr.startswith(f"error: {broken}: cannot re-encode it (") and result.stderr.count("\n") == 1
     assert all(path.read_bytes() == content for path, content in given.items())
     copies = {path: out / path.parent.name / path.name for path in (real, fake)}
-    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == ["fake/pan.mp4", "real/pan.mp4"]
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == [
+        "fake/pan.mp4", "fake/pan.mp4.json", "real/pan.mp4", "real/pan.mp4.json"]
     # each video's two scores are what `forensic scan` gives the original and the re-encoded file
     scanned = subprocess.run([sys.executable, "-m", "forensic", "scan", "--bundle", DEFAULT_BUNDLE, "--json", "-", "-q",
                               real, fake, *copies.values()], capture_output=True, text=True, cwd=ROOT, timeout=300)
@@ -390,14 +394,27 @@ def test_video_compression_scans_each_video_as_given_and_reencoded_whole(sample_
     moved = [scores[copies[path]] - scores[path] for path in (real, fake)]
     assert lines[-2].startswith(f"score change: mean {sum(moved) / 2:+.3f}, mean absolute {sum(map(abs, moved)) / 2:.3f}, ")
     assert lines[-1].startswith("AUC drop ") and lines[-1].endswith(" over 2 videos (1 real)")
-    # a second run reuses the copy; a copy that would replace its source is refused
+    # a second run at the same CRF reuses the copy; at another CRF it re-encodes it, and its record says so
     written = copies[real].stat().st_mtime_ns
     again = run_script("video_compression.py", "--bundle", DEFAULT_BUNDLE, "--crf", "40", "--out", out, real)
     assert copies[real].stat().st_mtime_ns == written and "n/a (one class)" in again
+    avi = videos / "fake" / "pan.avi"  # an AVI's copy is an MP4, and its name says so
+    with av.open(str(fake)) as container:
+        write_video(avi, [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)])
+    other_crf = run_script("video_compression.py", "--bundle", DEFAULT_BUNDLE, "--crf", "30", "--out", out, real, avi)
+    assert copies[real].stat().st_mtime_ns != written
+    assert json.loads((out / "real" / "pan.mp4.json").read_text())["crf"] == 30
+    assert (out / "fake" / "pan.avi.mp4").exists() and f"fake {avi}: " in other_crf and " -> CRF 30 " in other_crf
+    # neither a source nor any other file the script did not make is written over
+    elsewhere = tmp_path / "elsewhere" / "real" / "pan.mp4"
+    elsewhere.parent.mkdir(parents=True)
+    elsewhere.write_bytes(given[real])
     refused = subprocess.run([sys.executable, str(ROOT / "scripts" / "video_compression.py"), "--bundle", DEFAULT_BUNDLE,
-                              "--out", videos, real], capture_output=True, text=True, cwd=ROOT, timeout=300)
+                              "--out", videos, real, elsewhere], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert refused.returncode == 1 and real.read_bytes() == given[real]
-    assert refused.stderr.splitlines()[0] == f"error: {real}: cannot re-encode it (the re-encoded copy would replace it; choose another --out)"
+    assert refused.stderr.splitlines()[:2] == [
+        f"error: {real}: cannot re-encode it (the re-encoded copy would replace it; choose another --out)",
+        f"error: {elsewhere}: cannot re-encode it ({real} exists and is not a copy this script made; choose another --out)"]
 
 
 def test_gpu_pack_travels_the_ffmix_view_and_checkpoints_come_back_as_runs(prepared, views, tmp_path):
