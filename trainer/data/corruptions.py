@@ -95,7 +95,7 @@ def h264(images: np.ndarray, seed: int = 0, crf: int = 23, fps: int = 25) -> np.
     padded = np.pad(images, ((0, 0), (0, ph - h), (0, pw - w), (0, 0)), mode="edge") if (ph, pw) != (h, w) else images
     buffer = io.BytesIO()
     with av.open(buffer, mode="w", format="mp4") as container:
-        _write_h264(container, padded, pw, ph, fps, {"crf": str(int(crf)), "preset": "medium", "threads": "1"})
+        write_h264(container, padded, pw, ph, fps, {"crf": str(int(crf)), "preset": "medium", "threads": "1"})
     buffer.seek(0)
     with av.open(buffer, mode="r") as container:
         frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
@@ -127,11 +127,11 @@ def _reencode(source: Path, partial: Path, crf: int) -> int:
         video = reader.streams.video[0]
         width, height = video.codec_context.width // 2 * 2, video.codec_context.height // 2 * 2
         images = (frame.to_ndarray(format="rgb24")[:height, :width] for frame in reader.decode(video=0))
-        return _write_h264(writer, images, width, height, video.average_rate or 25,
+        return write_h264(writer, images, width, height, video.average_rate or 25,
                            {"crf": str(int(crf)), "preset": "medium"})
 
 
-def _write_h264(container, images: Iterable[np.ndarray], width: int, height: int, rate, options: dict[str, str]) -> int:
+def write_h264(container, images: Iterable[np.ndarray], width: int, height: int, rate, options: dict[str, str]) -> int:
     """Encode RGB uint8 images as one libx264 (yuv420p) stream of `container`; returns how many."""
     import av
 

@@ -17,6 +17,7 @@ from PIL import Image
 from skimage import data
 
 from forensic.faces import FaceDetector, crop_face
+from trainer.data.corruptions import write_h264
 from trainer.data.sbi import BLEND_RATIOS
 
 
@@ -89,16 +90,9 @@ def make_face_dataset(root: Path, per_class: dict[str, int] | None = None, size:
 
 
 def write_video(path: Path, frames: list[np.ndarray], fps: int = 10) -> None:
-    """Encode RGB frames as H.264 (PyAV's bundled libx264)."""
+    """Encode RGB frames as H.264 (PyAV's bundled libx264 at its defaults)."""
     with av.open(str(path), mode="w") as container:
-        stream = container.add_stream("libx264", rate=fps)
-        stream.height, stream.width = frames[0].shape[:2]
-        stream.pix_fmt = "yuv420p"
-        for frame in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+        write_h264(container, frames, frames[0].shape[1], frames[0].shape[0], fps, {})
 
 
 def panning_frames(image: np.ndarray, count: int = 20, width: int = 448, height: int = 336) -> list[np.ndarray]:
