@@ -470,6 +470,12 @@ def test_screening_attack_set_runs_pgd10_at_the_goals_two_points_only(tiny_run, 
     results = json.loads((curve / "metrics.json").read_text())["attacks"]["results"]
     assert [r["name"] for r in results] == [f"pgd10 eps={k}/255" for k in ("0.25", "0.5", "1", "2", "4")]
     assert results[0]["accuracy"] >= results[-1]["accuracy"]  # a 16 times larger ball does not help the detector
+    seeds = tmp_path / "seeds"
+    result = runner.invoke(app, ["eval", str(run), "--data", str(data), "--out", str(seeds), "--limit", "6",
+                                 "--attack-set", "seeds", "--no-corruptions", "--heatmaps", "0", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    results = json.loads((seeds / "metrics.json").read_text())["attacks"]["results"]
+    assert [r["name"] for r in results] == [f"fgsm eps={eps}" for eps in ("0.001", "0.005", "0.01", "0.02")]
     wrong = runner.invoke(app, ["eval", str(run), "--data", str(data), "--out", str(out), "--attack-set", "all"])
     assert wrong.exit_code == 2 and wrong.output.startswith("error: --attack-set")
 
