@@ -334,7 +334,7 @@ def eval_command(
     batch_size: int = typer.Option(32, "--batch-size", min=1),
     seed: int = typer.Option(0, "--seed", help="Seeds the subset, the bootstrap, the attacks' random starts, the noise and the heatmap sample."),
     attacks: bool = typer.Option(True, "--attacks/--no-attacks", help="FGSM, PGD-5/10/20 (white-box), a black-box random search and a dual-attacker run's U-Net, with gradient-masking checks."),
-    attack_set: str = typer.Option("full", "--attack-set", help="full (the above), pgd10 (PGD-10 at 1/255 and 4/255 only, for screening candidates: no masking checks) curve (PGD-10 at 0.25, 0.5, 1, 2 and 4/255: a robust-training run's progress below the goals' points) or seeds (FGSM at 0.001, 0.005, 0.01 and 0.02: where the seed methods state their headlines)."),
+    attack_set: str = typer.Option("full", "--attack-set", help="full (the above), pgd10 (PGD-10 at 1/255 and 4/255 only, for screening candidates: no masking checks), curve (PGD-10 at 0.25, 0.5, 1, 2 and 4/255: a robust-training run's progress below the goals' points) or seeds (FGSM at 0.001, 0.005, 0.01 and 0.02: where the seed methods state their headlines)."),
     corruptions: bool = typer.Option(True, "--corruptions/--no-corruptions", help="Noise, blur, JPEG, downscaling and H.264 re-encoding."),
     heatmaps: int = typer.Option(4, "--heatmaps", min=0, help="Grad-CAM (run) or CAM (bundle) overlays for up to N crops per confusion-matrix cell; 0: none."),
     save_adv: bool = typer.Option(False, "--save-adv", help="Keep adversarial examples (the first 4 crops of each class per attack) in REPORT_DIR/adversarial/."),
