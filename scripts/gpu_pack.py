@@ -34,6 +34,7 @@ from PIL import Image
 from default_bundle_views import ffmix_training_crops, is_ffpp
 from gpu_checkpoints import half_precision
 
+
 def write_jpegs(source: Path, names: list[str], target: Path, quality: int) -> int:
     target.mkdir(parents=True, exist_ok=True)
     marks_file = source / "landmarks.json"

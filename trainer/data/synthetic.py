@@ -21,7 +21,6 @@ from trainer.data.corruptions import write_h264
 from trainer.data.sbi import BLEND_RATIOS
 
 
-
 def astronaut() -> tuple[np.ndarray, tuple[float, float, float, float]]:
     """The astronaut photo (RGB, 512x512) and its face box, found by MTCNN."""
     image = data.astronaut()
