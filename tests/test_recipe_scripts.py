@@ -539,6 +539,10 @@ def test_gpu_travel_holds_the_large_tracked_files_back_and_restores_the_index(tm
     git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "start")
     (repo / ".git" / "info").mkdir(exist_ok=True)
     (repo / ".git" / "info" / "exclude").write_text("/build/\n")
+    own_hook = repo / ".git" / "hooks" / "pre-commit"
+    own_hook.parent.mkdir(exist_ok=True)
+    own_hook.write_text("#!/bin/sh\nexit 0\n")
+    own_hook.chmod(0o755)
     script = ROOT / "scripts" / "gpu_travel.sh"
     travel = lambda *args: subprocess.run(["bash", script, *args], cwd=repo, capture_output=True, text=True)
 
@@ -557,8 +561,13 @@ def test_gpu_travel_holds_the_large_tracked_files_back_and_restores_the_index(tm
     assert all((repo / name).stat().st_size == size for name, size in files.items())
     assert travel("size", carried).returncode == 0
     assert travel("hold").returncode == 1  # twice would lose what restore puts back
+    commit = ["git", "-C", repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "held"]
+    refused = subprocess.run(commit, capture_output=True, text=True)  # it would delete the held files
+    assert refused.returncode != 0 and "restore before committing" in refused.stderr
+    assert sorted(git("ls-tree", "-r", "--name-only", "HEAD").split()) == sorted(files)
 
     assert travel("restore").returncode == 0
     assert git("status", "--porcelain", "--untracked-files=all") == ""
     assert (repo / ".git" / "info" / "exclude").read_text() == "/build/\n"
+    assert (repo / ".git" / "hooks" / "pre-commit").read_text() == "#!/bin/sh\nexit 0\n"  # the repository's own
     assert travel("restore").returncode == 1
