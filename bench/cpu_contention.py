@@ -8,7 +8,8 @@ Each job is its own process (as two `trainer fit` runs, or a fit and an eval, ar
 EfficientNet-Lite0 from random weights with AdamW on random pixels: one warm-up step, then --steps timed
 steps. For each setting (an environment variable given to both jobs; `default`: none; `A+B`: A for the
 first job, B for the second), prints seconds per step of one job alone (under the first) and of each of
-two at once, as ratios to one job alone by default (two jobs one after the other take x2). Prints only; BENCHMARKS.md keeps the figures with the command.
+two at once, as ratios to one job alone by default (two jobs one after the other take x2). Prints only;
+BENCHMARKS.md keeps the figures with the command.
 """
 
 from __future__ import annotations
@@ -77,6 +78,7 @@ def main() -> None:
         both = run(pair, args)
         print(f"{setting}: alone {alone:.3f} s a step (x{alone / baseline:.2f}); two at once {both[0]:.3f} and "
               f"{both[1]:.3f} s a step (x{both[0] / baseline:.2f} and x{both[1] / baseline:.2f})")
+
 
 if __name__ == "__main__":
     main()

@@ -42,8 +42,7 @@ def model_stage(bundle_dir: Path, crops: int) -> None:
     from forensic.bundle import load_bundle
     from forensic.inference import EnsembleRunner, cuda_usable
 
-    graphs = sorted(bundle_dir.glob("*.onnx"))
-    if not graphs:  # scripts/gpu_travel.sh holds the graphs back so that a training call fits what travels
+    if not any(bundle_dir.glob("*.onnx")):  # scripts/gpu_travel.sh holds the graphs back so that a training call fits what travels
         print(f"model stage: not measured - {bundle_dir} has no graphs here (held back from the call?)")
         return
     bundle = load_bundle(bundle_dir)

@@ -15,14 +15,13 @@ the scores moved, and the drop.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 from pathlib import Path
 
 from sklearn.metrics import roc_auc_score
 
-from forensic.bundle import load_bundle
+from forensic.bundle import load_bundle, sha256_file
 from forensic.errors import ForensicError
 from forensic.scan import Scanner
 from trainer.data.corruptions import reencode_video
@@ -47,7 +46,7 @@ def reencoded_copy(video: Path, out: Path, crf: int) -> Path:
     target = reencoded_path(video, out)
     if target.resolve() == video.resolve():
         raise ValueError("the re-encoded copy would replace it; choose another --out")
-    made_by = {"source_sha256": hashlib.sha256(video.read_bytes()).hexdigest(), "crf": crf}
+    made_by = {"source_sha256": sha256_file(video), "crf": crf}
     record = record_path(target)
     if target.exists():
         if not record.exists():
