@@ -17,7 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from forensic import DEFAULT_DETECT_EVERY, DEFAULT_FRAMES, __version__
+from forensic import DEFAULT_AGGREGATION, DEFAULT_DETECT_EVERY, DEFAULT_FRAMES, __version__
 from forensic.bundle import DEFAULT_BUNDLE
 from forensic.display import VERDICT_STYLE, printable
 from forensic.errors import ForensicError
@@ -132,7 +132,7 @@ def scan(
     fps: Optional[float] = typer.Option(None, "--fps", min=0.001, help="Instead of --frames: sample this many frames per second."),
     threshold: Optional[float] = typer.Option(None, "--threshold", min=0.0, max=1.0, help="Override the bundle's decision threshold."),
     uncertain_band: Optional[float] = typer.Option(None, "--uncertain-band", min=0.0, max=0.499, help="Scores within ±band of the threshold are 'uncertain' (default: the bundle's)."),
-    aggregation: str = typer.Option("confident", "--aggregate", help="How an identity's frame scores combine: confident (DFDC winner), mean or max."),
+    aggregation: str = typer.Option(DEFAULT_AGGREGATION, "--aggregate", help="How an identity's face scores combine: mean, confident (the DFDC winner's strategy) or max."),
     min_face: int = typer.Option(40, "--min-face", min=12, help="Ignore faces smaller than this many pixels."),
     detect_every: int = typer.Option(DEFAULT_DETECT_EVERY, "--detect-every", min=1, help="In videos, detect faces in full on every K-th analysed frame and follow them in between with MTCNN's last network, detecting again at once when a face is lost; 1 detects every frame."),
     heatmaps: Optional[Path] = typer.Option(None, "--heatmaps", parser=_path, help="Write a heatmap PNG per identity (its most fake face) to DIR."),

@@ -1,8 +1,8 @@
 """Scanning one file: frames → faces → crops → ensemble scores → identities → one verdict.
 
 Face → frame → identity → file: every face gets P(fake) from the bundle's ensemble; faces are
-grouped into identities across frames; an identity's score aggregates its faces' scores (the
-DFDC winner's confident strategy by default); a file is as fake as its most fake identity
+grouped into identities across frames; an identity's score aggregates its faces' scores (their
+mean by default); a file is as fake as its most fake identity
 (identities seen in too few frames to matter are reported but do not decide).
 """
 
@@ -17,7 +17,7 @@ from typing import Callable, Iterator, Literal
 
 import numpy as np
 
-from forensic import DEFAULT_DETECT_EVERY, DEFAULT_FRAMES
+from forensic import DEFAULT_AGGREGATION, DEFAULT_DETECT_EVERY, DEFAULT_FRAMES
 from forensic.bundle import Bundle, sha256_file
 from forensic.errors import ForensicError, MediaError
 from forensic.faces import FaceDetector, crop_face
@@ -136,7 +136,7 @@ class Scanner:
         fps: float | None = None,
         threshold: float | None = None,
         uncertain_band: float | None = None,
-        aggregation: Aggregation = "confident",
+        aggregation: Aggregation = DEFAULT_AGGREGATION,
         min_face: int = 40,
         heatmap_dir: Path | None = None,
         keep_crops: bool = False,

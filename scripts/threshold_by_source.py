@@ -8,8 +8,8 @@ Scores are P(fake) at temperature 1 (a run's, as `trainer eval RUN` writes them)
 applies a bundle's calibration to them first (P = sigmoid(logit / T)), so that out-of-fold scores
 of the fold models can be read at the bundle's threshold; for an ensemble, files joined by "+" with
 --calibration MANIFEST average the members as that bundle does (`compare_scores.py`'s). A video's score is its calibrated crops'
-`--aggregate` (mean unless told; `confident` is `forensic scan`'s default, the DFDC winner's
-strategy, by the scan's own function). Per source: the AUC, the equal-error threshold,
+`--aggregate` (mean unless told, as `forensic scan`; `confident` is the DFDC winner's strategy, by
+the scan's own function). Per source: the AUC, the equal-error threshold,
 then at each --at threshold the share of reals and of fakes called right and their mean (balanced
 accuracy); last, the mean of the sources' balanced accuracies (FF++ frames and DFDC pairs).
 --best adds the threshold, on a grid of 0.01, where that mean is highest (the first of equals).

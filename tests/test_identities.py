@@ -93,6 +93,22 @@ def test_a_video_is_as_fake_as_its_most_fake_identity(placeholder_scanner, tmp_p
         assert sorted(face.identity for face in frame.faces) == [0, 1]
 
 
+def test_an_identity_scores_the_mean_of_its_faces_unless_told_otherwise(placeholder_scanner, tmp_path):
+    from forensic.scan import Scanner
+
+    path = _two_person_clip(tmp_path / "two.mp4")
+    confident = Scanner(placeholder_scanner.bundle, device="cpu", frames=8, aggregation="confident",
+                        detector=placeholder_scanner.detector)
+    by_mean, by_confidence = placeholder_scanner.scan_file(path), confident.scan_file(path)
+    assert placeholder_scanner.aggregation == "mean"
+    for mean_identity, confident_identity in zip(by_mean.identities, by_confidence.identities):
+        faces = [face.score for frame in by_mean.frames for face in frame.faces
+                 if face.identity == mean_identity.identity]
+        assert len(faces) == 8
+        assert mean_identity.score == pytest.approx(np.mean(faces))
+        assert confident_identity.score == pytest.approx(confident_score(np.array(faces)))
+
+
 def test_no_face_clip_is_no_face(placeholder_scanner, tmp_path):
     coffee = np.ascontiguousarray(data.coffee()[:336, :448])
     path = tmp_path / "coffee.mp4"

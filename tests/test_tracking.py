@@ -18,8 +18,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 # The stated tolerance of the default K against full detection (K = 1), from 84 FF++ videos
 # (BENCHMARKS.md): no verdict flips between fake and real, and a file score moves by at most
-# 0.25 (median 0.008; the largest moves are the confident strategy switching between averaging
-# the confidently fake faces and averaging all, which full detection at 640 px does too).
+# 0.25 (median 0.008, measured under the confident aggregation, then the default, whose largest
+# moves were its switching between averaging the confidently fake faces and averaging all).
 SCORE_TOLERANCE = 0.25
 FRAMES = 16
 
