@@ -2,7 +2,10 @@
 source, with AUC intervals from resampling videos (a DFDC pair's crops are one video each) and
 the interval of the paired difference (both AUCs on each resample of the same videos):
 
-    python scripts/compare_scores.py A_SCORES.csv... --vs B_SCORES.csv... [--names A B]
+    python scripts/compare_scores.py A_SCORES.csv... --vs B_SCORES.csv... [--names A B] [--condition 'h264 crf=35']
+
+`--condition` compares the scores under one of `trainer eval`'s corruptions instead (a column of
+scores.csv), and also each side's AUC drop from clean and the paired difference of the two drops.
 
 Files on one side are pooled (e.g. the folds' out-of-fold scores). Files joined by "+" are
 members of an equal-weight ensemble: their scores of the same crops are averaged (mean P(fake)),
@@ -24,28 +27,29 @@ import numpy as np
 
 from forensic.inference import member_probability
 from trainer.evaluation.errors import EvaluationError
-from trainer.evaluation.folds import by_method, grouped_auc_ci
+from trainer.evaluation.folds import by_method, grouped_auc_ci, grouped_bootstrap_ci
 from trainer.evaluation.metrics import auc_score
-from trainer.evaluation.report import read_clean_scores
+from trainer.evaluation.report import read_scores
 
 from default_bundle_views import is_ffpp  # a sibling script: `python scripts/...` puts scripts/ on the path
 
 
-def read_file(path: str) -> dict[str, tuple[str, int, float]]:
-    """One scores.csv; a file that is missing or not `trainer eval`'s scores ends the script with one line."""
+def read_file(path: str, condition: str = "clean") -> dict[str, tuple[str, int, float]]:
+    """One scores.csv's scores under `condition`; a file that is missing or not `trainer eval`'s scores
+    (or has no such condition) ends the script with one line."""
     try:
-        return {crop: (video, label, score) for crop, video, label, score in read_clean_scores(Path(path))}
+        return {crop: (video, label, score) for crop, video, label, score in read_scores(Path(path), condition)}
     except EvaluationError as error:
         raise SystemExit(f"error: {error}") from None
 
 
-def read(paths: list[str], calibration: Path | None = None) -> dict[str, tuple[str, int, float]]:
+def read(paths: list[str], calibration: Path | None = None, condition: str = "clean") -> dict[str, tuple[str, int, float]]:
     """Scores by crop; an entry "X+Y" is the mean of X's and Y's scores, through each member's
     calibration when a bundle manifest is given (its models in the same order as the members)."""
     members_calibration = member_calibrations(calibration) if calibration else None
     rows = {}
     for path in paths:
-        members = [read_file(member) for member in path.split("+")]
+        members = [read_file(member, condition) for member in path.split("+")]
         if members_calibration and len(members_calibration[0]) != len(members):
             raise SystemExit(f"error: {calibration} has {len(members_calibration[0])} models for {len(members)} "
                              f"'+'-joined score files")
@@ -108,22 +112,44 @@ def main() -> None:
     parser.add_argument("--calibration", type=Path, help="a bundle's manifest.json: A's members averaged as it does")
     parser.add_argument("--by-method", action="store_true",
                         help="also each FF++ manipulation's fake videos against all real ones (as `trainer pool`)")
+    parser.add_argument("--condition", default="clean",
+                        help="compare under this `trainer eval` corruption (a scores.csv column, e.g. 'h264 crf=35')")
     args = parser.parse_args()
-    a, b = read(args.a, args.calibration), read(args.vs)
+    a, b = read(args.a, args.calibration, args.condition), read(args.vs, condition=args.condition)
+    clean = (read(args.a, args.calibration), read(args.vs)) if args.condition != "clean" else None
     common = sorted(set(a) & set(b))
     for source, video_level in (("FF++ frames", False), ("FF++ videos", True), ("DFDC pairs", False)):
         crops = [c for c in common if is_ffpp(c) == source.startswith("FF++")]
         if not crops:
             continue
         (labels, a_scores, videos), (_, b_scores, _) = (source_arrays(crops, rows, video_level) for rows in (a, b))
+        label = source if clean is None else f"{source}, {args.condition}"
         for name, scores in zip(args.names, (a_scores, b_scores)):
-            print(f"{source:12} {name:>10}: {figures(labels, scores, videos)}")
+            print(f"{label:12} {name:>10}: {figures(labels, scores, videos)}")
         difference = auc_score(labels, a_scores) - auc_score(labels, b_scores)
         interval = grouped_auc_ci(labels, a_scores, videos, 1000, 0, minus=b_scores)
         spread = f" ({interval[0]:+.3f} to {interval[1]:+.3f}, paired, resampling videos)" if interval else ""
-        print(f"{source:12} {'difference':>10}: {args.names[0]} - {args.names[1]} {difference:+.3f}{spread}")
+        print(f"{label:12} {'difference':>10}: {args.names[0]} - {args.names[1]} {difference:+.3f}{spread}")
+        if clean is not None:
+            a_clean, b_clean = (source_arrays(crops, rows, video_level)[1] for rows in clean)
+            print_drops(label, args.names, labels, videos, (a_clean, a_scores), (b_clean, b_scores))
         if args.by_method and source == "FF++ videos":
             print_by_method(labels, videos, dict(zip(args.names, (a_scores, b_scores))))
+
+
+def print_drops(label: str, names: list[str], labels: np.ndarray, videos: np.ndarray,
+                a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray]) -> None:
+    """Each side's AUC drop from clean to the condition, and the paired interval of A's drop minus B's."""
+    def drop(side: tuple[np.ndarray, np.ndarray], chosen: np.ndarray) -> float:
+        return auc_score(labels[chosen], side[0][chosen]) - auc_score(labels[chosen], side[1][chosen])
+
+    everything = np.arange(len(labels))
+    for name, side in zip(names, (a, b)):
+        print(f"{label} {name:>10}: AUC drop from clean {drop(side, everything):+.3f}")
+    interval = grouped_bootstrap_ci(labels, videos, 1000, 0, lambda chosen: drop(a, chosen) - drop(b, chosen))
+    spread = f" ({interval[0]:+.3f} to {interval[1]:+.3f}, paired, resampling videos)" if interval else ""
+    print(f"{label} {'difference':>10}: drop {names[0]} - drop {names[1]} "
+          f"{drop(a, everything) - drop(b, everything):+.3f}{spread}")
 
 
 def print_by_method(labels: np.ndarray, videos: np.ndarray, scores: dict[str, np.ndarray]) -> None:

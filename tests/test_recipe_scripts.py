@@ -245,6 +245,33 @@ def test_compare_scores_calibrates_members_as_the_bundle_manifest_says(tmp_path)
     assert result.returncode == 1 and result.stderr.strip() == f"error: {manifest} has 1 models for 2 '+'-joined score files"
 
 
+def test_compare_scores_under_a_corruption_pairs_the_aucs_and_the_drops(tmp_path):
+    # both separate the videos clean; under CRF 35 the robust one still does, the fragile one inverts
+    clean = {"100": [0.1], "200": [0.2], "300": [0.3], "100_101": [0.7], "200_201": [0.8], "300_301": [0.9]}
+    fragile_crf35 = {video: [1 - s for s in frames] for video, frames in clean.items()}
+    paths = {}
+    for name, compressed in (("robust", clean), ("fragile", fragile_crf35)):
+        paths[name] = tmp_path / f"{name}.csv"
+        with open(paths[name], "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["crop", "video", "label", "clean", "h264 crf=35"])
+            writer.writerows((crop, video, label, score, compressed[video][0])
+                             for crop, video, label, score in ffpp_rows(clean, LABELS))
+    printed = run_script("compare_scores.py", paths["robust"], "--vs", paths["fragile"], "--names", "robust", "fragile",
+                         "--condition", "h264 crf=35")
+    lines = {line.partition(": ")[0].split()[-1] + " " + line.partition(": ")[2] for line in printed.splitlines()
+             if line.startswith("FF++ videos, h264 crf=35")}
+    assert "robust AUC 1.000 (1.000-1.000), n 6 (3 real)" in lines and "fragile AUC 0.000 (0.000-0.000), n 6 (3 real)" in lines
+    assert "difference robust - fragile +1.000 (+1.000 to +1.000, paired, resampling videos)" in lines
+    assert "robust AUC drop from clean +0.000" in lines and "fragile AUC drop from clean +1.000" in lines
+    assert "difference drop robust - drop fragile -1.000 (-1.000 to -1.000, paired, resampling videos)" in lines
+    plain = figures(run_script("compare_scores.py", paths["robust"], "--vs", paths["fragile"]))
+    assert plain[("FF++ videos", "difference")].startswith("A - B +0.000")  # clean unless told
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "compare_scores.py"), paths["robust"], "--vs",
+                             paths["fragile"], "--condition", "jpeg q=50"], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert result.returncode == 1 and "no 'jpeg q=50' column" in result.stderr and result.stderr.count("\n") == 1
+
+
 def test_compare_scores_names_the_file_it_cannot_use_in_one_line(tmp_path):
     good = write_scores(tmp_path / "good.csv", ffpp_rows({"100": [0.1], "100_101": [0.9]}, LABELS))
     missing = tmp_path / "fold-3-eval" / "scores.csv"

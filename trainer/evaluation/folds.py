@@ -24,7 +24,7 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -35,7 +35,7 @@ from trainer.data.sbi import LANDMARKS_FILE
 from trainer.data.sources import fake_method, group_videos
 from trainer.evaluation.errors import EvaluationError
 from trainer.evaluation.metrics import BOOTSTRAP_RESAMPLES, auc_score, video_id
-from trainer.evaluation.report import SCORES_FILE, read_clean_scores
+from trainer.evaluation.report import SCORES_FILE, read_scores
 
 FOLDS_FILE = "folds.json"
 
@@ -154,7 +154,7 @@ def _link_self_blends(data: Path, out: Path, k: int, fold_of_video: dict, crops_
 def _read_scores(report_dir: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
     path = Path(report_dir) / SCORES_FILE
     try:
-        rows = read_clean_scores(path)
+        rows = read_scores(path)
     except EvaluationError as exc:
         raise FoldsError(f"{exc}; give `trainer eval` report folders") from None
     if not rows:
@@ -170,6 +170,17 @@ def grouped_auc_ci(labels: np.ndarray, scores: np.ndarray, groups: np.ndarray, r
     on each resample, so a paired difference is not judged by two overlapping intervals."""
     from sklearn.metrics import roc_auc_score
 
+    def statistic(chosen: np.ndarray) -> float:
+        value = roc_auc_score(labels[chosen], scores[chosen])
+        return value if minus is None else value - roc_auc_score(labels[chosen], minus[chosen])
+
+    return grouped_bootstrap_ci(labels, groups, resamples, seed, statistic)
+
+
+def grouped_bootstrap_ci(labels: np.ndarray, groups: np.ndarray, resamples: int, seed: int,
+                         statistic: Callable[[np.ndarray], float]) -> tuple[float, float] | None:
+    """95 % percentile interval of `statistic(indices)` over bootstrap resamples of whole groups
+    (videos); resamples with one class only are skipped; None when every one was."""
     unique = np.unique(groups)
     index = {g: np.flatnonzero(groups == g) for g in unique}
     rng = np.random.default_rng(seed)
@@ -177,8 +188,7 @@ def grouped_auc_ci(labels: np.ndarray, scores: np.ndarray, groups: np.ndarray, r
     for _ in range(resamples):
         chosen = np.concatenate([index[g] for g in rng.choice(unique, len(unique))])
         if len(np.unique(labels[chosen])) == 2:
-            value = roc_auc_score(labels[chosen], scores[chosen])
-            values.append(value if minus is None else value - roc_auc_score(labels[chosen], minus[chosen]))
+            values.append(statistic(chosen))
     if not values:
         return None
     return float(np.quantile(values, 0.025)), float(np.quantile(values, 0.975))

@@ -50,12 +50,13 @@ def write_report(report: dict, collected: Collected, out: Path) -> None:
     (out / "index.html").write_text(render_html(report, out))
 
 
-def read_clean_scores(path: Path) -> list[tuple[str, str, int, float]]:
-    """(crop, video, label, clean P(fake)) for each row of a scores.csv that `write_report` wrote;
-    a file that is missing or not one is an EvaluationError naming it, in one line."""
+def read_scores(path: Path, condition: str = "clean") -> list[tuple[str, str, int, float]]:
+    """(crop, video, label, P(fake) under `condition`: clean, or a corruption's column such as
+    'h264 crf=35') for each row of a scores.csv that `write_report` wrote; a file that is missing or
+    not one, or lacks that condition, is an EvaluationError naming it, in one line."""
     try:
         with open(path, newline="") as handle:
-            return [(row["crop"], row["video"], int(row["label"]), float(row["clean"])) for row in csv.DictReader(handle)]
+            return [(row["crop"], row["video"], int(row["label"]), float(row[condition])) for row in csv.DictReader(handle)]
     except OSError as exc:
         raise EvaluationError(f"{path}: cannot read it ({exc.strerror or exc})") from None
     except KeyError as exc:
