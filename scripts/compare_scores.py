@@ -6,6 +6,8 @@ the interval of the paired difference (both AUCs on each resample of the same vi
 
 `--condition` compares the scores under one of `trainer eval`'s corruptions instead (a column of
 scores.csv), and also each side's AUC drop from clean and the paired difference of the two drops.
+`--aggregate` and `--vs-aggregate` say how each side's video scores pool its crops (`forensic scan`'s
+--aggregate: mean unless told), so one detector's scores can be compared with themselves pooled two ways.
 
 Files on one side are pooled (e.g. the folds' out-of-fold scores). Files joined by "+" are
 members of an equal-weight ensemble: their scores of the same crops are averaged (mean P(fake)),
@@ -25,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from forensic.identities import aggregate
 from forensic.inference import member_probability
 from trainer.evaluation.errors import EvaluationError
 from trainer.evaluation.folds import by_method, grouped_auc_ci, grouped_bootstrap_ci
@@ -110,19 +113,26 @@ def main() -> None:
     parser.add_argument("--vs", nargs="+", required=True)
     parser.add_argument("--names", nargs=2, default=["A", "B"])
     parser.add_argument("--calibration", type=Path, help="a bundle's manifest.json: A's members averaged as it does")
+    parser.add_argument("--vs-calibration", type=Path, help="the same for B's members")
+    parser.add_argument("--aggregate", choices=("mean", "confident", "max"), default="mean",
+                        help="how A's video scores pool its crops (forensic scan's --aggregate)")
+    parser.add_argument("--vs-aggregate", choices=("mean", "confident", "max"), default="mean",
+                        help="the same for B")
     parser.add_argument("--by-method", action="store_true",
                         help="also each FF++ manipulation's fake videos against all real ones (as `trainer pool`)")
     parser.add_argument("--condition", default="clean",
                         help="compare under this `trainer eval` corruption (a scores.csv column, e.g. 'h264 crf=35')")
     args = parser.parse_args()
-    a, b = read(args.a, args.calibration, args.condition), read(args.vs, condition=args.condition)
-    clean = (read(args.a, args.calibration), read(args.vs)) if args.condition != "clean" else None
+    a, b = read(args.a, args.calibration, args.condition), read(args.vs, args.vs_calibration, args.condition)
+    clean = (read(args.a, args.calibration), read(args.vs, args.vs_calibration)) if args.condition != "clean" else None
+    pools = [lambda s, how=how: aggregate(s, how) for how in (args.aggregate, args.vs_aggregate)]
     common = sorted(set(a) & set(b))
     for source, video_level in (("FF++ frames", False), ("FF++ videos", True), ("DFDC pairs", False)):
         crops = [c for c in common if is_ffpp(c) == source.startswith("FF++")]
         if not crops:
             continue
-        (labels, a_scores, videos), (_, b_scores, _) = (source_arrays(crops, rows, video_level) for rows in (a, b))
+        (labels, a_scores, videos), (_, b_scores, _) = (source_arrays(crops, rows, video_level, pool)
+                                                        for rows, pool in zip((a, b), pools))
         label = source if clean is None else f"{source}, {args.condition}"
         for name, scores in zip(args.names, (a_scores, b_scores)):
             print(f"{label:12} {name:>10}: {figures(labels, scores, videos)}")
@@ -131,7 +141,7 @@ def main() -> None:
         spread = f" ({interval[0]:+.3f} to {interval[1]:+.3f}, paired, resampling videos)" if interval else ""
         print(f"{label:12} {'difference':>10}: {args.names[0]} - {args.names[1]} {difference:+.3f}{spread}")
         if clean is not None:
-            a_clean, b_clean = (source_arrays(crops, rows, video_level)[1] for rows in clean)
+            a_clean, b_clean = (source_arrays(crops, rows, video_level, pool)[1] for rows, pool in zip(clean, pools))
             print_drops(label, args.names, labels, videos, (a_clean, a_scores), (b_clean, b_scores))
         if args.by_method and source == "FF++ videos":
             print_by_method(labels, videos, dict(zip(args.names, (a_scores, b_scores))))

@@ -272,6 +272,20 @@ def test_compare_scores_under_a_corruption_pairs_the_aucs_and_the_drops(tmp_path
     assert result.returncode == 1 and "no 'jpeg q=50' column" in result.stderr and result.stderr.count("\n") == 1
 
 
+def test_compare_scores_pools_each_side_s_videos_as_told(tmp_path):
+    # real 100 has one stray fake-looking frame: its mean outranks fake 100_101, while the confident
+    # strategy (over 90 % of its frames confidently real) averages only those and ranks it right
+    scores = {"100": [0.1] * 10 + [0.9], "200": [0.05] * 11, "300": [0.05] * 11,
+              "100_101": [0.15] * 11, "200_201": [0.9] * 11, "300_301": [0.9] * 11}
+    path = write_scores(tmp_path / "a.csv", ffpp_rows(scores, LABELS))
+    lines = figures(run_script("compare_scores.py", path, "--vs", path, "--names", "mean", "confident",
+                               "--vs-aggregate", "confident"))
+    assert lines[("FF++ videos", "mean")].startswith("AUC 0.889")
+    assert lines[("FF++ videos", "confident")].startswith("AUC 1.000")
+    assert lines[("FF++ videos", "difference")].startswith("mean - confident -0.111")
+    assert lines[("FF++ frames", "difference")].startswith("mean - confident +0.000")  # frames are not pooled
+
+
 def test_compare_scores_names_the_file_it_cannot_use_in_one_line(tmp_path):
     good = write_scores(tmp_path / "good.csv", ffpp_rows({"100": [0.1], "100_101": [0.9]}, LABELS))
     missing = tmp_path / "fold-3-eval" / "scores.csv"
