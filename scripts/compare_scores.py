@@ -23,11 +23,12 @@ from __future__ import annotations
 
 import argparse
 import json
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
-from forensic.identities import aggregate
+from forensic.identities import AGGREGATIONS, aggregate
 from forensic.inference import member_probability
 from trainer.evaluation.errors import EvaluationError
 from trainer.evaluation.folds import by_method, grouped_auc_ci, grouped_bootstrap_ci
@@ -114,9 +115,9 @@ def main() -> None:
     parser.add_argument("--names", nargs=2, default=["A", "B"])
     parser.add_argument("--calibration", type=Path, help="a bundle's manifest.json: A's members averaged as it does")
     parser.add_argument("--vs-calibration", type=Path, help="the same for B's members")
-    parser.add_argument("--aggregate", choices=("mean", "confident", "max"), default="mean",
+    parser.add_argument("--aggregate", choices=AGGREGATIONS, default="mean",
                         help="how A's video scores pool its crops (forensic scan's --aggregate)")
-    parser.add_argument("--vs-aggregate", choices=("mean", "confident", "max"), default="mean",
+    parser.add_argument("--vs-aggregate", choices=AGGREGATIONS, default="mean",
                         help="the same for B")
     parser.add_argument("--by-method", action="store_true",
                         help="also each FF++ manipulation's fake videos against all real ones (as `trainer pool`)")
@@ -125,7 +126,7 @@ def main() -> None:
     args = parser.parse_args()
     a, b = read(args.a, args.calibration, args.condition), read(args.vs, args.vs_calibration, args.condition)
     clean = (read(args.a, args.calibration), read(args.vs, args.vs_calibration)) if args.condition != "clean" else None
-    pools = [lambda s, how=how: aggregate(s, how) for how in (args.aggregate, args.vs_aggregate)]
+    pools = [partial(aggregate, how=how) for how in (args.aggregate, args.vs_aggregate)]
     common = sorted(set(a) & set(b))
     for source, video_level in (("FF++ frames", False), ("FF++ videos", True), ("DFDC pairs", False)):
         crops = [c for c in common if is_ffpp(c) == source.startswith("FF++")]

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from forensic.identities import aggregate
+from forensic.identities import AGGREGATIONS, aggregate
 from trainer.evaluation.metrics import auc_score, equal_error_rate
 
 from compare_scores import read, recalibrated, source_arrays  # sibling scripts: `python scripts/...` puts scripts/ on the path
@@ -53,7 +53,7 @@ def main() -> None:
     parser.add_argument("--at", type=float, nargs="+", default=[0.5])
     parser.add_argument("--best", action="store_true",
                         help="also the threshold (grid 0.01) with the highest mean balanced accuracy over the sources")
-    parser.add_argument("--aggregate", choices=("mean", "confident", "max"), default="mean",
+    parser.add_argument("--aggregate", choices=AGGREGATIONS, default="mean",
                         help="how a video's crop scores combine (forensic scan's --aggregate)")
     args = parser.parse_args()
     # Per crop, before a video's crops are averaged, as a scan calibrates each face.
