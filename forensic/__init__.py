@@ -1,5 +1,7 @@
 """forensic: find faces in images and videos and judge them with an exported detector bundle."""
 
+from typing import Literal, get_args
+
 __version__ = "0.1.0"
 
 # Frames sampled evenly per video, as DeepfakeBench and the DFDC winners do. Here, not in
@@ -12,4 +14,6 @@ DEFAULT_DETECT_EVERY = 8
 # strategy and calls the same verdicts (out of fold on 72 FF++ videos through the shipped calibration,
 # the model card): the confident strategy pushes scores to the extremes, which served DFDC's log loss,
 # not the ranking.
-DEFAULT_AGGREGATION = "mean"
+Aggregation = Literal["confident", "mean", "max"]
+AGGREGATIONS: tuple[str, ...] = get_args(Aggregation)
+DEFAULT_AGGREGATION: Aggregation = "mean"

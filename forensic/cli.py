@@ -17,7 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from forensic import DEFAULT_AGGREGATION, DEFAULT_DETECT_EVERY, DEFAULT_FRAMES, __version__
+from forensic import AGGREGATIONS, DEFAULT_AGGREGATION, DEFAULT_DETECT_EVERY, DEFAULT_FRAMES, __version__
 from forensic.bundle import DEFAULT_BUNDLE
 from forensic.display import VERDICT_STYLE, printable
 from forensic.errors import ForensicError
@@ -156,8 +156,8 @@ def scan(
     errors = Console(stderr=True)
     if device not in ("auto", "cpu", "cuda"):
         _usage_error(errors, f"--device must be auto, cpu or cuda, not {device!r}")
-    if aggregation not in ("confident", "mean", "max"):
-        _usage_error(errors, f"--aggregate must be confident, mean or max, not {aggregation!r}")
+    if aggregation not in AGGREGATIONS:
+        _usage_error(errors, f"--aggregate must be {', '.join(AGGREGATIONS[:-1])} or {AGGREGATIONS[-1]}, not {aggregation!r}")
     for option, value in (("--fps", fps), ("--threshold", threshold), ("--uncertain-band", uncertain_band)):
         if value is not None and not math.isfinite(value):  # 'inf' passes a lower bound
             _usage_error(errors, f"{option} must be a finite number, not {value}")

@@ -10,12 +10,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Literal, get_args
-
 import numpy as np
 
-Aggregation = Literal["confident", "mean", "max"]
-AGGREGATIONS: tuple[str, ...] = get_args(Aggregation)
+from forensic import Aggregation
 
 MAX_CENTRE_DISTANCE = 1.0  # in units of the mean box size
 MAX_SIZE_RATIO = 2.0

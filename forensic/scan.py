@@ -17,12 +17,12 @@ from typing import Callable, Iterator, Literal
 
 import numpy as np
 
-from forensic import DEFAULT_AGGREGATION, DEFAULT_DETECT_EVERY, DEFAULT_FRAMES
+from forensic import DEFAULT_AGGREGATION, DEFAULT_DETECT_EVERY, DEFAULT_FRAMES, Aggregation
 from forensic.bundle import Bundle, sha256_file
 from forensic.errors import ForensicError, MediaError
 from forensic.faces import FaceDetector, crop_face
 from forensic.heatmaps import combine, overlay, write_png
-from forensic.identities import Aggregation, aggregate, group_identities, minimum_frames
+from forensic.identities import aggregate, group_identities, minimum_frames
 from forensic.inference import Device, EnsembleRunner
 from forensic.tracking import FaceFollower
 from forensic.selftest import FRAGILE_EPSILON, GradientOracle, SelfTestSettings, attack, bisect_schedule

@@ -28,7 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from forensic.identities import AGGREGATIONS, aggregate
+from forensic import AGGREGATIONS
+from forensic.identities import aggregate
 from forensic.inference import member_probability
 from trainer.evaluation.errors import EvaluationError
 from trainer.evaluation.folds import by_method, grouped_auc_ci, grouped_bootstrap_ci

@@ -25,7 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from forensic.identities import AGGREGATIONS, aggregate
+from forensic import AGGREGATIONS
+from forensic.identities import aggregate
 from trainer.evaluation.metrics import auc_score, equal_error_rate
 
 from compare_scores import read, recalibrated, source_arrays  # sibling scripts: `python scripts/...` puts scripts/ on the path
