@@ -45,6 +45,32 @@ def is_ffpp(name: str) -> bool:
     return name.startswith(("0", "Deepfakes-0"))  # the FF++ videos below; the pairs are r*, pair-r*
 
 
+def test_mirror_scores_scores_each_crop_as_given_and_mirrored_and_averages_the_two(prepared, tmp_path):
+    from forensic.bundle import DEFAULT_BUNDLE, load_bundle
+    from forensic.inference import EnsembleRunner
+    from trainer.data.datasets import read_rgb, scan_crop
+
+    out = tmp_path / "mirror"
+    printed = run_script("mirror_scores.py", "--bundle", DEFAULT_BUNDLE, "--data", prepared, "--split", "test", "--out", out)
+    files = {p.name: p for label in ("real", "fake") for p in (prepared / "test" / label).glob("*.png")}
+    assert printed.startswith(f"{len(files)} crops: ")
+    bundle = load_bundle(DEFAULT_BUNDLE)
+    runner = EnsembleRunner(bundle, device="cpu")
+    with open(out / "scores.csv", newline="") as handle:
+        scored = {row["crop"]: row for row in csv.DictReader(handle)}
+    with open(out / "mirror-averaged.csv", newline="") as handle:
+        averaged = {row["crop"]: float(row["clean"]) for row in csv.DictReader(handle)}
+    assert set(scored) == set(averaged) == set(files)
+    crops = np.stack([scan_crop(read_rgb(files[name]), bundle.input_size) for name in sorted(files)])
+    as_given = runner.predict(crops).ensemble
+    mirrored = runner.predict(np.ascontiguousarray(crops[:, :, ::-1])).ensemble
+    assert not np.allclose(as_given, mirrored)  # the faces are not symmetric: the mirror is a second view
+    for name, given, mirror in zip(sorted(files), as_given, mirrored):
+        assert float(scored[name]["clean"]) == pytest.approx(given, abs=1e-5)
+        assert float(scored[name]["mirror"]) == pytest.approx(mirror, abs=1e-5)
+        assert averaged[name] == pytest.approx((given + mirror) / 2, abs=1e-5)
+
+
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory) -> Path:
     """Six FF++-style identity groups (a real video and its fake each) and eight DFDC-style pairs
