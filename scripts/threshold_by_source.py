@@ -21,6 +21,7 @@ where the threshold belongs.
 from __future__ import annotations
 
 import argparse
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -71,7 +72,7 @@ def main() -> None:
         crops = sorted(c for c in rows if is_ffpp(c) == ffpp)
         if not crops:
             continue
-        labels, scores, _ = source_arrays(crops, rows, video_level, pool=lambda s: aggregate(s, args.aggregate))
+        labels, scores, _ = source_arrays(crops, rows, video_level, pool=partial(aggregate, how=args.aggregate))
         eer = equal_error_rate(labels, scores)
         where = f"equal-error threshold {eer[1]:.3f} (EER {eer[0]:.3f})" if eer else "one class only"
         auc = auc_score(labels, scores)
