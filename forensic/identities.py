@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+
 import numpy as np
 
-from forensic import Aggregation
+from forensic import AGGREGATIONS, Aggregation
 
 MAX_CENTRE_DISTANCE = 1.0  # in units of the mean box size
 MAX_SIZE_RATIO = 2.0
@@ -82,7 +83,7 @@ def aggregate(scores, how: Aggregation) -> float:
         return float(np.mean(scores))
     if how == "max":
         return float(np.max(scores))
-    raise ValueError(f"unknown aggregation {how!r}: use confident, mean or max")
+    raise ValueError(f"unknown aggregation {how!r}: use one of {', '.join(AGGREGATIONS)}")
 
 
 def minimum_frames(frames_with_faces: int) -> int:

@@ -44,9 +44,10 @@ def main() -> None:
     parser.add_argument("--split", default="validation")
     parser.add_argument("--limit", type=int, default=None, help="a seeded class-stratified subset of N crops")
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     args = parser.parse_args()
     settings = EvalSettings(split=args.split, limit=args.limit, attacks=(), black_box=None, learned_attacks=False,
-                            corruptions=(MIRROR,), heatmaps_per_cell=0, device="cpu")
+                            corruptions=(MIRROR,), heatmaps_per_cell=0, device=args.device)
     try:
         if args.run:
             evaluate_run(args.run, args.data, args.out, settings, checkpoint=args.checkpoint)

@@ -51,7 +51,8 @@ def test_mirror_scores_scores_each_crop_as_given_and_mirrored_and_averages_the_t
     from trainer.data.datasets import read_rgb, scan_crop
 
     out = tmp_path / "mirror"
-    printed = run_script("mirror_scores.py", "--bundle", DEFAULT_BUNDLE, "--data", prepared, "--split", "test", "--out", out)
+    printed = run_script("mirror_scores.py", "--bundle", DEFAULT_BUNDLE, "--data", prepared, "--split", "test", "--out", out,
+                         "--device", "cpu")
     files = {p.name: p for label in ("real", "fake") for p in (prepared / "test" / label).glob("*.png")}
     assert printed.startswith(f"{len(files)} crops: ")
     bundle = load_bundle(DEFAULT_BUNDLE)
