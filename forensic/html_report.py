@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image
 
 from forensic.heatmaps import combine, overlay
+from forensic.identities import MIN_DECIDING_PROBABILITY
 from forensic.outputs import atomic_write_text
 from forensic.scan import FileResult, identity_face_keys
 
@@ -87,7 +88,7 @@ def _identity_rows(result: FileResult, weights: dict[str, float]) -> str:
         models = ", ".join(f"{html.escape(k)} {v:.3f}" for k, v in identity.model_scores.items())
         colour = COLOURS[identity.identity % len(COLOURS)]
         rows.append(f'<tr><td style="color:{colour}">#{identity.identity}</td><td>{identity.score:.4f}</td>'
-                    f'<td>{identity.frames}{"" if identity.counts else " (too few to decide)"}</td>'
+                    f'<td>{identity.frames}{_why_not_deciding(identity)}</td>'
                     f'<td>{when}</td><td>{models}</td><td class="faces">{images}</td></tr>')
     if not rows:
         return ""
@@ -140,3 +141,13 @@ def write_html(report: dict, results: list[FileResult], weights: dict[str, float
     # A name that is not valid UTF-8 is shown with its odd bytes escaped (bad\udcff.jpg).
     atomic_write_text(destination, render(report, results, weights), errors="backslashreplace")
     return destination
+
+
+def _why_not_deciding(identity) -> str:
+    """Why an identity does not decide the verdict, for the frames column ("" when it does)."""
+    if identity.counts:
+        return ""
+    probability = identity.detection_probability
+    if probability is not None and probability < MIN_DECIDING_PROBABILITY:
+        return f" (not surely a face: detection {probability:.2f}; does not decide)"
+    return " (too few to decide)"

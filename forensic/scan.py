@@ -22,7 +22,7 @@ from forensic.bundle import Bundle, sha256_file
 from forensic.errors import ForensicError, MediaError
 from forensic.faces import FaceDetector, crop_face
 from forensic.heatmaps import combine, overlay, write_png
-from forensic.identities import aggregate, group_identities, minimum_frames
+from forensic.identities import MIN_DECIDING_PROBABILITY, aggregate, group_identities, minimum_frames
 from forensic.inference import Device, EnsembleRunner
 from forensic.tracking import FaceFollower
 from forensic.selftest import FRAGILE_EPSILON, GradientOracle, SelfTestSettings, attack, bisect_schedule
@@ -59,12 +59,13 @@ class IdentityResult:
     identity: int
     frames: int  # frames the identity was seen in
     score: float
-    counts: bool  # whether it is seen often enough to decide the file's verdict
+    counts: bool  # whether it decides the file's verdict: seen often enough, and surely a face
     first_box: tuple[float, float, float, float]
     model_scores: dict[str, float]  # each model's aggregated score for this identity
     most_fake_frame: int  # index of the frame where this identity's face scored highest
     most_fake_time: float | None
     heatmap: str | None = None  # PNG of that face with its class activation map, when asked for
+    detection_probability: float | None = None  # median over its faces (None in reports older than it)
 
 
 @dataclass
@@ -89,7 +90,7 @@ class FileResult:
 
 
 def deciding_identities(identities: list[IdentityResult]) -> list[IdentityResult]:
-    """Identities seen too rarely do not decide, unless no identity is seen often enough."""
+    """Identities seen too rarely, or not surely faces, do not decide, unless no identity does."""
     return [identity for identity in identities if identity.counts] or identities
 
 
@@ -240,17 +241,19 @@ class Scanner:
                 face.identity = track.identity
             model_names = faces[0].model_scores
             peak = max(range(len(faces)), key=lambda i: faces[i].score)
+            probability = float(np.median([face.detection_probability for face in faces]))
             peak_frame = frames[track.members[peak][0]]
             identities.append(IdentityResult(
                 identity=track.identity,
                 frames=len(faces),
                 score=aggregate([face.score for face in faces], self.aggregation),
-                counts=len(faces) >= needed,
+                counts=len(faces) >= needed and probability >= MIN_DECIDING_PROBABILITY,
                 first_box=faces[0].box,
                 model_scores={name: aggregate([f.model_scores[name] for f in faces], self.aggregation)
                               for name in model_names},
                 most_fake_frame=peak_frame.index,
                 most_fake_time=peak_frame.time,
+                detection_probability=round(probability, 6),
             ))
             if self.heatmap_dir is not None:
                 identities[-1].heatmap = str(self._write_heatmap(result, track.identity, track.members[peak]))

@@ -109,6 +109,33 @@ def test_an_identity_scores_the_mean_of_its_faces_unless_told_otherwise(placehol
         assert confident_identity.score == pytest.approx(confident_score(np.array(faces)))
 
 
+
+@pytest.mark.parametrize("stray_probability, decides", [(0.80, False), (0.99, True)])
+def test_an_identity_that_is_not_surely_a_face_does_not_decide(placeholder_scanner, stray_probability, decides):
+    # A person in all 32 frames scored real; something else, found in 6 of them (past the 4 frames an
+    # identity needs), scored fake. It decides only if MTCNN is sure it is a face.
+    from forensic.scan import FaceResult, FileResult, FrameResult
+
+    def face(box, probability, score):
+        return FaceResult(box=box, detection_probability=probability, score=score, model_scores={"m": score})
+
+    frames = [FrameResult(index=i, time=None, faces=[face((100, 100, 200, 220), 0.999, 0.1)]
+                          + ([face((500, 300, 560, 370), stray_probability, 0.9)] if i % 6 == 0 else []))
+              for i in range(32)]
+    result = FileResult(path="clip.mp4", kind="video", sha256=None, verdict="error", score=None,
+                        threshold=placeholder_scanner.threshold, frames=frames)
+    decided = placeholder_scanner._decide(result)
+    person, stray = sorted(decided.identities, key=lambda identity: -identity.frames)
+    assert (person.frames, stray.frames) == (32, 6)
+    assert stray.detection_probability == pytest.approx(stray_probability) and stray.counts is decides
+    assert decided.score == pytest.approx(0.9 if decides else 0.1)
+    assert decided.verdict == ("fake" if decides else "real")
+    from forensic.html_report import _identity_rows
+
+    said = "not surely a face: detection 0.80; does not decide"  # the HTML report says why
+    assert (said in _identity_rows(decided, {})) is not decides
+
+
 def test_no_face_clip_is_no_face(placeholder_scanner, tmp_path):
     coffee = np.ascontiguousarray(data.coffee()[:336, :448])
     path = tmp_path / "coffee.mp4"
