@@ -18,11 +18,12 @@ from forensic import AGGREGATIONS, Aggregation
 MAX_CENTRE_DISTANCE = 1.0  # in units of the mean box size
 MAX_SIZE_RATIO = 2.0
 # An identity decides the verdict only if its faces' median detection probability (MTCNN's O-Net)
-# reaches this. Scanned by default, the 84 FF++ videos' identities seen often enough to decide have
-# medians of 0.954 or more (each video's main face 0.988 or more) but one (4 frames, 0.865), while the
-# non-faces MTCNN finds at 640 px (a chest, a patch at the frame's edge) score 0.71-0.91 and, seen in
-# 5 of 32 frames, called two real videos fake (BENCHMARKS.md).
-MIN_DECIDING_PROBABILITY = 0.95
+# reaches this. The non-faces MTCNN finds in FF++ videos (a chest, a patch at the frame's edge) have
+# medians of 0.76-0.87; at 640 px, seen in 5 of 32 frames, two of them called real videos fake. Not
+# higher: O-Net is less sure of fakes (of 1,000 DFDC fake face crops 1.5 % score under 0.90, 2.8 %
+# under 0.95; reals 0.3 %, 0.6 %), and a fake face beside a surer real one must still decide
+# (BENCHMARKS.md).
+MIN_DECIDING_PROBABILITY = 0.90
 
 
 @dataclass
