@@ -13,9 +13,8 @@ import numpy as np
 from PIL import Image
 
 from forensic.heatmaps import combine, overlay
-from forensic.identities import MIN_DECIDING_PROBABILITY
 from forensic.outputs import atomic_write_text
-from forensic.scan import FileResult, identity_face_keys
+from forensic.scan import FileResult, identity_face_keys, why_not_deciding
 
 COLOURS = ["#d62728", "#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]
 VERDICT_COLOURS = {"fake": "#c62828", "real": "#2e7d32", "uncertain": "#ef6c00", "no-face": "#757575", "error": "#6a1b9a"}
@@ -88,7 +87,7 @@ def _identity_rows(result: FileResult, weights: dict[str, float]) -> str:
         models = ", ".join(f"{html.escape(k)} {v:.3f}" for k, v in identity.model_scores.items())
         colour = COLOURS[identity.identity % len(COLOURS)]
         rows.append(f'<tr><td style="color:{colour}">#{identity.identity}</td><td>{identity.score:.4f}</td>'
-                    f'<td>{identity.frames}{_why_not_deciding(identity)}</td>'
+                    f'<td>{identity.frames}{_not_deciding_note(identity)}</td>'
                     f'<td>{when}</td><td>{models}</td><td class="faces">{images}</td></tr>')
     if not rows:
         return ""
@@ -143,11 +142,7 @@ def write_html(report: dict, results: list[FileResult], weights: dict[str, float
     return destination
 
 
-def _why_not_deciding(identity) -> str:
-    """Why an identity does not decide the verdict, for the frames column ("" when it does)."""
-    if identity.counts:
-        return ""
-    probability = identity.detection_probability
-    if probability is not None and probability < MIN_DECIDING_PROBABILITY:
-        return f" (not surely a face: detection {probability:.2f}; does not decide)"
-    return " (too few to decide)"
+
+def _not_deciding_note(identity) -> str:
+    reason = why_not_deciding(identity)
+    return "" if reason is None else f" ({html.escape(reason)}: does not decide)"

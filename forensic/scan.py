@@ -94,6 +94,16 @@ def deciding_identities(identities: list[IdentityResult]) -> list[IdentityResult
     return [identity for identity in identities if identity.counts] or identities
 
 
+def why_not_deciding(identity: IdentityResult) -> str | None:
+    """Why an identity does not decide the file's verdict, in a few words; None when it does."""
+    if identity.counts:
+        return None
+    probability = identity.detection_probability
+    if probability is not None and probability < MIN_DECIDING_PROBABILITY:
+        return f"not surely a face: detection {probability:.2f}"
+    return "too few frames"
+
+
 def _file_state(path: Path) -> tuple[int, int, int, int]:
     """What changes when a file is rewritten, replaced or still being written."""
     stat = path.stat()

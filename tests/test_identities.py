@@ -109,12 +109,15 @@ def test_an_identity_scores_the_mean_of_its_faces_unless_told_otherwise(placehol
         assert confident_identity.score == pytest.approx(confident_score(np.array(faces)))
 
 
-
 @pytest.mark.parametrize("stray_probability, decides", [(0.80, False), (0.99, True)])
 def test_an_identity_that_is_not_surely_a_face_does_not_decide(placeholder_scanner, stray_probability, decides):
     # A person in all 32 frames scored real; something else, found in 6 of them (past the 4 frames an
     # identity needs), scored fake. It decides only if MTCNN is sure it is a face.
+    from rich.console import Console
+
+    from forensic.html_report import _identity_rows
     from forensic.scan import FaceResult, FileResult, FrameResult
+    from forensic.tui.widgets.detail_pane import identities_table
 
     def face(box, probability, score):
         return FaceResult(box=box, detection_probability=probability, score=score, model_scores={"m": score})
@@ -130,10 +133,11 @@ def test_an_identity_that_is_not_surely_a_face_does_not_decide(placeholder_scann
     assert stray.detection_probability == pytest.approx(stray_probability) and stray.counts is decides
     assert decided.score == pytest.approx(0.9 if decides else 0.1)
     assert decided.verdict == ("fake" if decides else "real")
-    from forensic.html_report import _identity_rows
-
-    said = "not surely a face: detection 0.80; does not decide"  # the HTML report says why
-    assert (said in _identity_rows(decided, {})) is not decides
+    said = "not surely a face: detection 0.80"  # the HTML report and the TUI say why
+    console = Console(width=200, record=True)
+    console.print(identities_table(decided))
+    assert (said in console.export_text()) is not decides
+    assert (f"{said}: does not decide" in _identity_rows(decided, {})) is not decides
 
 
 def test_no_face_clip_is_no_face(placeholder_scanner, tmp_path):

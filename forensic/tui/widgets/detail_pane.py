@@ -13,7 +13,7 @@ from textual.widgets import Label, Static
 from forensic.bundle import Bundle
 from forensic.display import VERDICT_STYLE, printable
 from forensic.heatmaps import combine, overlay
-from forensic.scan import FileResult, deciding_identities, identity_face_keys, verdict_for
+from forensic.scan import FileResult, deciding_identities, identity_face_keys, verdict_for, why_not_deciding
 from forensic.tui.state import FileRecord, format_epsilon, format_size
 from forensic.tui.widgets.face_image import face_image
 from forensic.tui.widgets.timeline import ScoreTimeline
@@ -75,7 +75,7 @@ def identities_table(result: FileResult) -> Table | None:
         when = (f"{identity.most_fake_time:.2f} s" if identity.most_fake_time is not None
                 else f"frame {identity.most_fake_frame}")
         table.add_row(str(identity.identity), str(identity.frames), f"{identity.score:.4f}",
-                      "yes" if identity.counts else "no (too few frames)", when)
+                      "yes" if identity.counts else f"no ({why_not_deciding(identity)})", when)
     return table
 
 
