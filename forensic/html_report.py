@@ -142,7 +142,6 @@ def write_html(report: dict, results: list[FileResult], weights: dict[str, float
     return destination
 
 
-
 def _not_deciding_note(identity) -> str:
     reason = why_not_deciding(identity)
     return "" if reason is None else f" ({html.escape(reason)}: does not decide)"

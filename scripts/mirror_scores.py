@@ -29,6 +29,7 @@ from trainer.data.corruptions import Corruption
 from trainer.data.datasets import DatasetError
 from trainer.evaluation.errors import EvaluationError
 from trainer.evaluation.evaluate import EvalSettings, evaluate_bundle, evaluate_run
+from trainer.evaluation.report import SCORES_FILE, read_scores
 from trainer.export.errors import ExportError
 
 MIRROR = Corruption("mirror", lambda images, seed: np.ascontiguousarray(images[:, :, ::-1]))
@@ -55,14 +56,14 @@ def main() -> None:
             evaluate_bundle(args.bundle, args.data, args.out, settings)
     except (EvaluationError, DatasetError, ExportError, ForensicError, OSError, ValueError) as exc:  # one line each, as trainer eval
         sys.exit(f"mirror_scores.py: {exc}")
-    with open(args.out / "scores.csv", newline="") as handle:
-        rows = list(csv.DictReader(handle))
+    scores = args.out / SCORES_FILE
+    given, mirrored = read_scores(scores, "clean"), read_scores(scores, MIRROR.name)
     with open(args.out / "mirror-averaged.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["crop", "video", "label", "clean"])
-        for row in rows:
-            writer.writerow([row["crop"], row["video"], row["label"], (float(row["clean"]) + float(row["mirror"])) / 2])
-    print(f"{len(rows)} crops: {args.out / 'scores.csv'} (clean, mirror), {args.out / 'mirror-averaged.csv'}")
+        for (crop, video, label, clean), (_, _, _, mirror) in zip(given, mirrored):
+            writer.writerow([crop, video, label, (clean + mirror) / 2])
+    print(f"{len(given)} crops: {scores} (clean, mirror), {args.out / 'mirror-averaged.csv'}")
 
 
 if __name__ == "__main__":
