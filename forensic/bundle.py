@@ -1,8 +1,9 @@
 """The bundle format: a folder of ONNX models plus `manifest.json`, the contract between
 `trainer export` (which writes it) and `forensic` (which reads it).
 
-manifest.json, schema version 1:
-    schema_version   1
+manifest.json, schema version 2 (a bundle that does not use what version 2 added is written as
+version 1, so that an older forensic still reads it):
+    schema_version   1, or 2 where input.mirror_average is true
     name             bundle name
     created          ISO-8601 UTC time of export
     models           [{name, file, sha256, arch, weight, temperature, bias, outputs,
@@ -15,7 +16,10 @@ manifest.json, schema version 1:
                       {unavailable: reason}
     input            {size, color_order "RGB", layout "NCHW", pixel_range [0, 1], mean, std,
                       normalize_in_graph}: when normalize_in_graph is true the model takes
-                      pixels in [0, 1] and applies mean/std itself
+                      pixels in [0, 1] and applies mean/std itself; mirror_average (version 2,
+                      optional, default false): each model's logits are the mean of its logits
+                      on the crop and on the crop mirrored left-right (its CAM likewise, the
+                      mirrored one mirrored back), and calibration applies to that mean
     face_crop        {margin, source}: square crop side = margin x the face box's longer side
                       (the margin the training crops were made at; source says where that is recorded)
     class_order      ["real", "fake"]: the order of the model's output logits
@@ -48,7 +52,7 @@ from typing import Callable
 from forensic.errors import BundleError
 
 MANIFEST_NAME = "manifest.json"
-MANIFEST_SCHEMA_VERSION = 1
+READABLE_SCHEMA_VERSIONS = (1, 2)
 CLASS_ORDER = ("real", "fake")
 # A face crop is resized to input.size² before the models: bounded so that a manifest cannot make
 # every face cost gigabytes (a 2048² float crop is 50 MB; detectors here use 128-384).
@@ -121,6 +125,11 @@ class Bundle:
         return float(self.manifest.get("uncertain_band", 0.0))
 
     @property
+    def mirror_average(self) -> bool:
+        """Whether each model scores a crop as the mean of the crop and its mirror image."""
+        return bool(self.manifest["input"].get("mirror_average", False))
+
+    @property
     def temperature(self) -> float:
         """The bundle's temperature, applied after each member's own calibration (1.0: none)."""
         return float(self.manifest.get("temperature", 1.0))
@@ -145,9 +154,10 @@ def _check_manifest(manifest: dict, bundle_dir: Path) -> None:
     _require(isinstance(manifest, dict), bundle_dir, "not a JSON object")
     version = manifest.get("schema_version")
     _require(
-        version == MANIFEST_SCHEMA_VERSION,
+        type(version) is int and version in READABLE_SCHEMA_VERSIONS,
         bundle_dir,
-        f"schema_version {version!r} is not supported (this forensic reads {MANIFEST_SCHEMA_VERSION})",
+        f"schema_version {version!r} is not supported (this forensic reads "
+        f"{' and '.join(map(str, READABLE_SCHEMA_VERSIONS))})",
     )
     for key in ("name", "models", "input", "face_crop", "class_order", "decision_threshold"):
         _require(key in manifest, bundle_dir, f"missing key '{key}'")
@@ -196,6 +206,9 @@ def _check_manifest(manifest: dict, bundle_dir: Path) -> None:
                  f"input.{key} must be three finite numbers (R, G, B)")
     _require(all(value > 0 for value in spec["std"]), bundle_dir, "input.std must be > 0")
     _require(isinstance(spec["normalize_in_graph"], bool), bundle_dir, "input.normalize_in_graph must be true or false")
+    mirror = spec.get("mirror_average", False)
+    _require(isinstance(mirror, bool), bundle_dir, "input.mirror_average must be true or false")
+    _require(not mirror or version >= 2, bundle_dir, "input.mirror_average needs schema_version 2")
     _require(spec.get("color_order", "RGB") == "RGB", bundle_dir, "only RGB input is supported")
     _require(spec.get("layout", "NCHW") == "NCHW", bundle_dir, "only NCHW input is supported")
     crop = manifest["face_crop"]
@@ -359,7 +372,8 @@ def write_bundle(out_dir: Path, manifest: dict, model_files: dict[str, Path], fo
     if out_dir.exists() and any(out_dir.iterdir()) and not force:
         raise BundleError(f"{out_dir}: exists and is not empty (use --force to replace it)")
     manifest = json.loads(json.dumps(manifest))  # a deep copy that is surely JSON
-    manifest["schema_version"] = MANIFEST_SCHEMA_VERSION
+    # The lowest version that describes the bundle, so that an older forensic reads what it can score right.
+    manifest["schema_version"] = 2 if manifest.get("input", {}).get("mirror_average") else 1
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
     staging.chmod(0o755)  # mkdtemp makes it private; a bundle is meant to be shared

@@ -112,7 +112,9 @@ def render(report: dict, results: list[FileResult], weights: dict[str, float]) -
     head = (f"<h1>forensic scan report</h1><table>"
             f"<tr><th>created</th><td>{html.escape(report['created'])}</td></tr>"
             f"<tr><th>tool</th><td>forensic {html.escape(report['tool_version'])}</td></tr>"
-            f"<tr><th>bundle</th><td>{html.escape(report['bundle']['name'])} <code>sha256 {report['bundle']['sha256']}</code></td></tr>"
+            f"<tr><th>bundle</th><td>{html.escape(report['bundle']['name'])} <code>sha256 {report['bundle']['sha256']}</code>"
+            + ("; each face scored as the mean of it and its mirror image" if report["bundle"].get("mirror_average") else "")
+            + "</td></tr>"
             + _face_detector_row(report.get("face_detector")) +
             f"<tr><th>execution provider</th><td>{html.escape(report['provider'])}</td></tr>"
             f"<tr><th>decision</th><td>fake when score ≥ {threshold:g}"

@@ -106,6 +106,7 @@ class EnsembleRunner:
         self._mean = np.asarray(spec["mean"], dtype=np.float32).reshape(1, 3, 1, 1)
         self._std = np.asarray(spec["std"], dtype=np.float32).reshape(1, 3, 1, 1)
         self._temperature = bundle.temperature
+        self.mirror_average = bundle.mirror_average
         self._calibration = {entry.name: (entry.temperature, entry.bias) for entry in bundle.models}
         self.sessions: dict[str, ort.InferenceSession] = {}
         for entry in bundle.models:
@@ -178,16 +179,40 @@ class EnsembleRunner:
         cams: dict[str, list[np.ndarray]] = {name: [] for name in self.cam_models}
         for start in range(0, len(crops), self.batch_size):
             x = self._model_input(crops[start : start + self.batch_size])
-            for name, session in self.sessions.items():
-                outputs = session.run(None, {session.get_inputs()[0].name: x})
-                logits = outputs[0].astype(np.float64)
+            for name in self.sessions:
+                logits, cam = self._run(name, x, with_cam=name in cams)
                 per_model[name].append(self._probability(name, logits))
-                if name in cams:
-                    cams[name].append(outputs[1])
+                if cam is not None:
+                    cams[name].append(cam)
         scores = {name: np.concatenate(parts) for name, parts in per_model.items()}
         ensemble = sum(w * scores[e.name] for w, e in zip(self._weights, self.bundle.models))
         return Prediction(ensemble=np.asarray(ensemble), per_model=scores,
                           cams={name: np.concatenate(parts) for name, parts in cams.items()})
+
+    def _run(self, name: str, x: np.ndarray, with_cam: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        """One model's logits (N, 2) on model inputs `x`, and its CAM when asked: with
+        mirror_average, the mean over the crops and their mirror images (run as one batch; each
+        mirrored CAM mirrored back, so that it lies on the crop as given)."""
+        session = self.sessions[name]
+        views = with_mirror(x) if self.mirror_average else x
+        outputs = session.run(None, {session.get_inputs()[0].name: views})
+        logits, cam = outputs[0].astype(np.float64), outputs[1] if with_cam else None
+        if self.mirror_average:
+            logits = mean_over_views(logits)
+            cam = None if cam is None else mean_over_views(cam, mirrored_back=True)
+        return logits, cam
+
+    def margins(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
+        """Each model's uncalibrated fake − real logit margin, as its calibration takes it
+        (`trainer calibrate` fits a bundle's calibration on these)."""
+        fake = self.bundle.fake_index
+        parts: dict[str, list[np.ndarray]] = {name: [] for name in self.sessions}
+        for start in range(0, len(pixels), self.batch_size):
+            x = self._model_input(pixels[start : start + self.batch_size])
+            for name in self.sessions:
+                logits, _ = self._run(name, x, with_cam=False)
+                parts[name].append(logits[:, fake] - logits[:, 1 - fake])
+        return {name: np.concatenate(chunks) if chunks else np.zeros(0) for name, chunks in parts.items()}
 
     @property
     def cam_models(self) -> list[str]:
@@ -204,6 +229,18 @@ class EnsembleRunner:
 
     def model_weight(self, name: str) -> float:
         return float(self._weights[[e.name for e in self.bundle.models].index(name)])
+
+
+def with_mirror(x: np.ndarray) -> np.ndarray:
+    """(N, C, H, W) → (2N, C, H, W): the batch, then the same batch mirrored left-right."""
+    return np.ascontiguousarray(np.concatenate([x, x[..., ::-1]]))
+
+
+def mean_over_views(outputs: np.ndarray, mirrored_back: bool = False) -> np.ndarray:
+    """The mean of the two halves of a `with_mirror` batch's outputs; `mirrored_back` mirrors
+    the second half's last axis first (maps and gradients laid out like the crop)."""
+    given, mirrored = np.split(outputs, 2)
+    return (given + (mirrored[..., ::-1] if mirrored_back else mirrored)) / 2
 
 
 def member_probability(margin: np.ndarray, temperature: float = 1.0, bias: float = 0.0,

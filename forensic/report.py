@@ -74,6 +74,7 @@ def build_report(results: list[FileResult], scanner: Scanner, not_scanned: list[
             "models": [{"name": m.name, "sha256": m.sha256, "weight": m.weight} for m in bundle.models],
             "decision_threshold": bundle.threshold,  # settings.threshold differs when --threshold overrides it
             "uncertain_band": bundle.uncertain_band,
+            "mirror_average": bundle.mirror_average,  # each crop scored as the mean of it and its mirror image
         },
         "face_detector": scanner.detector.identity,  # the SHA-256 of each of its ONNX files loaded
         "provider": "+".join(scanner.runner.providers),

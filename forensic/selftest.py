@@ -30,7 +30,7 @@ import numpy as np
 import onnxruntime as ort
 
 from forensic.bundle import Bundle
-from forensic.inference import EnsembleRunner, member_probability, session_options
+from forensic.inference import EnsembleRunner, mean_over_views, member_probability, session_options, with_mirror
 
 DEFAULT_EPSILONS = (1 / 255, 2 / 255, 4 / 255, 8 / 255)
 FRAGILE_EPSILON = 1 / 255
@@ -55,10 +55,13 @@ class GradientOracle:
     outputs: margin = ∓ log(expm1(loss)), d margin = ∓ grad / (1 − exp(−loss)). The members'
     raw cross-entropy gradients summed would ascend a loss the verdict is not made of: blind to
     each member's calibration, it over-weights a member the calibration flattens and keeps
-    pushing members that have already crossed."""
+    pushing members that have already crossed. With the bundle's mirror_average, each member's
+    margin is the mean over the crop and its mirror image, and so is its gradient (the mirrored
+    view's gradient mirrored back onto the crop)."""
 
     def __init__(self, bundle: Bundle, providers: list[str], threads: int = 0):
         self.models, self.bundle_temperature = bundle.models, bundle.temperature
+        self.mirror_average = bundle.mirror_average
         self.sessions, self.weights = [], []
         total = sum(entry.weight for entry in bundle.models)
         for entry in bundle.models:
@@ -75,14 +78,19 @@ class GradientOracle:
         per_crop = (-1,) + (1,) * (pixels.ndim - 1)
         ensemble = np.zeros(len(pixels))
         slope = np.zeros(pixels.shape)  # d P(fake) / d pixels
+        views, view_labels, view_side = pixels, labels, side
+        if self.mirror_average:
+            views, view_labels, view_side = with_mirror(pixels), np.tile(labels, 2), np.tile(side, 2)
         for session, weight, entry in zip(self.sessions, self.weights, self.models):
-            loss, grad = session.run(["loss", "grad"], {"pixels": pixels, "labels": labels})
+            loss, grad = session.run(["loss", "grad"], {"pixels": views, "labels": view_labels})
             loss = np.maximum(loss.astype(np.float64), 0.0)
             with np.errstate(divide="ignore", invalid="ignore"):
                 other = -np.expm1(-loss).reshape(per_crop)  # the member's uncalibrated probability of the other class
-                margin = -side * np.log(np.expm1(loss))  # ±inf where the loss underflowed to 0
+                margin = -view_side * np.log(np.expm1(loss))  # ±inf where the loss underflowed to 0
                 d_margin = np.where(other > 0, grad / other, 0.0)
-            d_margin *= -side.reshape(per_crop)
+            d_margin *= -view_side.reshape(per_crop)
+            if self.mirror_average:
+                margin, d_margin = mean_over_views(margin), mean_over_views(d_margin, mirrored_back=True)
             p = member_probability(margin, entry.temperature, entry.bias, self.bundle_temperature)
             ensemble += weight * p
             slope += (weight * p * (1 - p) / (entry.temperature * self.bundle_temperature)).reshape(per_crop) * d_margin

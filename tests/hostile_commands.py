@@ -143,7 +143,7 @@ bundle_kind("manifest-a-list", "not a JSON object", then=lambda b: (b / MANIFEST
 bundle_kind("manifest-a-fifo", "not a regular file", then=lambda b: _replace(b / MANIFEST_NAME, os.mkfifo), isolate=True)
 bundle_kind("manifest-linked-to-dev-zero", "not a regular file", isolate=True,
             then=lambda b: _replace(b / MANIFEST_NAME, lambda p: p.symlink_to("/dev/zero")))
-bundle_kind("schema-version-2", "schema_version 2 is not supported", lambda m: m.update(schema_version=2))
+bundle_kind("schema-version-3", "schema_version 3 is not supported", lambda m: m.update(schema_version=3))
 bundle_kind("without-models", "missing key 'models'", lambda m: m.pop("models"))
 bundle_kind("name-a-number", "must be a non-empty string", lambda m: m.update(name=7))  # finding 5
 bundle_kind("name-null", "must be a non-empty string", lambda m: m.update(name=None))

@@ -240,7 +240,7 @@ def test_manifest_not_utf8(bundle_dir):
         load_bundle(bundle_dir)
 
 
-@pytest.mark.parametrize("version", [2, 0, "1", None])
+@pytest.mark.parametrize("version", [3, 0, "1", None, 1.0, True])
 def test_wrong_schema_version(bundle_dir, version):
     rewrite_manifest(bundle_dir, lambda m: m.__setitem__("schema_version", version))
     with pytest.raises(BundleError, match="manifest.json") as info:

@@ -538,9 +538,7 @@ def test_an_ensemble_is_attacked_along_its_calibrated_decision(trained, tmp_path
     cross-entropies summed (which points elsewhere here)."""
     import copy
 
-    from forensic.bundle import load_bundle, write_bundle
-    from trainer.export.bundle import export_onnx
-    from trainer.export.gradient_graph import export_gradient_graph
+    from calibrated_ensembles import BUNDLE_TEMPERATURE, write_calibrated_ensemble
 
     other = copy.deepcopy(trained)
     generator = torch.Generator().manual_seed(7)
@@ -548,25 +546,16 @@ def test_an_ensemble_is_attacked_along_its_calibrated_decision(trained, tmp_path
         for parameter in other.parameters():
             parameter.add_(0.5 * parameter.std() * torch.randn(parameter.shape, generator=generator))
     members = {"a": (trained, 2.0, 0.4, 1.5), "b": (other, 1.0, 3.0, -1.0)}  # weight, temperature, bias
-    files, entries = {}, []
-    for name, (model, weight, temperature, bias) in members.items():
-        export_onnx(model, SIZE, tmp_path / f"{name}.onnx")
-        export_gradient_graph(model, SIZE, tmp_path / f"{name}.grad.onnx")
-        files |= {f"{name}.onnx": tmp_path / f"{name}.onnx", f"{name}.grad.onnx": tmp_path / f"{name}.grad.onnx"}
-        entries.append({"name": name, "file": f"{name}.onnx", "arch": "toy", "weight": weight,
-                        "temperature": temperature, "bias": bias, "gradient_graph": {"file": f"{name}.grad.onnx"}})
-    manifest = {"name": "pair", "models": entries, "temperature": 0.8, "decision_threshold": 0.5,
-                "input": {"size": SIZE, "mean": [0.5] * 3, "std": [0.25] * 3, "normalize_in_graph": True},
-                "face_crop": {"margin": 1.3}, "class_order": ["real", "fake"]}
-    write_bundle(tmp_path / "bundle", manifest, files)
-    scorer = BundleScorer(load_bundle(tmp_path / "bundle"), device="cpu")
+    bundle = write_calibrated_ensemble(tmp_path, members, SIZE)
+    scorer = BundleScorer(bundle, device="cpu")
     pixels, labels = make_batch(16, seed=2000)
 
     x = pixels.clone().requires_grad_(True)
     p_fake = 0
     for model, weight, temperature, bias in members.values():
         logits = model(x)
-        p_fake = p_fake + weight / 3 * torch.sigmoid(((logits[:, 1] - logits[:, 0]) / temperature + bias) / 0.8)
+        p_fake = p_fake + weight / 3 * torch.sigmoid(((logits[:, 1] - logits[:, 0]) / temperature + bias)
+                                                        / BUNDLE_TEMPERATURE)
     assert np.allclose(scorer.p_fake(pixels), p_fake.detach().numpy(), atol=1e-5)
     loss = -torch.where(labels == 1, p_fake, 1 - p_fake).log().sum()
     (expected,) = torch.autograd.grad(loss, x)

@@ -162,6 +162,7 @@ def export_command(
     uncertain_band: float = typer.Option(0.05, "--uncertain-band", min=0.0, max=0.499, help="Scores within ±band of the threshold are 'uncertain'."),
     weight: list[float] = typer.Option([], "--weight", help="Per-run ensemble weight, in run order (default: validation accuracy)."),
     gradient_graph: bool = typer.Option(True, "--gradient-graph/--no-gradient-graph", help="Also export each model's verified input-gradient graph (for forensic's PGD self-test; about a minute per model)."),
+    mirror_average: bool = typer.Option(False, "--mirror-average/--no-mirror-average", help="Score each face crop as the mean of each model's logits on it and on its mirror image (calibrated on that mean; twice the model stage's time)."),
     force: bool = typer.Option(False, "--force", help="Replace an existing bundle's manifest and model files."),
 ) -> None:
     """Export runs as an ONNX bundle, after checking ONNX Runtime agrees with PyTorch, and calibrate it."""
@@ -174,25 +175,60 @@ def export_command(
     try:
         bundle = export_bundle(run_dirs, out, name=name, checkpoint=checkpoints if len(checkpoints) > 1 else checkpoint, calibrate=calibrate, data=data,
                                operating_point=operating_point, uncertain_band=uncertain_band,
-                               weights=weight or None, gradient_graphs=gradient_graph, force=force)
+                               weights=weight or None, gradient_graphs=gradient_graph, force=force,
+                               mirror_average=mirror_average)
     except (ExportError, ForensicError, DatasetError) as exc:
         _fail(exc)
     manifest = bundle.manifest
     difference = max(entry["onnx_max_difference"] for entry in manifest["models"])
-    point = manifest["calibration"]["operating_point"]
     for entry in manifest["models"]:
         graph = entry["gradient_graph"]
         status = f"verified, cosine {graph['cosine']:.6f}" if graph.get("file") else f"unavailable: {graph['unavailable']}"
         console.print(f"{entry['name']}: gradient graph {status}", highlight=False, soft_wrap=True)
     console.print(f"bundle {bundle.name} written to {out} (manifest sha256 {bundle.sha256[:12]}; "
                   f"ONNX Runtime vs PyTorch max |Δ| {difference:.1e})", highlight=False, soft_wrap=True)
-    if "validation_fpr" in point:
-        console.print(f"calibrated: temperature {manifest['temperature']:.3f}, threshold {point['threshold']:.4f} "
-                      f"({point['criterion']}): validation FPR {point['validation_fpr']:.3f} TPR {point['validation_tpr']:.3f} "
-                      f"on {point['n_real']} real / {point['n_fake']} fake crops", highlight=False, soft_wrap=True)
+    _print_calibration(manifest)
     crop = manifest["face_crop"]
     console.print(f"face crops at margin {crop['margin']:g} ({crop['source']})", highlight=False, soft_wrap=True)
     for warning in manifest["calibration"].get("warnings", []):
+        console.print(f"warning: {warning}", style="yellow", highlight=False, soft_wrap=True)
+
+
+def _print_calibration(manifest: dict) -> None:
+    point = manifest["calibration"]["operating_point"]
+    if "validation_fpr" in point:
+        views = "; each crop averaged with its mirror image" if manifest["input"].get("mirror_average") else ""
+        console.print(f"calibrated: temperature {manifest['temperature']:.3f}, threshold {point['threshold']:.4f} "
+                      f"({point['criterion']}): validation FPR {point['validation_fpr']:.3f} TPR {point['validation_tpr']:.3f} "
+                      f"on {point['n_real']} real / {point['n_fake']} fake crops{views}", highlight=False, soft_wrap=True)
+
+
+@app.command(name="calibrate")
+def calibrate_command(
+    bundle_dir: Path = typer.Argument(..., metavar="BUNDLE", help="An exported bundle (left as it is)."),
+    data: Path = typer.Option(..., "--data", help="Prepared crops whose validation split calibrates (as `trainer export --data`)."),
+    out: Path = typer.Option(..., "--out", help="Folder for the recalibrated bundle (its ONNX files copied unchanged)."),
+    name: Optional[str] = typer.Option(None, "--name", help="Its name (default: the folder's name)."),
+    operating_point: str = typer.Option("eer", "--operating-point", help="Threshold at: eer, fpr:X (e.g. fpr:0.05) or fixed:T."),
+    mirror_average: Optional[bool] = typer.Option(None, "--mirror-average/--no-mirror-average", help="Average each crop with its mirror image (default: as the bundle does)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda (ONNX Runtime's provider)."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing bundle's manifest and model files at --out."),
+) -> None:
+    """Refit a bundle's calibration (member temperatures and biases, ensemble temperature, threshold) on
+    new validation crops, from its ONNX models: no training runs needed."""
+    from trainer.data.datasets import DatasetError
+    from trainer.export.errors import ExportError
+    from trainer.export.recalibrate import recalibrate_bundle
+
+    try:
+        bundle = recalibrate_bundle(bundle_dir, data, out, name=name, operating_point=operating_point,
+                                    mirror_average=mirror_average, device=device, force=force)
+    except (ExportError, ForensicError, DatasetError) as exc:
+        _fail(exc)
+    console.print(f"bundle {bundle.name} written to {out} (manifest sha256 {bundle.sha256[:12]}), "
+                  f"recalibrated from {bundle_dir}", highlight=False, soft_wrap=True)
+    _print_calibration(bundle.manifest)
+    for warning in bundle.manifest["calibration"].get("warnings", []):
         console.print(f"warning: {warning}", style="yellow", highlight=False, soft_wrap=True)
 
 

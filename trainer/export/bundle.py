@@ -203,10 +203,13 @@ def _training_face_crop(runs: list[RunModel], margin: float | None) -> dict:
 def export_bundle(run_dirs: list[Path], out_dir: Path, name: str | None = None, checkpoint: str | list[str] = "best",
                   calibrate: bool = True, data: Path | None = None, operating_point: str = "eer",
                   uncertain_band: float = DEFAULT_UNCERTAIN_BAND, margin: float | None = None,
-                  weights: list[float] | None = None, gradient_graphs: bool = True, force: bool = False) -> Bundle:
+                  weights: list[float] | None = None, gradient_graphs: bool = True, force: bool = False,
+                  mirror_average: bool = False) -> Bundle:
     """Export runs as one bundle (several runs make a weighted ensemble). `checkpoint`: one name
     for every run, or one per run in run order. The face-crop margin is the one the runs'
-    training crops were made with (their prepare.json); `margin` may only confirm it."""
+    training crops were made with (their prepare.json); `margin` may only confirm it. With
+    `mirror_average`, forensic scores every crop as the mean of each model's logits on it and
+    on its mirror image, and the calibration is fitted on that mean."""
     out_dir = Path(out_dir)
     checkpoints = [checkpoint] * len(run_dirs) if isinstance(checkpoint, str) else list(checkpoint)
     if len(checkpoints) != len(run_dirs):
@@ -231,7 +234,8 @@ def export_bundle(run_dirs: list[Path], out_dir: Path, name: str | None = None, 
         if not (data_dir / "validation").is_dir():
             raise ExportError(f"{data_dir}/validation: not found; calibration needs the validation split "
                               f"(give --data DIR, or --no-calibrate to keep temperature 1 and --operating-point fixed:T)")
-        calibration = fit_calibration([run.model for run in runs], weight_array, data_dir, size, operating_point)
+        calibration = fit_calibration([run.model for run in runs], weight_array, data_dir, size, operating_point,
+                                      mirror_average)
     else:
         if kind != "fixed":
             raise ExportError("without calibration data the threshold must be given: --operating-point fixed:T")
@@ -266,7 +270,8 @@ def export_bundle(run_dirs: list[Path], out_dir: Path, name: str | None = None, 
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "models": entries,
             "input": {"size": size, "color_order": "RGB", "layout": "NCHW", "pixel_range": [0, 1],
-                      "mean": first["mean"], "std": first["std"], "normalize_in_graph": True},
+                      "mean": first["mean"], "std": first["std"], "normalize_in_graph": True,
+                      **({"mirror_average": True} if mirror_average else {})},
             "face_crop": face_crop,
             "class_order": list(CLASS_ORDER),
             "decision_threshold": calibration["operating_point"]["threshold"],

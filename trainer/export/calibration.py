@@ -24,13 +24,24 @@ from trainer.data.datasets import FaceCrops, list_split, scan_transform
 from trainer.export.errors import ExportError
 
 
-def _validation_logits(model: torch.nn.Module, loader: DataLoader) -> tuple[np.ndarray, np.ndarray]:
+def _validation_logits(model: torch.nn.Module, loader: DataLoader, mirror_average: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """The model's logits on every crop, as forensic computes them (with `mirror_average`, the
+    mean over each crop and its mirror image), and the labels."""
     logits, labels = [], []
     with torch.no_grad():
         for pixels, y in loader:
-            logits.append(model(pixels).double().numpy())
+            z = model(pixels)
+            if mirror_average:
+                z = (z + model(pixels.flip(-1))) / 2
+            logits.append(z.double().numpy())
             labels.append(y.numpy())
     return np.concatenate(logits), np.concatenate(labels)
+
+
+def validation_loader(data_dir: Path, size: int) -> DataLoader:
+    """DATA/validation's crops (labels 0 real, 1 fake) as forensic scan makes them: the bundle is
+    calibrated on what it will see."""
+    return DataLoader(FaceCrops(list_split(data_dir, "validation"), scan_transform(size)), batch_size=64)
 
 
 def ensemble_probability(logits: list[np.ndarray], weights: np.ndarray, temperature: float,
@@ -147,16 +158,22 @@ def choose_threshold(labels: np.ndarray, scores: np.ndarray, operating_point: st
             "n_real": int(real.sum()), "n_fake": int(fake.sum())}
 
 
-def fit_calibration(models: list[torch.nn.Module], weights: np.ndarray, data_dir: Path, size: int, operating_point: str) -> dict:
+def fit_calibration(models: list[torch.nn.Module], weights: np.ndarray, data_dir: Path, size: int, operating_point: str,
+                    mirror_average: bool = False) -> dict:
     """The manifest's `calibration`: per-member Platt scaling (several models), the ensemble's
-    temperature and the threshold at `operating_point`, fitted on DATA/validation."""
-    samples = list_split(data_dir, "validation")
-    # The crops as forensic scan makes them: the bundle is calibrated on what it will see.
-    loader = DataLoader(FaceCrops(samples, scan_transform(size)), batch_size=64)
+    temperature and the threshold at `operating_point`, fitted on DATA/validation (each crop
+    scored with its mirror image too where the bundle is to average them)."""
+    loader = validation_loader(data_dir, size)
     logits, labels = [], None
     for model in models:
-        z, labels = _validation_logits(model, loader)
+        z, labels = _validation_logits(model, loader, mirror_average)
         logits.append(z)
+    return calibrate_logits(logits, labels, weights, operating_point, data_dir)
+
+
+def calibrate_logits(logits: list[np.ndarray], labels: np.ndarray, weights: np.ndarray, operating_point: str,
+                     data_dir: Path) -> dict:
+    """`fit_calibration` on logits already computed: one (N, 2) [real, fake] array per member."""
     if len(set(labels.tolist())) < 2:
         raise ExportError(f"{data_dir}/validation: calibration needs both real and fake crops")
     members = [fit_platt(z, labels) for z in logits] if len(logits) > 1 else None
