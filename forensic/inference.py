@@ -191,16 +191,21 @@ class EnsembleRunner:
 
     def _run(self, name: str, x: np.ndarray, with_cam: bool) -> tuple[np.ndarray, np.ndarray | None]:
         """One model's logits (N, 2) on model inputs `x`, and its CAM when asked: with
-        mirror_average, the mean over the crops and their mirror images (run as one batch; each
-        mirrored CAM mirrored back, so that it lies on the crop as given)."""
+        mirror_average, the mean over the crops and their mirror images (each view its own run,
+        so that a run's batch, and ONNX Runtime's memory, stays at batch_size; the mirrored CAM
+        mirrored back, so that it lies on the crop as given)."""
         session = self.sessions[name]
-        views = with_mirror(x) if self.mirror_average else x
-        outputs = session.run(None, {session.get_inputs()[0].name: views})
-        logits, cam = outputs[0].astype(np.float64), outputs[1] if with_cam else None
+        logits, cam = self._run_view(session, x, with_cam)
         if self.mirror_average:
-            logits = mean_over_views(logits)
-            cam = None if cam is None else mean_over_views(cam, mirrored_back=True)
+            other_logits, other_cam = self._run_view(session, mirrored(x), with_cam)
+            logits = (logits + other_logits) / 2
+            cam = None if cam is None else (cam + other_cam[..., ::-1]) / 2
         return logits, cam
+
+    @staticmethod
+    def _run_view(session: ort.InferenceSession, x: np.ndarray, with_cam: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        outputs = session.run(None, {session.get_inputs()[0].name: x})
+        return outputs[0].astype(np.float64), outputs[1] if with_cam else None
 
     def margins(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
         """Each model's uncalibrated fake − real logit margin, as its calibration takes it
@@ -231,16 +236,9 @@ class EnsembleRunner:
         return float(self._weights[[e.name for e in self.bundle.models].index(name)])
 
 
-def with_mirror(x: np.ndarray) -> np.ndarray:
-    """(N, C, H, W) → (2N, C, H, W): the batch, then the same batch mirrored left-right."""
-    return np.ascontiguousarray(np.concatenate([x, x[..., ::-1]]))
-
-
-def mean_over_views(outputs: np.ndarray, mirrored_back: bool = False) -> np.ndarray:
-    """The mean of the two halves of a `with_mirror` batch's outputs; `mirrored_back` mirrors
-    the second half's last axis first (maps and gradients laid out like the crop)."""
-    given, mirrored = np.split(outputs, 2)
-    return (given + (mirrored[..., ::-1] if mirrored_back else mirrored)) / 2
+def mirrored(x: np.ndarray) -> np.ndarray:
+    """Images (or maps, or gradients) laid out (..., W) mirrored left-right."""
+    return np.ascontiguousarray(x[..., ::-1])
 
 
 def member_probability(margin: np.ndarray, temperature: float = 1.0, bias: float = 0.0,

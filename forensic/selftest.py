@@ -30,7 +30,7 @@ import numpy as np
 import onnxruntime as ort
 
 from forensic.bundle import Bundle
-from forensic.inference import EnsembleRunner, mean_over_views, member_probability, session_options, with_mirror
+from forensic.inference import EnsembleRunner, member_probability, mirrored, session_options
 
 DEFAULT_EPSILONS = (1 / 255, 2 / 255, 4 / 255, 8 / 255)
 FRAGILE_EPSILON = 1 / 255
@@ -71,6 +71,18 @@ class GradientOracle:
             self.sessions.append(ort.InferenceSession(str(bundle.path / graph), session_options(threads), providers=providers))
             self.weights.append(entry.weight / total)
 
+    @staticmethod
+    def _margin_and_slope(session: ort.InferenceSession, pixels: np.ndarray, labels: np.ndarray, side: np.ndarray,
+                          per_crop: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+        """A member's uncalibrated margin and its input gradient, from its gradient graph's outputs."""
+        loss, grad = session.run(["loss", "grad"], {"pixels": pixels, "labels": labels})
+        loss = np.maximum(loss.astype(np.float64), 0.0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            other = -np.expm1(-loss).reshape(per_crop)  # the member's uncalibrated probability of the other class
+            margin = -side * np.log(np.expm1(loss))  # ±inf where the loss underflowed to 0
+            d_margin = np.where(other > 0, grad / other, 0.0)
+        return margin, d_margin * -side.reshape(per_crop)
+
     def __call__(self, pixels: np.ndarray, labels: np.ndarray) -> np.ndarray:
         labels = np.asarray(labels, np.int64)
         fake = labels == 1
@@ -78,19 +90,13 @@ class GradientOracle:
         per_crop = (-1,) + (1,) * (pixels.ndim - 1)
         ensemble = np.zeros(len(pixels))
         slope = np.zeros(pixels.shape)  # d P(fake) / d pixels
-        views, view_labels, view_side = pixels, labels, side
-        if self.mirror_average:
-            views, view_labels, view_side = with_mirror(pixels), np.tile(labels, 2), np.tile(side, 2)
+        views = [pixels, mirrored(pixels)] if self.mirror_average else [pixels]
         for session, weight, entry in zip(self.sessions, self.weights, self.models):
-            loss, grad = session.run(["loss", "grad"], {"pixels": views, "labels": view_labels})
-            loss = np.maximum(loss.astype(np.float64), 0.0)
-            with np.errstate(divide="ignore", invalid="ignore"):
-                other = -np.expm1(-loss).reshape(per_crop)  # the member's uncalibrated probability of the other class
-                margin = -view_side * np.log(np.expm1(loss))  # ±inf where the loss underflowed to 0
-                d_margin = np.where(other > 0, grad / other, 0.0)
-            d_margin *= -view_side.reshape(per_crop)
-            if self.mirror_average:
-                margin, d_margin = mean_over_views(margin), mean_over_views(d_margin, mirrored_back=True)
+            margin, d_margin = 0.0, 0.0
+            for index, view in enumerate(views):  # each its own run: the batch (and memory) stays N
+                view_margin, view_slope = self._margin_and_slope(session, view, labels, side, per_crop)
+                margin = margin + view_margin / len(views)
+                d_margin = d_margin + (mirrored(view_slope) if index else view_slope) / len(views)
             p = member_probability(margin, entry.temperature, entry.bias, self.bundle_temperature)
             ensemble += weight * p
             slope += (weight * p * (1 - p) / (entry.temperature * self.bundle_temperature)).reshape(per_crop) * d_margin
