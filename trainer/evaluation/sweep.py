@@ -66,6 +66,9 @@ def collect(scorer: Scorer, batches: Iterable[Batch], *, n_batches: int | None =
     if attacks and not scorer.white_box:
         raise EvaluationError(f"white-box attacks need an input gradient: {scorer.white_box_missing}")
     conditions = attacks + learned + ([black_box] if black_box else [])
+    # The input-gradient statistic serves only the masking checks, which need an attack: without one
+    # it would cost each clean batch a gradient pass (and the gradient graphs' memory) for nothing.
+    measure_gradient = scorer.white_box and bool(conditions)
     device = scorer.device
     steps_per_batch = 1 + len(conditions) + len(corruptions)
     total = None if n_batches is None else n_batches * steps_per_batch
@@ -94,7 +97,7 @@ def collect(scorer: Scorer, batches: Iterable[Batch], *, n_batches: int | None =
         pixels = images.to(device).float().div_(255.0)
         scores["clean"].append(scorer.p_fake(pixels))
         labels_all.append(labels.cpu().numpy())
-        if scorer.white_box:
+        if measure_gradient:
             gradient = scorer.loss_gradient(pixels, labels)
             gradient_sum += float(gradient.abs().sum())
             gradient_count += gradient.numel()
@@ -129,7 +132,7 @@ def collect(scorer: Scorer, batches: Iterable[Batch], *, n_batches: int | None =
     return Collected(labels=labels_array, names=batch_names,
                      scores={key: np.concatenate(value) for key, value in scores.items()}, attacks=attacks,
                      black_box=black_box, corruptions=[c.name for c in corruptions],
-                     gradient_mean_abs=gradient_sum / max(gradient_count, 1) if scorer.white_box else None,
-                     gradient_zero_fraction=zero_crops / max(crops, 1) if scorer.white_box else None,
+                     gradient_mean_abs=gradient_sum / max(gradient_count, 1) if measure_gradient else None,
+                     gradient_zero_fraction=zero_crops / max(crops, 1) if measure_gradient else None,
                      threshold=scorer.threshold, learned=learned,
                      seconds={k: round(v, 3) for k, v in seconds.items()})
