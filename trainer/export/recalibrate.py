@@ -75,10 +75,11 @@ def recalibrate_bundle(bundle_dir: Path, data: Path, out_dir: Path, name: str | 
         graph = entry.get("gradient_graph") or {}
         if graph.get("file"):
             files[graph["file"]] = bundle_dir / graph["file"]
+    producer = source.manifest.get("producer")  # free-form in the format: read with care
     manifest.update(
         name=name or out_dir.name, created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         decision_threshold=calibration["operating_point"]["threshold"], temperature=calibration["temperature"],
         calibration=calibration,
-        producer={"tool": "trainer calibrate", "opset": source.manifest.get("producer", {}).get("opset"),
+        producer={"tool": "trainer calibrate", "opset": producer.get("opset") if isinstance(producer, dict) else None,
                   **library_versions()})
     return write_bundle(out_dir, manifest, files, force=force)
