@@ -148,3 +148,9 @@ def test_export_and_calibrate_fit_the_calibration_on_the_mirror_averaged_scores(
         assert len(refused.output.strip().splitlines()) == 1
     same = runner.invoke(app, ["calibrate", str(tmp_path / "plain"), "--data", str(data), "--out", str(tmp_path / "plain")])
     assert same.exit_code == 2 and "another folder" in same.output
+    taken = runner.invoke(app, ["calibrate", str(tmp_path / "plain"), "--data", str(data), "--out", str(tmp_path / "mirror")])
+    assert taken.exit_code == 2 and "exists and is not empty (use --force" in taken.output
+    assert load_bundle(tmp_path / "mirror").sha256 == mirror.sha256
+    under_a_file = runner.invoke(app, ["calibrate", str(tmp_path / "plain"), "--data", str(data), "--out",
+                                       str(tmp_path / "plain" / "manifest.json" / "new")])
+    assert under_a_file.exit_code == 2 and "manifest.json is not a folder" in under_a_file.output

@@ -223,7 +223,7 @@ def calibrate_command(
     try:
         bundle = recalibrate_bundle(bundle_dir, data, out, name=name, operating_point=operating_point,
                                     mirror_average=mirror_average, device=device, force=force)
-    except (ExportError, ForensicError, DatasetError) as exc:
+    except (ExportError, ForensicError, DatasetError, OSError) as exc:
         _fail(exc)
     console.print(f"bundle {bundle.name} written to {out} (manifest sha256 {bundle.sha256[:12]}), "
                   f"recalibrated from {bundle_dir}", highlight=False, soft_wrap=True)
