@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import jsonschema
 import numpy as np
 import pytest
 import torch
@@ -15,8 +16,10 @@ from torch import nn
 from typer.testing import CliRunner
 
 from forensic.bundle import load_bundle, sha256_file
+from forensic.cli import app as forensic_app
 from forensic.errors import BundleError
 from forensic.inference import EnsembleRunner
+from forensic.report import report_schema
 from forensic.selftest import GradientOracle
 from trainer.cli import app
 from trainer.data.datasets import list_split, read_rgb, scan_crop
@@ -38,7 +41,7 @@ def _toy(seed: int) -> Detector:
     return Detector(backbone, (0.5,) * 3, (0.25,) * 3, shallow_layer="2").eval()
 
 
-def test_an_ensemble_is_scored_and_attacked_as_the_mean_of_each_crop_and_its_mirror(tmp_path):
+def test_an_ensemble_is_scored_and_attacked_as_the_mean_of_each_crop_and_its_mirror(tmp_path, sample_media):
     members = {"a": (_toy(0), 2.0, 0.4, 1.5), "b": (_toy(1), 1.0, 3.0, -1.0)}  # weight, temperature, bias
     bundle = write_calibrated_ensemble(tmp_path, members, SIZE, mirror_average=True)
     assert bundle.manifest["schema_version"] == 2 and bundle.mirror_average
@@ -61,6 +64,15 @@ def test_an_ensemble_is_scored_and_attacked_as_the_mean_of_each_crop_and_its_mir
     gradient = torch.from_numpy(GradientOracle(bundle, ["CPUExecutionProvider"])(pixels.numpy(), labels.numpy()))
     assert F.cosine_similarity(gradient.flatten(1), expected.flatten(1), dim=1).min() > 0.999
     assert torch.allclose(gradient.flatten(1).norm(dim=1), expected.flatten(1).norm(dim=1), rtol=1e-3)
+
+    # A scan says which way its faces were scored, in the JSON and the HTML report.
+    scanned = runner.invoke(forensic_app, ["scan", str(sample_media["astronaut.png"]), "--bundle", str(tmp_path / "bundle"),
+                                           "--json", str(tmp_path / "report.json"), "--html", str(tmp_path / "html")])
+    assert scanned.exit_code in (0, 1), scanned.output
+    report = json.loads((tmp_path / "report.json").read_text())
+    jsonschema.validate(report, report_schema())
+    assert report["bundle"]["mirror_average"] is True and report["files"][0]["faces"] >= 1
+    assert "each face scored as the mean of it and its mirror image" in (tmp_path / "html" / "index.html").read_text()
 
     # An older forensic reads schema version 1 only: a mirror bundle must not pass for one.
     manifest_path = tmp_path / "bundle" / "manifest.json"
