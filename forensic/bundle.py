@@ -359,6 +359,20 @@ def _bundle_files(bundle_dir: Path) -> set[str]:
     return {name for name in names if _is_plain_file_name(name)}
 
 
+def check_bundle_destination(out_dir: Path, force: bool = False) -> None:
+    """Whether a bundle may be written to `out_dir` (BundleError, one line, if not): a folder that
+    is empty, or may be replaced (`force`), or can be made. Callers with minutes of work before
+    `write_bundle` call it first, so that a bad destination fails before the work, not after."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise BundleError(f"{out_dir}: exists and is not a folder")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not force:
+        raise BundleError(f"{out_dir}: exists and is not empty (use --force to replace it)")
+    ancestor = next(parent for parent in out_dir.absolute().parents if parent.exists())
+    if not ancestor.is_dir():
+        raise BundleError(f"{out_dir}: cannot be made, {ancestor} is not a folder")
+
+
 def write_bundle(out_dir: Path, manifest: dict, model_files: dict[str, Path], force: bool = False) -> Bundle:
     """Write a bundle: copy the model files, fill in their SHA-256 and write manifest.json.
 
@@ -369,8 +383,7 @@ def write_bundle(out_dir: Path, manifest: dict, model_files: dict[str, Path], fo
     one does not name are removed, other files there (a model card) stay.
     """
     out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()) and not force:
-        raise BundleError(f"{out_dir}: exists and is not empty (use --force to replace it)")
+    check_bundle_destination(out_dir, force)
     manifest = json.loads(json.dumps(manifest))  # a deep copy that is surely JSON
     # The lowest version that describes the bundle, so that an older forensic reads what it can score right.
     manifest["schema_version"] = 2 if manifest.get("input", {}).get("mirror_average") else 1

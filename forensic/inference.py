@@ -171,23 +171,33 @@ class EnsembleRunner:
 
     def predict_pixels(self, pixels: np.ndarray) -> Prediction:
         """`pixels`: (N, 3, size, size) float32 in [0, 1]."""
-        crops = pixels
-        if len(crops) == 0:
+        if len(pixels) == 0:
             empty = np.zeros((0,), dtype=np.float64)
             return Prediction(ensemble=empty, per_model={name: empty for name in self.sessions}, cams={})
-        per_model: dict[str, list[np.ndarray]] = {name: [] for name in self.sessions}
-        cams: dict[str, list[np.ndarray]] = {name: [] for name in self.cam_models}
-        for start in range(0, len(crops), self.batch_size):
-            x = self._model_input(crops[start : start + self.batch_size])
+        margins, cams = self._margins_and_cams(pixels, self.cam_models)
+        scores = {name: self._probability(name, margin) for name, margin in margins.items()}
+        ensemble = sum(w * scores[e.name] for w, e in zip(self._weights, self.bundle.models))
+        return Prediction(ensemble=np.asarray(ensemble), per_model=scores, cams=cams)
+
+    def margins(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
+        """Each model's uncalibrated fake − real logit margin, as its calibration takes it
+        (`trainer calibrate` fits a bundle's calibration on these)."""
+        return self._margins_and_cams(pixels, cam_models=())[0]
+
+    def _margins_and_cams(self, pixels: np.ndarray, cam_models) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """Every model's margin on `pixels`, batch by batch, and the CAMs of `cam_models`."""
+        fake = self.bundle.fake_index
+        margins: dict[str, list[np.ndarray]] = {name: [] for name in self.sessions}
+        cams: dict[str, list[np.ndarray]] = {name: [] for name in cam_models}
+        for start in range(0, len(pixels), self.batch_size):
+            x = self._model_input(pixels[start : start + self.batch_size])
             for name in self.sessions:
                 logits, cam = self._run(name, x, with_cam=name in cams)
-                per_model[name].append(self._probability(name, logits))
+                margins[name].append(logits[:, fake] - logits[:, 1 - fake])
                 if cam is not None:
                     cams[name].append(cam)
-        scores = {name: np.concatenate(parts) for name, parts in per_model.items()}
-        ensemble = sum(w * scores[e.name] for w, e in zip(self._weights, self.bundle.models))
-        return Prediction(ensemble=np.asarray(ensemble), per_model=scores,
-                          cams={name: np.concatenate(parts) for name, parts in cams.items()})
+        return ({name: np.concatenate(parts) if parts else np.zeros(0) for name, parts in margins.items()},
+                {name: np.concatenate(parts) for name, parts in cams.items()})
 
     def _run(self, name: str, x: np.ndarray, with_cam: bool) -> tuple[np.ndarray, np.ndarray | None]:
         """One model's logits (N, 2) on model inputs `x`, and its CAM when asked: with
@@ -207,28 +217,14 @@ class EnsembleRunner:
         outputs = session.run(None, {session.get_inputs()[0].name: x})
         return outputs[0].astype(np.float64), outputs[1] if with_cam else None
 
-    def margins(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
-        """Each model's uncalibrated fake − real logit margin, as its calibration takes it
-        (`trainer calibrate` fits a bundle's calibration on these)."""
-        fake = self.bundle.fake_index
-        parts: dict[str, list[np.ndarray]] = {name: [] for name in self.sessions}
-        for start in range(0, len(pixels), self.batch_size):
-            x = self._model_input(pixels[start : start + self.batch_size])
-            for name in self.sessions:
-                logits, _ = self._run(name, x, with_cam=False)
-                parts[name].append(logits[:, fake] - logits[:, 1 - fake])
-        return {name: np.concatenate(chunks) if chunks else np.zeros(0) for name, chunks in parts.items()}
-
     @property
     def cam_models(self) -> list[str]:
         """Models whose graph has a second output, `cam` (class activation map)."""
         return [name for name, session in self.sessions.items()
                 if [o.name for o in session.get_outputs()][1:2] == ["cam"]]
 
-    def _probability(self, name: str, logits: np.ndarray) -> np.ndarray:
+    def _probability(self, name: str, margin: np.ndarray) -> np.ndarray:
         """The member's calibrated P(fake) (softmax over two classes = sigmoid of the margin)."""
-        fake = self.bundle.fake_index
-        margin = logits[:, fake] - logits[:, 1 - fake]
         temperature, bias = self._calibration[name]
         return member_probability(margin, temperature, bias, self._temperature)
 

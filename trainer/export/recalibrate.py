@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from forensic.bundle import load_bundle, write_bundle
+from forensic.bundle import check_bundle_destination, load_bundle, write_bundle
 from forensic.inference import EnsembleRunner
 from forensic.versions import library_versions
 from trainer.export.calibration import calibrate_logits, parse_operating_point, validation_loader
@@ -42,17 +42,6 @@ def bundle_margins(runner: EnsembleRunner, data_dir: Path) -> tuple[list[np.ndar
     return logits, np.concatenate(labels)
 
 
-def _check_destination(out_dir: Path, force: bool) -> None:
-    """Where the bundle goes, checked before minutes of scoring rather than after."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ExportError(f"{out_dir}: exists and is not a folder")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not force:
-        raise ExportError(f"{out_dir}: exists and is not empty (use --force to replace it)")
-    ancestor = next(parent for parent in out_dir.absolute().parents if parent.exists())
-    if not ancestor.is_dir():
-        raise ExportError(f"{out_dir}: cannot be made, {ancestor} is not a folder")
-
-
 def recalibrate_bundle(bundle_dir: Path, data: Path, out_dir: Path, name: str | None = None,
                        operating_point: str = "eer", mirror_average: bool | None = None, device: str = "auto",
                        force: bool = False):
@@ -66,7 +55,7 @@ def recalibrate_bundle(bundle_dir: Path, data: Path, out_dir: Path, name: str | 
         raise ExportError(f"{out_dir}: the recalibrated bundle must go to another folder than {bundle_dir}")
     if not (data / "validation").is_dir():
         raise ExportError(f"{data}/validation: not found; calibration needs the validation split")
-    _check_destination(out_dir, force)
+    check_bundle_destination(out_dir, force)  # before minutes of scoring, not after
     source = load_bundle(bundle_dir)
     manifest = json.loads(json.dumps(source.manifest))
     manifest["input"].pop("mirror_average", None)
