@@ -445,6 +445,34 @@ def test_eval_usage_errors_are_one_line(tiny_run, tmp_path):
         assert result.output.startswith("error: ") and result.output.count("\n") == 1, result.output
 
 
+def test_eval_scores_only_the_corruptions_named(tiny_run, tmp_path):
+    run, data = tiny_run
+    out = tmp_path / "two"
+    result = runner.invoke(app, ["eval", str(run), "--data", str(data), "--out", str(out), "--no-attacks",
+                                 "--corruption", "h264 crf=35", "--corruption", "jpeg q=50", "--heatmaps", "0",
+                                 "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "metrics.json").read_text())
+    # in the report's own order, whatever the command line's
+    assert [r["name"] for r in report["corruptions"]["results"]] == ["jpeg q=50", "h264 crf=35"]
+    with open(out / "scores.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert list(rows[0]) == ["crop", "video", "label", "clean", "jpeg q=50", "h264 crf=35"]
+    # the same figures as the whole sweep gives those two
+    every = tmp_path / "every"
+    result = runner.invoke(app, ["eval", str(run), "--data", str(data), "--out", str(every), "--no-attacks",
+                                 "--heatmaps", "0", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    swept = {r["name"]: r for r in json.loads((every / "metrics.json").read_text())["corruptions"]["results"]}
+    assert len(swept) == 9
+    assert report["corruptions"]["results"] == [swept["jpeg q=50"], swept["h264 crf=35"]]
+    for args, message in ((["--corruption", "jpeg q=55"], "unknown corruption 'jpeg q=55'; known: 'gaussian_noise"),
+                          (["--corruption", "jpeg q=50", "--no-corruptions"], "--corruption and --no-corruptions")):
+        wrong = runner.invoke(app, ["eval", str(run), "--data", str(data), "--out", str(tmp_path / "x"), *args])
+        assert wrong.exit_code == 2 and wrong.output.startswith(f"error: {message}"), wrong.output
+        assert wrong.output.count("\n") == 1 and not (tmp_path / "x").exists()
+
+
 # ------------------------------------------------------------------------------------ bundles
 
 def l_inf_to_clean(adversarial: Path, clean: Path) -> float:

@@ -372,6 +372,7 @@ def eval_command(
     attacks: bool = typer.Option(True, "--attacks/--no-attacks", help="FGSM, PGD-5/10/20 (white-box), a black-box random search and a dual-attacker run's U-Net, with gradient-masking checks."),
     attack_set: str = typer.Option("full", "--attack-set", help="full (the above), pgd10 (PGD-10 at 1/255 and 4/255 only, for screening candidates: no masking checks), curve (PGD-10 at 0.25, 0.5, 1, 2 and 4/255: a robust-training run's progress below the goals' points) or seeds (FGSM at 0.001, 0.005, 0.01 and 0.02: where the seed methods state their headlines)."),
     corruptions: bool = typer.Option(True, "--corruptions/--no-corruptions", help="Noise, blur, JPEG, downscaling and H.264 re-encoding."),
+    corruption: Optional[list[str]] = typer.Option(None, "--corruption", metavar="NAME", help="Only this corruption, named as the report names it (e.g. 'h264 crf=35'); repeat for several."),
     heatmaps: int = typer.Option(4, "--heatmaps", min=0, help="Grad-CAM (run) or CAM (bundle) overlays for up to N crops per confusion-matrix cell; 0: none."),
     save_adv: bool = typer.Option(False, "--save-adv", help="Keep adversarial examples (the first 4 crops of each class per attack) in REPORT_DIR/adversarial/."),
     save_adv_dir: Optional[Path] = typer.Option(None, "--save-adv-dir", metavar="DIR", help="Keep them in DIR instead (implies --save-adv)."),
@@ -380,7 +381,7 @@ def eval_command(
 ) -> None:
     """Evaluate a run or a bundle on a split: clean metrics (frames and videos), attacks, gradient-masking checks, corruptions, heatmaps."""
     from trainer.attacks.suite import ATTACK_SETS, BLACK_BOX
-    from trainer.data.corruptions import DEFAULT_CORRUPTIONS
+    from trainer.data.corruptions import DEFAULT_CORRUPTIONS, select_corruptions
     from trainer.data.datasets import DatasetError
     from trainer.evaluation.compare import compare_reports, compare_table, write_compare
     from trainer.evaluation.console import summary_lines, summary_table
@@ -410,10 +411,16 @@ def eval_command(
         _fail(ValueError("--data DATASET_DIR and --out REPORT_DIR are required"))
     if attack_set not in ATTACK_SETS:
         _fail(ValueError(f"--attack-set must be {', '.join(ATTACK_SETS)}, not {attack_set!r}"))
+    if corruption and not corruptions:
+        _fail(ValueError("--corruption and --no-corruptions contradict each other"))
+    try:
+        chosen = select_corruptions(corruption) if corruption else DEFAULT_CORRUPTIONS if corruptions else ()
+    except ValueError as exc:
+        _fail(exc)
     full = attacks and attack_set == "full"
     settings = EvalSettings(split=split, limit=limit, batch_size=batch_size, seed=seed,
                             attacks=ATTACK_SETS[attack_set] if attacks else (),
-                            black_box=BLACK_BOX if full else None, learned_attacks=full, corruptions=DEFAULT_CORRUPTIONS if corruptions else (),
+                            black_box=BLACK_BOX if full else None, learned_attacks=full, corruptions=chosen,
                             heatmaps_per_cell=heatmaps,
                             save_adv=save_adv_dir or (out / "adversarial" if save_adv else None), device=device)
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),

@@ -156,3 +156,14 @@ DEFAULT_CORRUPTIONS: tuple[Corruption, ...] = (
     Corruption("downscale x0.5", lambda x, s: downscale(x, s, 0.5)),
     *(Corruption(f"h264 crf={c}", lambda x, s, c=c: h264(x, s, c)) for c in (23, 35)),
 )
+
+
+def select_corruptions(names: Iterable[str]) -> tuple[Corruption, ...]:
+    """The default corruptions named (as the report labels them, e.g. 'h264 crf=35'), in the
+    report's order; an unknown name is a ValueError that lists the known ones."""
+    known = {corruption.name: corruption for corruption in DEFAULT_CORRUPTIONS}
+    wanted = set(names)
+    unknown = sorted(wanted - known.keys())
+    if unknown:
+        raise ValueError(f"unknown corruption {', '.join(map(repr, unknown))}; known: {', '.join(map(repr, known))}")
+    return tuple(corruption for corruption in DEFAULT_CORRUPTIONS if corruption.name in wanted)
