@@ -2,8 +2,9 @@
 # One candidate through grouped K-fold cross-validation (see trainer/evaluation/folds.py):
 #   scripts/cross_validate.sh FOLDS_DIR OUT_DIR [trainer fit options...]
 # fits OUT_DIR/fold-{i} on FOLDS_DIR/fold-{i}, scores each fold's validation videos with its last
-# epoch (no epoch is picked on the videos it is scored on), and pools the out-of-fold scores into
-# OUT_DIR/pooled.json. Resumable: a fold whose evaluation exists is skipped; a fit continues.
+# epoch (no epoch is picked on the videos it is scored on), clean and under the goals' two
+# compressions (JPEG 50, H.264 CRF 35: a candidate's out-of-fold compression loss, beside its clean
+# figure), and pools the out-of-fold clean scores into OUT_DIR/pooled.json. Resumable: a fold whose evaluation exists is skipped; a fit continues.
 set -euo pipefail
 folds=$1 out=$2
 shift 2
@@ -21,7 +22,7 @@ for fold in "$folds"/fold-*/; do
     fi
     rm -rf "$eval"
     "$bin/trainer" eval "$run" --data "$fold" --split validation --checkpoint last \
-      --no-attacks --no-corruptions --heatmaps 0 --out "$eval"
+      --no-attacks --corruption "jpeg q=50" --corruption "h264 crf=35" --heatmaps 0 --out "$eval"
   fi
   reports+=("$eval")
 done

@@ -183,6 +183,31 @@ def test_add_pairs_gives_every_fold_the_ffmix_pairs_on_its_training_side_only(pr
             assert all(is_ffpp(n) for n in crops(folds / fold / "validation" / label))
 
 
+def test_cross_validate_scores_each_fold_out_of_fold_clean_and_compressed_and_resumes(views, tmp_path):
+    out, _ = views
+    folds, cv = tmp_path / "folds", tmp_path / "cv"
+    result = CliRunner().invoke(app, ["folds", str(out / "ffpp-prepared"), "--k", "2", "--seed", "0", "--out", str(folds)])
+    assert result.exit_code == 0, result.output
+    command = ["bash", str(ROOT / "scripts" / "cross_validate.sh"), folds, cv, "--arch", "efficientnet_b0", "--init",
+               "random", "--size", "32", "--epochs", "1", "--batch-size", "8", "--workers", "0", "--device", "cpu"]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert result.returncode == 0, result.stderr
+    for fold in ("fold-0", "fold-1"):
+        with open(cv / f"{fold}-eval" / "scores.csv") as handle:
+            rows = list(csv.DictReader(handle))
+        assert list(rows[0]) == ["crop", "video", "label", "clean", "jpeg q=50", "h264 crf=35"]
+        # out of fold: exactly the fold's held-out videos
+        held_out = {p.name for p in (folds / fold / "validation").rglob("*.png")}
+        assert {row["crop"] for row in rows} == held_out
+    pooled = json.loads((cv / "pooled.json").read_text())
+    assert pooled and result.stdout.endswith((cv / "pooled.txt").read_text())
+    # a second run skips every scored fold: nothing is refitted or rescored
+    stamps = {p: p.stat().st_mtime_ns for p in cv.rglob("*") if p.name in ("last.pt", "scores.csv")}
+    again = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert again.returncode == 0, again.stderr
+    assert stamps and all(p.stat().st_mtime_ns == t for p, t in stamps.items())
+
+
 def write_scores(path: Path, rows: list[tuple[str, str, int, float]]) -> Path:
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
