@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A lent GPU machine's call sends the working tree (tracked files and untracked ones git does not ignore) with
-# what it carries, 64 MiB in all, and refuses more. The tracked tree alone is about 84 MB, 80 of them the shipped
-# bundle's four graphs and the stage-1 checkpoint, which a training call does not need; so, in the repository:
+# what it carries, 64 MiB in all, and refuses more. The tracked tree alone is about 88 MB, 81 of them the shipped
+# bundle's four graphs and the two stage-1 checkpoints, which a training call does not need; so, in the repository:
 #   scripts/gpu_travel.sh hold             before the call: those files leave the index (they stay on disk; nothing
 #                                          is committed) and .git/info/exclude ignores them. A commit now would
 #                                          delete them from the branch, so a pre-commit hook refuses commits
