@@ -135,6 +135,10 @@ def test_export_and_calibrate_fit_the_calibration_on_the_mirror_averaged_scores(
     assert "each crop averaged with its mirror image" in result.output
     assert sha256_file(tmp_path / "plain" / "manifest.json") == before, "the source bundle is left as it is"
     recalibrated = load_bundle(tmp_path / "recalibrated")
+    warnings = recalibrated.manifest["calibration"]["warnings"]
+    assert warnings, "a 2-epoch model's scores hit the temperature's bound: calibrate must warn"
+    assert [line for line in result.output.splitlines() if line.startswith("warning: ")] == \
+        [f"warning: {warning}" for warning in warnings], "each calibration warning printed, once"
     assert recalibrated.mirror_average and recalibrated.manifest["schema_version"] == 2
     assert recalibrated.models[0].sha256 == plain.models[0].sha256
     assert recalibrated.manifest["calibration"]["recalibrated_from"]["sha256"] == plain.sha256

@@ -190,17 +190,18 @@ def export_command(
     _print_calibration(manifest)
     crop = manifest["face_crop"]
     console.print(f"face crops at margin {crop['margin']:g} ({crop['source']})", highlight=False, soft_wrap=True)
-    for warning in manifest["calibration"].get("warnings", []):
-        console.print(f"warning: {warning}", style="yellow", highlight=False, soft_wrap=True)
 
 
 def _print_calibration(manifest: dict) -> None:
+    """The fitted calibration in one line (none when the threshold was given), then its warnings."""
     point = manifest["calibration"]["operating_point"]
     if "validation_fpr" in point:
         views = "; each crop averaged with its mirror image" if manifest["input"].get("mirror_average") else ""
         console.print(f"calibrated: temperature {manifest['temperature']:.3f}, threshold {point['threshold']:.4f} "
                       f"({point['criterion']}): validation FPR {point['validation_fpr']:.3f} TPR {point['validation_tpr']:.3f} "
                       f"on {point['n_real']} real / {point['n_fake']} fake crops{views}", highlight=False, soft_wrap=True)
+    for warning in manifest["calibration"].get("warnings", []):
+        console.print(f"warning: {warning}", style="yellow", highlight=False, soft_wrap=True)
 
 
 @app.command(name="calibrate")
@@ -228,8 +229,6 @@ def calibrate_command(
     console.print(f"bundle {bundle.name} written to {out} (manifest sha256 {bundle.sha256[:12]}), "
                   f"recalibrated from {bundle_dir}", highlight=False, soft_wrap=True)
     _print_calibration(bundle.manifest)
-    for warning in bundle.manifest["calibration"].get("warnings", []):
-        console.print(f"warning: {warning}", style="yellow", highlight=False, soft_wrap=True)
 
 
 @app.command(name="average")
