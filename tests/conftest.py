@@ -28,6 +28,28 @@ def sample_media(tmp_path_factory) -> dict[str, Path]:
     return {path.name: path for path in make_sample_media(folder)}
 
 
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> tuple[Path, Path]:
+    """A 2-epoch EfficientNet-Lite0 `trainer fit` run at 64 px and its dataset (4 train, 6 validation
+    crops a class): a real run to export, calibrate and combine in seconds."""
+    from trainer.config import FitConfig
+    from trainer.fit import fit
+
+    root = tmp_path_factory.mktemp("tiny-run")
+    data = root / "data"
+    make_face_dataset(data, {"train": 4, "validation": 6}, size=64)
+    run = root / "run"
+    # Lite0 at a high rate: a 1-epoch B0 scores every crop alike, so it could not tell two views apart.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        fit(FitConfig(data=str(data), out=str(run), arch="efficientnet_lite0", init="random", epochs=2, size=64,
+                      batch_size=8, workers=0, device="cpu", lr=3e-3))
+    finally:
+        torch.set_num_threads(threads)
+    return run, data
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """One PyTorch intra-op thread for a module (opt in with

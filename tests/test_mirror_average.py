@@ -30,7 +30,7 @@ from calibrated_ensembles import BUNDLE_TEMPERATURE, write_calibrated_ensemble
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 SIZE = 32
-RUN_SIZE = 64  # Lite0's map is 2 x 2 at 64 px: at 32 px (1 x 1) a map is its own mirror image
+RUN_SIZE = 64  # tiny_run's size (conftest): Lite0's map is 2 x 2 there; at 32 px (1 x 1) a map is its own mirror image
 runner = CliRunner()
 
 
@@ -82,22 +82,6 @@ def test_an_ensemble_is_scored_and_attacked_as_the_mean_of_each_crop_and_its_mir
         load_bundle(tmp_path / "bundle")
     plain = write_calibrated_ensemble(tmp_path / "plain", members, SIZE, mirror_average=False)
     assert plain.manifest["schema_version"] == 1 and not plain.mirror_average
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory) -> tuple[Path, Path]:
-    from trainer.config import FitConfig
-    from trainer.data.synthetic import make_face_dataset
-    from trainer.fit import fit
-
-    root = tmp_path_factory.mktemp("mirror")
-    data = root / "data"
-    make_face_dataset(data, {"train": 4, "validation": 6}, size=RUN_SIZE)
-    run = root / "run"
-    # Lite0 at a high rate: a 1-epoch B0 scores every crop alike, so it could not tell the two views apart.
-    fit(FitConfig(data=str(data), out=str(run), arch="efficientnet_lite0", init="random", epochs=2, size=RUN_SIZE,
-                  batch_size=8, workers=0, device="cpu", lr=3e-3))
-    return run, data
 
 
 def _export(run: Path, out: Path, *options: str) -> None:

@@ -206,28 +206,33 @@ def _print_calibration(manifest: dict) -> None:
 
 @app.command(name="calibrate")
 def calibrate_command(
-    bundle_dir: Path = typer.Argument(..., metavar="BUNDLE", help="An exported bundle (left as it is)."),
+    bundle_dirs: list[Path] = typer.Argument(..., metavar="BUNDLE", help="An exported bundle, or several that take the same face crops: their models become one ensemble (each left as it is). BUNDLE:MODEL takes only the model of that name (its manifest's models[].name)."),
     data: Path = typer.Option(..., "--data", help="Prepared crops whose validation split calibrates (as `trainer export --data`)."),
     out: Path = typer.Option(..., "--out", help="Folder for the recalibrated bundle (its ONNX files copied unchanged)."),
     name: Optional[str] = typer.Option(None, "--name", help="Its name (default: the folder's name)."),
     operating_point: str = typer.Option("eer", "--operating-point", help="Threshold at: eer, fpr:X (e.g. fpr:0.05) or fixed:T."),
     mirror_average: Optional[bool] = typer.Option(None, "--mirror-average/--no-mirror-average", help="Average each crop with its mirror image (default: as the bundle does)."),
+    weight: list[float] = typer.Option([], "--weight", help="Per-model ensemble weight, one per model in the order of the bundles and their models (default: one bundle's own weights; several: equal)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda (ONNX Runtime's provider)."),
     force: bool = typer.Option(False, "--force", help="Replace an existing bundle's manifest and model files at --out."),
 ) -> None:
     """Refit a bundle's calibration (member temperatures and biases, ensemble temperature, threshold) on
-    new validation crops, from its ONNX models: no training runs needed."""
+    new validation crops, from its ONNX models: no training runs needed. Several bundles make one
+    ensemble of all their models, calibrated together."""
     from trainer.data.datasets import DatasetError
     from trainer.export.errors import ExportError
     from trainer.export.recalibrate import recalibrate_bundle
 
     try:
-        bundle = recalibrate_bundle(bundle_dir, data, out, name=name, operating_point=operating_point,
-                                    mirror_average=mirror_average, device=device, force=force)
+        bundle = recalibrate_bundle(bundle_dirs, data, out, name=name, operating_point=operating_point,
+                                    mirror_average=mirror_average, device=device, force=force,
+                                    weights=weight or None)
     except (ExportError, ForensicError, DatasetError, OSError) as exc:
         _fail(exc)
-    console.print(f"bundle {bundle.name} written to {out} (manifest sha256 {bundle.sha256[:12]}), "
-                  f"recalibrated from {bundle_dir}", highlight=False, soft_wrap=True)
+    how = f"recalibrated from {bundle_dirs[0]}" if len(bundle_dirs) == 1 else \
+        f"the {len(bundle.models)} models of {', '.join(map(str, bundle_dirs))} as one ensemble"
+    console.print(f"bundle {bundle.name} written to {out} (manifest sha256 {bundle.sha256[:12]}), {how}",
+                  highlight=False, soft_wrap=True)
     _print_calibration(bundle.manifest)
 
 
