@@ -15,6 +15,10 @@ over the crops all of them scored. `--calibration MANIFEST` averages A's members
 each member's score through its manifest entry's temperature and bias and the bundle's temperature
 (forensic's own `member_probability`), members in the manifest's order.
 
+With FF++ videos and DFDC pairs both present, it ends with the model card's rule, the mean of the
+FF++ video AUC and the DFDC AUC, for each side and as a paired difference (each resample draws FF++
+videos and DFDC pairs apart, as many of each as there are).
+
 Used for the default bundle's model card: the new recipe's out-of-fold scores against the
 previous bundle's scores on FF++ videos and DFDC pairs neither was trained on.
 """
@@ -129,12 +133,14 @@ def main() -> None:
     clean = (read(args.a, args.calibration), read(args.vs, args.vs_calibration)) if args.condition != "clean" else None
     pools = [partial(aggregate, how=how) for how in (args.aggregate, args.vs_aggregate)]
     common = sorted(set(a) & set(b))
+    by_source = {}
     for source, video_level in (("FF++ frames", False), ("FF++ videos", True), ("DFDC pairs", False)):
         crops = [c for c in common if is_ffpp(c) == source.startswith("FF++")]
         if not crops:
             continue
         (labels, a_scores, videos), (_, b_scores, _) = (source_arrays(crops, rows, video_level, pool)
                                                         for rows, pool in zip((a, b), pools))
+        by_source[source] = (labels, a_scores, b_scores, videos)
         label = source if clean is None else f"{source}, {args.condition}"
         for name, scores in zip(args.names, (a_scores, b_scores)):
             print(f"{label:12} {name:>10}: {figures(labels, scores, videos)}")
@@ -147,6 +153,30 @@ def main() -> None:
             print_drops(label, args.names, labels, videos, (a_clean, a_scores), (b_clean, b_scores))
         if args.by_method and source == "FF++ videos":
             print_by_method(labels, videos, dict(zip(args.names, (a_scores, b_scores))))
+    if "FF++ videos" in by_source and "DFDC pairs" in by_source:
+        print_rule(args.names, by_source["FF++ videos"], by_source["DFDC pairs"],
+                   "" if clean is None else f", {args.condition}")
+
+
+def print_rule(names: list[str], ffpp: tuple, dfdc: tuple, condition: str, resamples: int = 1000,
+               seed: int = 0) -> None:
+    """The mean of the FF++ video AUC and the DFDC AUC for each side, and A's minus B's with a 95 %
+    interval over resamples that draw each source's videos apart (stratified: every resample has as
+    many FF++ videos and DFDC pairs as the data)."""
+    def rule(side: int, chosen: tuple[np.ndarray, np.ndarray]) -> float:
+        return (auc_score(ffpp[0][chosen[0]], ffpp[side][chosen[0]]) + auc_score(dfdc[0][chosen[1]], dfdc[side][chosen[1]])) / 2
+
+    everything = (np.arange(len(ffpp[0])), np.arange(len(dfdc[0])))
+    for side, name in enumerate(names, start=1):
+        print(f"{'rule' + condition:12} {name:>10}: mean of FF++ videos and DFDC AUC {rule(side, everything):.4f}")
+    rng, differences = np.random.default_rng(seed), []
+    while len(differences) < resamples:
+        chosen = tuple(rng.integers(0, len(source[0]), len(source[0])) for source in (ffpp, dfdc))
+        if all(len(np.unique(source[0][c])) == 2 for source, c in zip((ffpp, dfdc), chosen)):
+            differences.append(rule(1, chosen) - rule(2, chosen))
+    low, high = np.quantile(differences, [0.025, 0.975])
+    print(f"{'rule' + condition:12} {'difference':>10}: {names[0]} - {names[1]} "
+          f"{rule(1, everything) - rule(2, everything):+.4f} ({low:+.4f} to {high:+.4f}, paired, resampling each source)")
 
 
 def print_drops(label: str, names: list[str], labels: np.ndarray, videos: np.ndarray,

@@ -251,6 +251,27 @@ def test_compare_scores_pools_frames_into_videos_and_pairs_the_difference(tmp_pa
     assert lines[("FF++ videos", "inverted")].startswith("AUC 0.000")
     assert lines[("FF++ videos", "difference")].startswith("good - inverted +1.000 (+1.000 to +1.000, paired")
     assert ("DFDC pairs", "good") not in lines  # only the crops both sides scored are compared
+    assert ("rule", "good") not in lines, "no rule without both sources"
+
+
+def test_compare_scores_ends_with_the_cards_rule_when_both_sources_are_scored(tmp_path):
+    # A: FF++ videos perfect (AUC 1), DFDC inverted (0); B: FF++ videos at 2/3 (one real above two fakes), DFDC perfect
+    a_ffpp = {"100": [0.1], "200": [0.2], "300": [0.3], "100_101": [0.7], "200_201": [0.8], "300_301": [0.9]}
+    b_ffpp = {"100": [0.1], "200": [0.2], "300": [0.85], "100_101": [0.7], "200_201": [0.8], "300_301": [0.9]}
+    def dfdc(fake_high: bool) -> list:
+        return [row for i, name in enumerate("abcdef") for row in
+                ((f"{name}x_0000_0.png", f"{name}x", 0, 0.2 + 0.01 * i if fake_high else 0.8 + 0.01 * i),
+                 (f"pair-{name}x_0000_0.png", f"pair-{name}x", 1, 0.8 + 0.01 * i if fake_high else 0.2 + 0.01 * i))]
+    a = write_scores(tmp_path / "a.csv", ffpp_rows(a_ffpp, LABELS) + dfdc(False))
+    b = write_scores(tmp_path / "b.csv", ffpp_rows(b_ffpp, LABELS) + dfdc(True))
+    lines = figures(run_script("compare_scores.py", a, "--vs", b))
+    assert lines[("DFDC pairs", "A")].startswith("AUC 0.000") and lines[("DFDC pairs", "B")].startswith("AUC 1.000")
+    assert lines[("FF++ videos", "B")].startswith("AUC 0.778")
+    assert lines[("rule", "A")] == "mean of FF++ videos and DFDC AUC 0.5000"
+    assert lines[("rule", "B")] == "mean of FF++ videos and DFDC AUC 0.8889"
+    assert lines[("rule", "difference")].startswith("A - B -0.3889 (")
+    low, high = (float(x) for x in lines[("rule", "difference")].split("(")[1].split(", paired")[0].split(" to "))
+    assert low <= -0.3889 <= high and high < 0, "A's DFDC is inverted in every resample"
 
 
 def test_compare_scores_averages_ensemble_members_joined_by_plus(tmp_path):
