@@ -6,8 +6,8 @@ members of different exports combined without their checkpoints.
 
 The members' margins come from forensic's own EnsembleRunner, so the fit sees exactly the
 scores the scan will compute; the fit itself is `trainer export`'s (calibration.calibrate_logits).
-The new bundle copies the ONNX files unchanged, keeps the members' weights, training records
-and face-crop geometry, and records which bundle it was recalibrated from.
+The new bundle copies the ONNX files unchanged, keeps the members' training records and face-crop
+geometry (and one whole bundle's weights), and records which bundle or bundles it was made from.
 """
 
 from __future__ import annotations
