@@ -4,7 +4,8 @@
 # fits OUT_DIR/fold-{i} on FOLDS_DIR/fold-{i}, scores each fold's validation videos with its last
 # epoch (no epoch is picked on the videos it is scored on), clean and under the goals' two
 # compressions (JPEG 50, H.264 CRF 35: a candidate's out-of-fold compression loss, beside its clean
-# figure), and pools the out-of-fold clean scores into OUT_DIR/pooled.json. Resumable: a fold whose evaluation exists is skipped; a fit continues.
+# figure), and pools the out-of-fold clean scores into OUT_DIR/pooled.json. Resumable: a fold whose
+# evaluation exists is skipped; a fit continues.
 set -euo pipefail
 folds=$1 out=$2
 shift 2

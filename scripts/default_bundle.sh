@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The default bundle's recipe up to the model it exports, per ensemble member (`make default-bundle` runs it for
-# the Lite0 and again with ARCH=efficientnet_lite2 on the same crops, then one `trainer export` of both soups):
+# The default bundle's recipe up to the model it exports, per ensemble member (`make default-bundle` runs it with
+# STAGE1_EPOCHS=8 for the ERM Lite0 and again with FOLD_METHOD=gradreg FOLD_OPTIONS=r=0.5 on the same crops, then
+# one `trainer export` of both soups):
 #   scripts/default_bundle.sh BUILD SIZE FFPP_DIR DFDC_DIR
 # 1. `trainer prepare` of the FF++ videos and DFDC pairs at SIZE px (margin 1.15, split 0.6/0.25/0.15 by identity);
 #    per-source views (scripts/default_bundle_views.py);
@@ -20,7 +21,7 @@
 # e.g. gradreg), FOLD_OPTIONS its settings (space-separated key=value, each passed as -o; default the method's), and ARCH
 # (default efficientnet_lite0; or efficientnet_lite2) the network, started from its offline ImageNet weights.
 # A stage-1 checkpoint placed as BUILD/dfdc-pre/last.pt beside BUILD/dfdc-pre/.complete is used as it is
-# (checkpoints/README.md: the one kept in git, and why).
+# (checkpoints/README.md: the two kept in git, and why).
 set -euo pipefail
 [ $# -eq 4 ] || { echo "usage: $0 BUILD SIZE FFPP_DIR DFDC_DIR" >&2; exit 2; }
 D=$1 SIZE=$2 FFPP=$3 DFDC=$4 EPOCHS1=${STAGE1_EPOCHS:-5} AUGMENT3=${FOLD_AUGMENT:-uploads-h264} LR3=${FOLD_LR:-3e-4}
