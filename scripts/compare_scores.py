@@ -166,17 +166,24 @@ def print_rule(names: list[str], ffpp: tuple, dfdc: tuple, condition: str, resam
     def rule(side: int, chosen: tuple[np.ndarray, np.ndarray]) -> float:
         return (auc_score(ffpp[0][chosen[0]], ffpp[side][chosen[0]]) + auc_score(dfdc[0][chosen[1]], dfdc[side][chosen[1]])) / 2
 
+    if any(len(np.unique(source[0])) < 2 for source in (ffpp, dfdc)):
+        return  # a source with one class has no AUC
     everything = (np.arange(len(ffpp[0])), np.arange(len(dfdc[0])))
     for side, name in enumerate(names, start=1):
         print(f"{'rule' + condition:12} {name:>10}: mean of FF++ videos and DFDC AUC {rule(side, everything):.4f}")
     rng, differences = np.random.default_rng(seed), []
-    while len(differences) < resamples:
+    for _ in range(20 * resamples):  # resamples with one class in a source are drawn again, within reason
+        if len(differences) == resamples:
+            break
         chosen = tuple(rng.integers(0, len(source[0]), len(source[0])) for source in (ffpp, dfdc))
         if all(len(np.unique(source[0][c])) == 2 for source, c in zip((ffpp, dfdc), chosen)):
             differences.append(rule(1, chosen) - rule(2, chosen))
-    low, high = np.quantile(differences, [0.025, 0.975])
+    spread = " (no interval: too few videos of a class to resample)"
+    if differences:
+        low, high = np.quantile(differences, [0.025, 0.975])
+        spread = f" ({low:+.4f} to {high:+.4f}, paired, resampling each source)"
     print(f"{'rule' + condition:12} {'difference':>10}: {names[0]} - {names[1]} "
-          f"{rule(1, everything) - rule(2, everything):+.4f} ({low:+.4f} to {high:+.4f}, paired, resampling each source)")
+          f"{rule(1, everything) - rule(2, everything):+.4f}{spread}")
 
 
 def print_drops(label: str, names: list[str], labels: np.ndarray, videos: np.ndarray,
