@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -28,8 +29,19 @@ def sample_media(tmp_path_factory) -> dict[str, Path]:
     return {path.name: path for path in make_sample_media(folder)}
 
 
+@contextmanager
+def _torch_threads(count: int):
+    """PyTorch's intra-op thread count set to `count`, restored after."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory) -> tuple[Path, Path]:
+def tiny_lite0_run(tmp_path_factory) -> tuple[Path, Path]:
     """A 2-epoch EfficientNet-Lite0 `trainer fit` run at 64 px and its dataset (4 train, 6 validation
     crops a class): a real run to export, calibrate and combine in seconds."""
     from trainer.config import FitConfig
@@ -40,13 +52,9 @@ def tiny_run(tmp_path_factory) -> tuple[Path, Path]:
     make_face_dataset(data, {"train": 4, "validation": 6}, size=64)
     run = root / "run"
     # Lite0 at a high rate: a 1-epoch B0 scores every crop alike, so it could not tell two views apart.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with _torch_threads(1):  # one_torch_thread's reason; a session fixture cannot use a module one
         fit(FitConfig(data=str(data), out=str(run), arch="efficientnet_lite0", init="random", epochs=2, size=64,
                       batch_size=8, workers=0, device="cpu", lr=3e-3))
-    finally:
-        torch.set_num_threads(threads)
     return run, data
 
 
@@ -58,10 +66,8 @@ def one_torch_thread():
     vs 28 s for test_architectures.py under a load of 5), and MTCNN on small files is quicker
     single-threaded beside ONNX Runtime's threads. Module-wide, so module-scoped fixtures run
     with it too. Restored after the module."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with _torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="session")

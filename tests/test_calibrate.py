@@ -28,8 +28,8 @@ def _one_line_error(result, problem: str) -> None:
     assert len(result.output.strip().splitlines()) == 1, result.output
 
 
-def test_calibrate_makes_one_calibrated_ensemble_of_several_bundles(tiny_run, tmp_path):
-    run, data = tiny_run
+def test_calibrate_makes_one_calibrated_ensemble_of_several_bundles(tiny_lite0_run, tmp_path):
+    run, data = tiny_lite0_run
     pair, single, combined = tmp_path / "pair", tmp_path / "single", tmp_path / "combined"
     exported = runner.invoke(app, ["export", str(run), str(run), "--weight", "1", "--weight", "3", "--out", str(pair),
                                    "--no-gradient-graph"])
@@ -87,8 +87,8 @@ def test_calibrate_makes_one_calibrated_ensemble_of_several_bundles(tiny_run, tm
     assert picked.manifest["models"][0]["source_bundle"]["model"] == "1-efficientnet_lite0"
 
 
-def test_calibrate_refuses_bundles_that_cannot_share_crops_in_one_line(tiny_run, tmp_path):
-    run, data = tiny_run
+def test_calibrate_refuses_bundles_that_cannot_share_crops_in_one_line(tiny_lite0_run, tmp_path):
+    run, data = tiny_lite0_run
     plain = tmp_path / "plain"
     exported = runner.invoke(app, ["export", str(run), "--out", str(plain), "--no-gradient-graph"])
     assert exported.exit_code == 0, exported.output

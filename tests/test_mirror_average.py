@@ -30,7 +30,7 @@ from calibrated_ensembles import BUNDLE_TEMPERATURE, write_calibrated_ensemble
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 SIZE = 32
-RUN_SIZE = 64  # tiny_run's size (conftest): Lite0's map is 2 x 2 there; at 32 px (1 x 1) a map is its own mirror image
+RUN_SIZE = 64  # tiny_lite0_run's size (conftest): Lite0's map is 2 x 2 there; at 32 px (1 x 1) a map is its own mirror image
 runner = CliRunner()
 
 
@@ -92,8 +92,8 @@ def _export(run: Path, out: Path, *options: str) -> None:
     assert result.exit_code == 0, result.output
 
 
-def test_export_and_calibrate_fit_the_calibration_on_the_mirror_averaged_scores(tiny_run, tmp_path):
-    run, data = tiny_run
+def test_export_and_calibrate_fit_the_calibration_on_the_mirror_averaged_scores(tiny_lite0_run, tmp_path):
+    run, data = tiny_lite0_run
     _export(run, tmp_path / "plain")
     _export(run, tmp_path / "mirror", "--mirror-average")
     plain, mirror = load_bundle(tmp_path / "plain"), load_bundle(tmp_path / "mirror")
